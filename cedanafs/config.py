@@ -1,0 +1,232 @@
+"""Configuration: one frozen Settings object built from defaults, the JSON file, env vars and --config.
+
+Precedence, lowest first: built-in defaults, `<config dir>/config.json` (dir from --config-dir,
+else CEDANA_CONFIG_DIR, else /etc/cedana), `CEDANA_<SECTION>_<KEY>` environment variables, then
+the JSON given with `--config` for one call. Unknown keys are an error that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_DIR = "/etc/cedana"
+COMPRESSIONS = ("none", "tar", "gzip", "lz4", "zlib", "zstd")
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    dir: str = "/tmp"
+    compression: str = "none"
+    streams: int = 0
+
+
+@dataclass(frozen=True)
+class DbSettings:
+    path: str = "/var/lib/cedana/cedana.db"
+
+
+@dataclass(frozen=True)
+class CriuSettings:
+    binary_path: str = ""
+    leave_running: bool = False
+
+
+@dataclass(frozen=True)
+class MountSettings:
+    dir: str = "/mnt/cedana"
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    url: str = "/var/lib/cedana/store"
+    codec: str = "zstd"
+    chunk_size: int = 1 << 20
+    memory_limit: int = 256 << 20
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    dir: str = "/var/cache/cedana/chunks"
+    size: int = 2 << 30
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    session_token: str = ""
+    region: str = ""
+    endpoint: str = ""
+
+
+@dataclass(frozen=True)
+class GcsSettings:
+    project: str = ""
+    credentials: str = ""
+    endpoint: str = ""
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = "warning"
+
+
+@dataclass(frozen=True)
+class Settings:
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
+    db: DbSettings = field(default_factory=DbSettings)
+    criu: CriuSettings = field(default_factory=CriuSettings)
+    mount: MountSettings = field(default_factory=MountSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    aws: AwsSettings = field(default_factory=AwsSettings)
+    gcs: GcsSettings = field(default_factory=GcsSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    address: str = "/run/cedana.sock"
+
+
+def _section_classes() -> dict[str, type]:
+    hints = {
+        "checkpoint": CheckpointSettings, "db": DbSettings, "criu": CriuSettings,
+        "mount": MountSettings, "store": StoreSettings, "cache": CacheSettings,
+        "aws": AwsSettings, "gcs": GcsSettings, "log": LogSettings,
+    }
+    return hints
+
+
+def all_keys() -> list[str]:
+    """Every dotted key the configuration accepts, e.g. 'checkpoint.dir'."""
+    keys = ["address"]
+    for section, cls in _section_classes().items():
+        keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
+    return keys
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"config key {key!r} must be true or false, not {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, bool):
+            raise ConfigError(f"config key {key!r} must be an integer, not {value!r}")
+        try:
+            return parse_size(value) if isinstance(value, str) else int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key {key!r} must be an integer, not {value!r}") from None
+    if not isinstance(value, str):
+        raise ConfigError(f"config key {key!r} must be a string, not {value!r}")
+    return value
+
+
+def parse_size(text: str) -> int:
+    """'512M', '2GiB', '1048576' -> bytes."""
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    s = text.strip().lower().removesuffix("ib").removesuffix("b")
+    num, unit = (s[:-1], s[-1]) if s and s[-1] in "kmgt" else (s, "")
+    return int(float(num) * units[unit])
+
+
+def _flatten(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: configuration must be a JSON object")
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            for sub, subval in value.items():
+                flat[f"{key}.{sub}"] = subval
+        else:
+            flat[key] = value
+    return flat
+
+
+def _apply(values: dict[str, dict[str, Any]], flat: dict[str, Any], source: str) -> None:
+    known = set(all_keys())
+    for key, value in flat.items():
+        if key not in known:
+            raise ConfigError(f"{source}: unknown config key {key!r}")
+        section, _, name = key.partition(".")
+        if not name:
+            values.setdefault("", {})[section] = value
+        else:
+            values.setdefault(section, {})[name] = value
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    flat = {}
+    for key in all_keys():
+        env = "CEDANA_" + key.replace(".", "_").upper()
+        if env in environ:
+            flat[key] = environ[env]
+    return flat
+
+
+def _aws_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    names = {
+        "AWS_ACCESS_KEY_ID": "aws.access_key_id", "AWS_SECRET_ACCESS_KEY": "aws.secret_access_key",
+        "AWS_SESSION_TOKEN": "aws.session_token", "AWS_DEFAULT_REGION": "aws.region",
+        "AWS_REGION": "aws.region", "AWS_ENDPOINT_URL": "aws.endpoint",
+        "AWS_ENDPOINT_URL_S3": "aws.endpoint", "GOOGLE_APPLICATION_CREDENTIALS": "gcs.credentials",
+        "STORAGE_EMULATOR_HOST": "gcs.endpoint", "GOOGLE_CLOUD_PROJECT": "gcs.project",
+    }
+    return {key: environ[env] for env, key in names.items() if environ.get(env)}
+
+
+def config_dir(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    return Path(explicit or environ.get("CEDANA_CONFIG_DIR") or DEFAULT_CONFIG_DIR)
+
+
+def load_settings(
+    config_dir_path: str | None = None,
+    override_json: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the Settings for one call; raises ConfigError naming the bad key or file."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, dict[str, Any]] = {}
+    _apply(values, _aws_env(environ), "environment")
+    path = config_dir(config_dir_path, environ) / "config.json"
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
+        _apply(values, _flatten(data, str(path)), str(path))
+    _apply(values, _env_values(environ), "environment")
+    if override_json:
+        try:
+            data = json.loads(override_json)
+        except ValueError as exc:
+            raise ConfigError(f"--config: not valid JSON: {exc}") from None
+        _apply(values, _flatten(data, "--config"), "--config")
+    return _build(values)
+
+
+def _build(values: dict[str, dict[str, Any]]) -> Settings:
+    sections = {}
+    for section, cls in _section_classes().items():
+        defaults = cls()
+        given = values.get(section, {})
+        kwargs = {
+            name: _coerce(f"{section}.{name}", val, getattr(defaults, name)) for name, val in given.items()
+        }
+        sections[section] = cls(**kwargs)
+    top = values.get("", {})
+    address = _coerce("address", top["address"], "") if "address" in top else Settings().address
+    settings = Settings(address=address, **sections)
+    if settings.checkpoint.compression not in COMPRESSIONS:
+        raise ConfigError(
+            f"config key 'checkpoint.compression' must be one of {', '.join(COMPRESSIONS)},"
+            f" not {settings.checkpoint.compression!r}"
+        )
+    return settings

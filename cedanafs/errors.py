@@ -1,0 +1,68 @@
+"""User-facing errors: each is a sentence the CLI prints on one line, with an exit code.
+
+Every layer raises these (or subclasses of them) for conditions a user can act on;
+anything else reaching the CLI is a bug and is reported as such.
+"""
+
+
+class CedanaError(Exception):
+    """Base of every error meant for the user; str(err) is the one-line message."""
+
+    exit_code = 1
+
+    def __init__(self, message: str | None = None):
+        super().__init__(message or (self.__doc__ or self.__class__.__name__).strip())
+
+
+class UsageError(CedanaError):
+    """Invalid argument or option."""
+
+    exit_code = 2
+
+
+class ConfigError(CedanaError):
+    """Invalid configuration."""
+
+    exit_code = 78  # EX_CONFIG
+
+
+class PermissionDenied(CedanaError):
+    """Permission denied."""
+
+    exit_code = 77  # EX_NOPERM
+
+
+class NotFound(CedanaError):
+    """Not found."""
+
+    exit_code = 3
+
+
+class AlreadyExists(CedanaError):
+    """Already exists."""
+
+    exit_code = 4
+
+
+class CheckpointError(CedanaError):
+    """The checkpoint is unusable (missing, truncated, corrupt or unsafe)."""
+
+    exit_code = 5
+
+
+class CriuError(CedanaError):
+    """CRIU failed."""
+
+    exit_code = 6
+
+
+class StoreError(CedanaError):
+    """The checkpoint store failed."""
+
+    exit_code = 7
+
+
+class NotReady(CedanaError):
+    """This machine is not ready for checkpoint/restore."""
+
+    exit_code = 8

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Sets up a Debian 12 machine for cedanafs: Debian packages, a working CRIU (built from
+# Debian 13's source package when the installed one fails `criu check`), and the virtualenv.
+# Idempotent: each step checks whether it is already done.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "$0")/.." && pwd)"
+VENV="${VENV:-$HERE/.venv}"
+PYTHON="${PYTHON:-python3}"
+CRIU_BUILD_DIR="${CRIU_BUILD_DIR:-/var/cache/cedanafs/criu-build}"
+CRIU_PREFIX="${CRIU_PREFIX:-/usr/local}"
+STAMP_DIR="${STAMP_DIR:-/var/cache/cedanafs}"
+
+DEB_PACKAGES=(
+  fuse3 libfuse3-dev pkg-config iptables rsync busybox-static runc procps iproute2 psmisc
+  build-essential libbsd-dev libcap-dev libgnutls28-dev libnet1-dev libnftables-dev libnl-3-dev
+  libprotobuf-c-dev libprotobuf-dev protobuf-c-compiler protobuf-compiler uuid-dev python3-protobuf
+  git ca-certificates
+)
+
+log() { printf '[setup] %s\n' "$*"; }
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: must run as root (it installs Debian packages and CRIU)" >&2
+    exit 1
+  fi
+}
+
+install_debian_packages() {
+  local missing=()
+  for p in "${DEB_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    log "Debian packages present"
+    return
+  fi
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+criu_works() {
+  local bin="$1"
+  [ -x "$bin" ] || return 1
+  "$bin" check >/dev/null 2>&1
+}
+
+find_working_criu() {
+  for c in "$CRIU_PREFIX/sbin/criu" "$(command -v criu 2>/dev/null || true)"; do
+    [ -n "$c" ] && criu_works "$c" && { echo "$c"; return 0; }
+  done
+  return 1
+}
+
+# The mirror comes from the machine's own apt sources, so no host is written down here.
+apt_mirror() {
+  local uri
+  uri="$(grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1 | awk '{print $2}')"
+  if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
+    uri="$(awk '$1=="deb" && $0 !~ /security/ {for(i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' /etc/apt/sources.list)"
+  fi
+  [ -n "$uri" ] || { echo "setup: no Debian mirror found in the apt sources" >&2; exit 1; }
+  echo "$uri"
+}
+
+fetch_criu_source() {
+  local work="$CRIU_BUILD_DIR/apt"
+  mkdir -p "$work/lists/partial" "$CRIU_BUILD_DIR/src"
+  local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+  echo "deb-src [signed-by=$keyring] $(apt_mirror) trixie main" > "$work/sources.list"
+  local opts=(-o "Dir::Etc::SourceList=$work/sources.list" -o "Dir::Etc::SourceParts=/nonexistent"
+              -o "Dir::State::Lists=$work/lists")
+  log "fetching CRIU's source package from Debian 13"
+  apt-get "${opts[@]}" update -qq
+  (cd "$CRIU_BUILD_DIR/src" && apt-get "${opts[@]}" source --download-only --tar-only criu >/dev/null)
+}
+
+build_criu() {
+  local orig
+  orig="$(ls "$CRIU_BUILD_DIR"/src/criu_*.orig.tar.* 2>/dev/null | head -n1 || true)"
+  [ -n "$orig" ] || fetch_criu_source
+  orig="$(ls "$CRIU_BUILD_DIR"/src/criu_*.orig.tar.* | head -n1)"
+  local tree="$CRIU_BUILD_DIR/tree"
+  if [ ! -x "$tree/criu/criu" ] || [ ! -d "$tree/lib/pycriu" ]; then
+    log "building CRIU from $(basename "$orig")"
+    rm -rf "$tree" && mkdir -p "$tree"
+    tar -xf "$orig" -C "$tree" --strip-components=1
+    make -C "$tree" -j"$(nproc)" criu lib >"$CRIU_BUILD_DIR/build.log" 2>&1 || {
+      tail -n 30 "$CRIU_BUILD_DIR/build.log" >&2
+      echo "setup: CRIU build failed (log: $CRIU_BUILD_DIR/build.log)" >&2
+      exit 1
+    }
+  fi
+  install -D -m 0755 "$tree/criu/criu" "$CRIU_PREFIX/sbin/criu"
+  ln -sfn "$tree" "$STAMP_DIR/criu-src"
+}
+
+ensure_criu() {
+  local found
+  if found="$(find_working_criu)"; then
+    log "CRIU works: $found ($("$found" --version | head -n1))"
+    # pycriu still needs the source tree of the CRIU that is installed.
+    [ -d "$STAMP_DIR/criu-src/lib/pycriu" ] || build_criu
+    return
+  fi
+  build_criu
+  if ! criu_works "$CRIU_PREFIX/sbin/criu"; then
+    "$CRIU_PREFIX/sbin/criu" check || true
+    echo "setup: the CRIU built from source does not pass 'criu check'" >&2
+    exit 1
+  fi
+  log "CRIU installed: $CRIU_PREFIX/sbin/criu ($("$CRIU_PREFIX/sbin/criu" --version | head -n1))"
+}
+
+ensure_venv() {
+  local stamp="$VENV/.cedanafs-setup"
+  local want
+  want="$(cat "$HERE/pyproject.toml" "$STAMP_DIR/criu-src/Makefile.versions" 2>/dev/null | sha256sum | cut -d' ' -f1)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/cedana" ]; then
+    log "virtualenv up to date: $VENV"
+    return
+  fi
+  log "creating virtualenv $VENV"
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip wheel setuptools
+  "$VENV/bin/pip" install -q "$STAMP_DIR/criu-src/lib"
+  "$VENV/bin/pip" install -q -e "$HERE[test]"
+  echo "$want" > "$stamp"
+}
+
+main() {
+  need_root
+  mkdir -p "$STAMP_DIR"
+  install_debian_packages
+  ensure_criu
+  ensure_venv
+  log "ready"
+}
+
+main "$@"
