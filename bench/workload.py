@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""A process that holds a chosen amount of memory and can report a checksum of it.
+
+The memory is one anonymous mapping filled with zeros, text-like bytes and random bytes in
+chosen proportions, so compression and dedup see something like a real job. Used by the
+benchmarks and by the tests (it has no dependency on cedanafs).
+
+    workload.py --size 256M --mix 0.3,0.3,0.4 --state /tmp/w.json
+
+When filled it writes {"pid", "size", "checksum", "generation"} to --state (atomically). Then it
+sleeps, counting ticks. SIGUSR1 makes it recompute the checksum and rewrite --state (so a restored
+copy can prove its memory is intact); SIGUSR2 changes a small part of the memory (--change bytes)
+and rewrites --state, to model a job that moved on a little between two checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import mmap
+import os
+import random
+import signal
+import time
+
+WORDS = (
+    "the of and to in is that for it as with was on be by this are from at or an have not which "
+    "checkpoint restore process memory page image kernel tensor epoch loss gradient batch model "
+    "layer weight value error state socket file thread signal buffer cache chunk store node job"
+).split()
+BLOCK = 1 << 20
+
+
+def parse_size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = text[-1] if text and text[-1] in "KMG" else ""
+    return int(float(text[: len(text) - len(unit)]) * units[unit])
+
+
+def text_block(rng: random.Random) -> bytes:
+    out = bytearray()
+    while len(out) < BLOCK:
+        out += (" ".join(rng.choices(WORDS, k=64)) + ".\n").encode()
+    return bytes(out[:BLOCK])
+
+
+def fill(mem: mmap.mmap, size: int, mix: tuple[float, float, float], seed: int) -> None:
+    rng = random.Random(seed)
+    zeros_end = int(size * mix[0]) // BLOCK * BLOCK
+    text_end = zeros_end + int(size * mix[1]) // BLOCK * BLOCK
+    base = text_block(rng)
+    for off in range(zeros_end, text_end, BLOCK):
+        cut = rng.randrange(BLOCK)
+        block = base[cut:] + base[:cut]
+        mem[off : off + BLOCK] = block[: min(BLOCK, text_end - off)]
+    for off in range(text_end, size, BLOCK):
+        n = min(BLOCK, size - off)
+        mem[off : off + n] = rng.randbytes(n)
+
+
+def checksum(mem: mmap.mmap) -> str:
+    return hashlib.blake2b(mem, digest_size=16).hexdigest()
+
+
+class Workload:
+    def __init__(self, args: argparse.Namespace):
+        self.size = parse_size(args.size)
+        self.state_path = args.state
+        self.change = parse_size(args.change)
+        self.generation = 0
+        self.pending: list[int] = []
+        # A mapping rather than bytes: page-aligned, and CRIU dumps it as ordinary anonymous memory.
+        self.mem = mmap.mmap(-1, max(self.size, mmap.PAGESIZE))
+        fill(self.mem, self.size, tuple(float(x) for x in args.mix.split(",")), args.seed)
+        self.rng = random.Random(args.seed + 1)
+
+    def write_state(self) -> None:
+        state = {"pid": os.getpid(), "size": self.size, "checksum": checksum(self.mem),
+                 "generation": self.generation, "time": time.time()}
+        tmp = f"{self.state_path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, self.state_path)
+
+    def change_some(self) -> None:
+        n = min(self.change, self.size)
+        off = self.rng.randrange(0, max(1, self.size - n)) // mmap.PAGESIZE * mmap.PAGESIZE
+        self.mem[off : off + n] = self.rng.randbytes(n)
+        self.generation += 1
+
+    def run(self) -> None:
+        signal.signal(signal.SIGUSR1, lambda *_: self.pending.append(signal.SIGUSR1))
+        signal.signal(signal.SIGUSR2, lambda *_: self.pending.append(signal.SIGUSR2))
+        self.write_state()
+        while True:
+            time.sleep(0.05)
+            while self.pending:
+                if self.pending.pop(0) == signal.SIGUSR2:
+                    self.change_some()
+                self.write_state()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="64M")
+    parser.add_argument("--mix", default="0.3,0.3,0.4", help="fractions of zeros,text,random")
+    parser.add_argument("--state", required=True, help="JSON file the checksum is written to")
+    parser.add_argument("--change", default="256K", help="bytes SIGUSR2 rewrites")
+    parser.add_argument("--seed", type=int, default=1)
+    Workload(parser.parse_args()).run()
+
+
+if __name__ == "__main__":
+    main()
