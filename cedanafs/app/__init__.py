@@ -1,0 +1,1 @@
+"""Use cases: each module wires the lower layers for one family of commands."""

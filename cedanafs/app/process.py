@@ -1,0 +1,311 @@
+"""Use cases `dump process` and `restore process`: the seed's archive layout over the criu layer.
+
+A dump goes to a hidden staging directory beside its destination and only appears under its
+final name once CRIU succeeded and (for archives) the archive is complete, so a failed dump
+leaves nothing behind and the process running. A restore never modifies the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import criu
+from ..config import COMPRESSIONS, Settings
+from ..errors import AlreadyExists, CheckpointError, NotFound, PermissionDenied, UsageError
+from . import archive
+from .procinfo import dumpable_process, process_state
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "process_state.json"
+DUMP_LOG = "criu-dump.log"
+RESTORE_LOG = "criu-restore.log"
+
+
+@dataclass(frozen=True)
+class DumpRequest:
+    pid: int
+    dir: str | None = None
+    name: str | None = None
+    compression: str | None = None
+    leave_running: bool | None = None
+    tcp_established: bool = False
+    skip_in_flight: bool = False
+    file_locks: bool = False
+    external: tuple[str, ...] = ()
+    shell_job: bool | None = None
+    link_remap: bool = False
+    criu_opts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DumpResult:
+    path: str
+    pid: int
+    name: str
+    compression: str
+    size: int
+    duration: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    path: str
+    no_server: bool = False
+    pid_file: str | None = None
+    tcp_established: bool = False
+    tcp_close: bool = False
+    leave_stopped: bool = False
+    file_locks: bool = False
+    external: tuple[str, ...] = ()
+    shell_job: bool | None = None
+    link_remap: bool = False
+    criu_opts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    pid: int
+    exit_code: int | None = None
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise PermissionDenied("cedana must run as root to checkpoint or restore processes (CRIU needs it)")
+
+
+def parse_criu_opts(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"--criu-opts is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise UsageError("--criu-opts must be a JSON object of CRIU RPC options")
+    return value
+
+
+def _check_name(name: str) -> str:
+    if not name or name in (".", "..") or "/" in name or name.startswith("."):
+        raise UsageError(f"invalid checkpoint name {name!r}: use letters, digits, '-', '_' or '.'")
+    return name
+
+
+def _check_parent(parent: str) -> str:
+    if not os.path.exists(parent):
+        raise NotFound(f"checkpoint directory {parent} does not exist")
+    if not os.path.isdir(parent):
+        raise UsageError(f"checkpoint directory {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionDenied(f"checkpoint directory {parent} is not writable")
+    return os.path.abspath(parent)
+
+
+def _dump_options(req: DumpRequest, settings: Settings, images_dir: str, state) -> criu.DumpOptions:
+    leave_running = settings.criu.leave_running if req.leave_running is None else req.leave_running
+    return criu.DumpOptions(
+        images_dir=images_dir, log_file=DUMP_LOG, pid=req.pid, leave_running=leave_running,
+        shell_job=state.shell_job if req.shell_job is None else req.shell_job,
+        tcp_established=req.tcp_established or state.tcp_established,
+        skip_in_flight=req.skip_in_flight, file_locks=req.file_locks, link_remap=req.link_remap,
+        external=tuple(req.external), extra=dict(req.criu_opts),
+    )
+
+
+def _size(path: str) -> int:
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path))
+    return os.path.getsize(path)
+
+
+def _publish(staging: str, final: str, compression: str) -> None:
+    """Give the finished dump its final name without ever replacing an existing one."""
+    if compression == "none":
+        if os.path.exists(final):
+            raise AlreadyExists(f"{final} already exists")
+        os.rename(staging, final)
+        return
+    tmp = f"{os.path.dirname(final)}/.{os.path.basename(final)}.partial-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as out:
+            archive.write_archive(staging, out, compression)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(tmp, final)  # fails if final appeared meanwhile: no silent overwrite
+        except FileExistsError:
+            raise AlreadyExists(f"{final} already exists") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def dump_process(settings: Settings, req: DumpRequest) -> DumpResult:
+    require_root()
+    compression = req.compression or settings.checkpoint.compression or "none"
+    if compression not in COMPRESSIONS:
+        raise UsageError(f"unknown compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
+    proc = dumpable_process(req.pid)
+    parent = _check_parent(req.dir or settings.checkpoint.dir or "/tmp")
+    name = _check_name(req.name or f"dump-process-{time.time_ns()}")
+    final = os.path.join(parent, archive.archive_name(name, compression))
+    if os.path.lexists(final):
+        raise AlreadyExists(f"{final} already exists; choose another --name")
+    binary = criu.find_criu(settings.criu.binary_path)
+    state = process_state(proc)
+    started = time.monotonic()
+    staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=parent)
+    try:
+        criu.dump(binary, _dump_options(req, settings, staging, state))
+        with open(os.path.join(staging, STATE_FILE), "w") as f:
+            json.dump(state.to_dict(), f, indent=2)
+        _publish(staging, final, compression)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return DumpResult(path=final, pid=req.pid, name=name, compression=compression,
+                      size=_size(final), duration=time.monotonic() - started)
+
+
+# --- restore ---
+
+
+class _ImagesDir:
+    """An images dir to restore from: the given dir, or a private temp dir holding an unpacked archive."""
+
+    def __init__(self, path: str):
+        self.source = path
+        self.temp: str | None = None
+        self.path = path
+
+    def __enter__(self) -> "_ImagesDir":
+        if not os.path.lexists(self.source):
+            raise NotFound(f"checkpoint {self.source} does not exist")
+        if os.path.isdir(self.source):
+            if not os.path.exists(os.path.join(self.source, "inventory.img")):
+                raise CheckpointError(f"{self.source} is not a CRIU images directory (no inventory.img)")
+            return self
+        self.temp = tempfile.mkdtemp(prefix="cedana-restore-images-")
+        try:
+            with open(self.source, "rb") as src:
+                archive.extract_archive(src, self.temp, self.source)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        self.path = self.temp
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.temp:
+            shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def _read_state(images_dir: str) -> dict:
+    try:
+        with open(os.path.join(images_dir, STATE_FILE)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _pid_holder(pid: int, wait: float = 3.0) -> str | None:
+    """What holds pid, or None if it is free; a zombie of the dumped process gets a moment to be reaped."""
+    import psutil
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() != psutil.STATUS_ZOMBIE or time.monotonic() > deadline:
+                return " ".join(proc.cmdline()) or proc.name()
+        except psutil.NoSuchProcess:
+            return None
+        except psutil.Error:
+            return "another process"
+        time.sleep(0.05)
+
+
+def _check_pids_free(images_dir: str) -> None:
+    for pid in criu.image_pids(images_dir):
+        holder = _pid_holder(pid)
+        if holder is not None:
+            raise AlreadyExists(
+                f"PID {pid} is in use ({holder}); the checkpointed process needs it:"
+                " stop the original process first"
+            )
+
+
+def _stdio_inheritance(state: dict) -> tuple[criu.StdioMapping, ...]:
+    """Hand our stdio to the restored tree where it had pipes, so `--no-server` attaches it."""
+    maps = []
+    for fd_text, target in state.get("stdio", {}).items():
+        if target.startswith("pipe:"):
+            dup = os.dup(int(fd_text))
+            maps.append(criu.StdioMapping(key=target, fd=dup))
+    return tuple(maps)
+
+
+def _wait_child(pid: int) -> int:
+    """Wait for the restored child, passing on the signals meant for it; return a shell-style code."""
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+    previous = {s: signal.signal(s, lambda sig, _f: os.kill(pid, sig)) for s in forwarded}
+    try:
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+
+def _restore_options(req: RestoreRequest, images: str, work: str, state: dict, inherit) -> criu.RestoreOptions:
+    return criu.RestoreOptions(
+        images_dir=images, work_dir=work, log_file=RESTORE_LOG,
+        shell_job=state.get("shell_job", True) if req.shell_job is None else req.shell_job,
+        tcp_established=req.tcp_established or state.get("tcp_established", False),
+        tcp_close=req.tcp_close, leave_stopped=req.leave_stopped, file_locks=req.file_locks,
+        link_remap=req.link_remap, external=tuple(req.external), extra=dict(req.criu_opts),
+        rst_sibling=req.no_server, inherit=inherit,
+    )
+
+
+def restore_process(settings: Settings, req: RestoreRequest) -> RestoreResult:
+    require_root()
+    binary = criu.find_criu(settings.criu.binary_path)
+    with _ImagesDir(req.path) as images:
+        state = _read_state(images.path)
+        _check_pids_free(images.path)
+        # CRIU writes its log into the work dir; keep it local so the checkpoint is never modified.
+        work = tempfile.mkdtemp(prefix="cedana-restore-")
+        inherit = _stdio_inheritance(state) if req.no_server else ()
+        try:
+            pid = criu.restore(binary, _restore_options(req, images.path, work, state, inherit))
+        finally:
+            for m in inherit:
+                os.close(m.fd)
+    shutil.rmtree(work, ignore_errors=True)
+    if req.pid_file:
+        with open(req.pid_file, "w") as f:
+            f.write(f"{pid}\n")
+    if req.no_server:
+        return RestoreResult(pid=pid, exit_code=_wait_child(pid))
+    return RestoreResult(pid=pid)

@@ -1,0 +1,177 @@
+"""Dump and restore through pycriu's `criu swrk` RPC, with CRIU's failures turned into sentences.
+
+CRIU's RPC only reports an errno; the reason is in its log, so errors quote the log's last
+error lines and name the log file.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import CriuError, UsageError
+
+log = logging.getLogger(__name__)
+
+# Fields that --criu-opts may not set, because cedanafs owns them.
+_RESERVED = {"images_dir_fd", "images_dir", "work_dir_fd", "pid", "log_file", "rst_sibling", "inherit_fd"}
+
+
+@dataclass(frozen=True)
+class StdioMapping:
+    """Give the restored tree one of our fds in place of a resource it had (CRIU's inherit-fd)."""
+
+    key: str
+    fd: int
+
+
+@dataclass(frozen=True)
+class CommonOptions:
+    images_dir: str
+    work_dir: str | None = None
+    log_file: str = "criu.log"
+    log_level: int = 4
+    shell_job: bool = False
+    tcp_established: bool = False
+    file_locks: bool = False
+    link_remap: bool = False
+    ext_unix_sk: bool = False
+    external: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DumpOptions(CommonOptions):
+    pid: int = 0
+    leave_running: bool = False
+    skip_in_flight: bool = False
+
+
+@dataclass(frozen=True)
+class RestoreOptions(CommonOptions):
+    tcp_close: bool = False
+    leave_stopped: bool = False
+    rst_sibling: bool = False
+    lazy_pages: bool = False
+    inherit: tuple[StdioMapping, ...] = ()
+
+
+def _inheritable_dir_fd(stack: ExitStack, path: str) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    stack.callback(os.close, fd)
+    # pycriu forks and execs `criu swrk`; only non-CLOEXEC fds reach it.
+    os.set_inheritable(fd, True)
+    return fd
+
+
+def _apply_extra(opts: Any, extra: dict[str, Any]) -> None:
+    for name, value in extra.items():
+        if name in _RESERVED:
+            raise UsageError(f"--criu-opts: {name!r} is set by cedana and cannot be overridden")
+        if name not in opts.DESCRIPTOR.fields_by_name:
+            raise UsageError(f"--criu-opts: unknown CRIU option {name!r}")
+        try:
+            target = getattr(opts, name)
+            if hasattr(target, "extend") and isinstance(value, list):
+                target.extend(value)
+            else:
+                setattr(opts, name, value)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise UsageError(f"--criu-opts: bad value for {name!r}: {exc}") from None
+
+
+def _common(stack: ExitStack, opts: Any, o: CommonOptions) -> str:
+    opts.images_dir_fd = _inheritable_dir_fd(stack, o.images_dir)
+    work_dir = o.work_dir or o.images_dir
+    if o.work_dir:
+        opts.work_dir_fd = _inheritable_dir_fd(stack, o.work_dir)
+    opts.log_file = o.log_file
+    opts.log_level = o.log_level
+    opts.shell_job = o.shell_job
+    opts.tcp_established = o.tcp_established
+    opts.file_locks = o.file_locks
+    opts.link_remap = o.link_remap
+    opts.ext_unix_sk = o.ext_unix_sk
+    opts.external.extend(o.external)
+    _apply_extra(opts, o.extra)
+    return os.path.join(work_dir, o.log_file)
+
+
+def log_errors(log_path: str, limit: int = 3) -> str:
+    """The last few error lines of a CRIU log, joined; empty if none."""
+    try:
+        with open(log_path, errors="replace") as f:
+            lines = [ln.strip() for ln in f if "Error" in ln or "error" in ln]
+    except OSError:
+        return ""
+    cleaned = [ln.split(": ", 1)[-1] if ln.startswith("(") else ln for ln in lines[-limit:]]
+    return "; ".join(cleaned)
+
+
+def _errno_text(code: int) -> str:
+    if code == errno.ESRCH:
+        return "no such process"
+    if code == errno.EEXIST:
+        return "a process with a pid it needs already exists"
+    if code == errno.EBADRQC:
+        return "CRIU rejected the options"
+    return os.strerror(code) if code else "failed"
+
+
+def _criu(binary: str) -> Any:
+    import pycriu  # loaded lazily: protobuf import is slow and only dump/restore need it
+
+    client = pycriu.criu()
+    client.use_binary(binary)
+    return client
+
+
+def _fail(action: str, exc: Exception, log_path: str) -> CriuError:
+    detail = log_errors(log_path)
+    code = getattr(exc, "errno", 0) or 0
+    reason = detail or _errno_text(code) or str(exc)
+    return CriuError(f"CRIU {action} failed: {reason} (log: {log_path})")
+
+
+def dump(binary: str, o: DumpOptions) -> None:
+    """Checkpoint the tree rooted at o.pid into o.images_dir."""
+    import pycriu
+
+    client = _criu(binary)
+    with ExitStack() as stack:
+        log_path = _common(stack, client.opts, o)
+        client.opts.pid = o.pid
+        client.opts.leave_running = o.leave_running
+        client.opts.tcp_skip_in_flight = o.skip_in_flight
+        log.info("criu dump pid=%d dir=%s", o.pid, o.images_dir)
+        try:
+            client.dump()
+        except pycriu.CRIUException as exc:
+            raise _fail(f"dump of PID {o.pid}", exc, log_path) from None
+
+
+def restore(binary: str, o: RestoreOptions) -> int:
+    """Restore the tree in o.images_dir; returns the root pid."""
+    import pycriu
+
+    client = _criu(binary)
+    with ExitStack() as stack:
+        log_path = _common(stack, client.opts, o)
+        client.opts.tcp_close = o.tcp_close
+        client.opts.leave_stopped = o.leave_stopped
+        client.opts.rst_sibling = o.rst_sibling
+        client.opts.lazy_pages = o.lazy_pages
+        for m in o.inherit:
+            os.set_inheritable(m.fd, True)
+            entry = client.opts.inherit_fd.add()
+            entry.key, entry.fd = m.key, m.fd
+        log.info("criu restore dir=%s sibling=%s", o.images_dir, o.rst_sibling)
+        try:
+            resp = client.restore()
+        except pycriu.CRIUException as exc:
+            raise _fail("restore", exc, log_path) from None
+        return int(resp.pid)
