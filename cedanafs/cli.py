@@ -133,7 +133,8 @@ def check(ctx: Context, full: bool, output: str) -> None:
     from .app.check import ready, run_checks
 
     items = run_checks(ctx.settings, full=full)
-    rows = [[i.name, "ok" if i.ok else ("MISSING" if i.required else "warning"), i.detail, i.fix] for i in items]
+    rows = [[i.name, "ok" if i.ok else ("MISSING" if i.required else "warning"), i.detail, "" if i.ok else i.fix]
+            for i in items]
     emit([i.__dict__ for i in items], output, lambda _: format_table(["CHECK", "STATUS", "DETAIL", "NEXT STEP"], rows))
     if not ready(items):
         sys.exit(8)
@@ -219,7 +220,20 @@ def restore_process_cmd(ctx: Context, path: str, pid_file: str | None, no_server
 
 
 def main() -> None:
-    cli(prog_name="cedana")
+    """Entry point: click's own usage errors are also reported on one line."""
+    try:
+        code = cli.main(prog_name="cedana", standalone_mode=False)
+    except click.UsageError as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # a bare group: show its help, as click would
+            click.echo(err.format_message())
+            sys.exit(0)
+        where = f" (see '{err.ctx.command_path} --help')" if err.ctx else ""
+        fail(f"{err.format_message()}{where}", 2)
+    except click.ClickException as err:
+        fail(err.format_message(), err.exit_code)
+    except click.Abort:
+        fail("aborted", 1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
