@@ -1,0 +1,144 @@
+"""The backend interface: a dumb key/value object store with typed errors.
+
+Keys are '/'-separated strings relative to the backend's root (e.g. 'chunks/ab/ab12...').
+Compression, chunking, dedup and caching live above this interface (chunkstore.py, files.py).
+Implementations are thread-safe.
+"""
+
+from __future__ import annotations
+
+import io
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+from ..errors import NoSuchObject
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What stat() tells about one object: its size in bytes and its modification time (epoch s)."""
+
+    size: int
+    mtime: float
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape the root or collide with directory names."""
+    if not key or key.startswith("/") or key.endswith("/") or "\\" in key:
+        raise ValueError(f"invalid object key {key!r}")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise ValueError(f"invalid object key {key!r}")
+    return key
+
+
+class Backend(ABC):
+    """A flat object store addressed by key. `url` names it in messages."""
+
+    url: str = ""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """The whole object; NoSuchObject if absent."""
+
+    @abstractmethod
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """length bytes from offset (fewer at the end of the object)."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Store the object atomically: readers see the old object or the whole new one."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys starting with prefix, relative to the root, in no guaranteed order."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object; no error if it is already gone."""
+
+    @abstractmethod
+    def stat(self, key: str) -> ObjectInfo:
+        """Size and mtime; NoSuchObject if absent."""
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.stat(key)
+        except NoSuchObject:
+            return False
+        return True
+
+    @abstractmethod
+    def open_read(self, key: str) -> BinaryIO:
+        """A readable binary stream of the object; NoSuchObject if absent."""
+
+    @abstractmethod
+    def open_write(self, key: str) -> "AtomicWriter":
+        """A writable stream; the object appears, whole, only on close(). abort() or an exception
+        inside a `with` block leaves no object."""
+
+    def close(self) -> None:
+        """Release clients and sessions (optional)."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}>"
+
+
+class AtomicWriter(io.RawIOBase):
+    """Base of open_write() results: write(), close() commits, abort() discards.
+
+    Used as a context manager, an exception in the block aborts instead of committing; garbage
+    collection of an unclosed writer also aborts (never a partial object by accident).
+    """
+
+    def __init__(self, key: str):
+        super().__init__()
+        self.key = key
+        self._done = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        if self._done:
+            raise ValueError(f"write to closed writer for {self.key}")
+        self._write(bytes(data))
+        return len(data)
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            try:
+                self._commit()
+            except BaseException:
+                self._discard()
+                raise
+        super().close()
+
+    def abort(self) -> None:
+        if not self._done:
+            self._done = True
+            self._discard()
+        super().close()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_done", True):
+            try:
+                self.abort()
+            except Exception:  # noqa: BLE001 - nothing to report to during finalization
+                pass
+
+    @abstractmethod
+    def _write(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    def _commit(self) -> None: ...
+
+    @abstractmethod
+    def _discard(self) -> None: ...

@@ -1,0 +1,136 @@
+"""Local-directory backend: one file per object under a root directory.
+
+Writes go to a temporary file in <root>/.tmp/ (same filesystem), are fsynced, then renamed over
+the final name and the directory fsynced, so readers see the old or the whole new object and a
+crash leaves at most a stray temp file (which list() never shows).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from typing import BinaryIO, Iterator
+
+from ..errors import BackendError, NoSuchObject
+from .base import AtomicWriter, Backend, ObjectInfo, check_key
+
+TMP_DIR = ".tmp"
+
+
+class LocalBackend(Backend):
+    """Objects as files below `root`."""
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        self.url = "file://" + self.root
+        try:
+            os.makedirs(os.path.join(self.root, TMP_DIR), exist_ok=True)
+        except OSError as exc:
+            raise BackendError(f"{self.url}: cannot create the store directory: {exc.strerror}") from None
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, *check_key(key).split("/"))
+
+    def _fail(self, key: str, exc: OSError) -> BackendError:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR):
+            return NoSuchObject(f"{self.url}/{key}: no such object")
+        return BackendError(f"{self.url}/{key}: {exc.strerror or exc}")
+
+    def get(self, key: str) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise self._fail(key, exc) from None
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                f.seek(offset)
+                return f.read(length)
+        except OSError as exc:
+            raise self._fail(key, exc) from None
+
+    def put(self, key: str, data: bytes) -> None:
+        with self.open_write(key) as f:
+            f.write(data)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        start = self.root
+        head = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        if head:
+            start = os.path.join(self.root, *head.split("/"))
+        for dirpath, dirnames, filenames in os.walk(start):
+            rel = os.path.relpath(dirpath, self.root)
+            if rel == ".":
+                dirnames[:] = [d for d in dirnames if d != TMP_DIR]
+                rel = ""
+            for name in filenames:
+                key = f"{rel}/{name}" if rel else name
+                key = key.replace(os.sep, "/")
+                if key.startswith(prefix):
+                    yield key
+
+    def delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise self._fail(key, exc) from None
+
+    def stat(self, key: str) -> ObjectInfo:
+        try:
+            st = os.stat(self._path(key))
+        except OSError as exc:
+            raise self._fail(key, exc) from None
+        return ObjectInfo(size=st.st_size, mtime=st.st_mtime)
+
+    def open_read(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")
+        except OSError as exc:
+            raise self._fail(key, exc) from None
+
+    def open_write(self, key: str) -> AtomicWriter:
+        return _LocalWriter(self, key, self._path(key))
+
+
+class _LocalWriter(AtomicWriter):
+    def __init__(self, backend: LocalBackend, key: str, final: str):
+        super().__init__(key)
+        self._backend = backend
+        self._final = final
+        fd, self._tmp = tempfile.mkstemp(dir=os.path.join(backend.root, TMP_DIR), prefix="put-")
+        self._file = os.fdopen(fd, "wb")
+
+    def _write(self, data: bytes) -> None:
+        self._file.write(data)
+
+    def _commit(self) -> None:
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            parent = os.path.dirname(self._final)
+            os.makedirs(parent, exist_ok=True)
+            os.rename(self._tmp, self._final)
+            _fsync_dir(parent)
+        except OSError as exc:
+            raise self._backend._fail(self.key, exc) from None
+
+    def _discard(self) -> None:
+        self._file.close()
+        try:
+            os.unlink(self._tmp)
+        except FileNotFoundError:
+            pass
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

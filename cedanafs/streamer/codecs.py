@@ -1,0 +1,96 @@
+"""Per-chunk compression: zstd (default), lz4, none, with a 1-byte header naming the codec.
+
+Every stored chunk starts with one byte saying how its body is encoded, so reading needs no
+configuration and stores written with different codecs mix freely. A chunk is stored plain
+when compression saves less than MIN_SAVING of its size (random data, already-compressed data).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import lz4.block
+import zstandard
+
+from cedanafs.errors import UsageError
+
+NONE, ZSTD, LZ4 = 0, 1, 2
+CODECS = {"none": NONE, "zstd": ZSTD, "lz4": LZ4}
+NAMES = {v: k for k, v in CODECS.items()}
+MIN_SAVING = 0.03
+ZSTD_LEVEL = 3
+# No chunk is this large; a corrupt header claiming more must not make us allocate it.
+MAX_PLAIN = 64 << 20
+
+# zstandard's (de)compressor objects are not safe to share between threads; one per thread.
+_local = threading.local()
+
+
+class DecodeError(ValueError):
+    """The stored bytes are not a valid encoded chunk."""
+
+
+def codec_id(name: str) -> int:
+    try:
+        return CODECS[name]
+    except KeyError:
+        raise UsageError(f"unknown codec {name!r} (use one of {', '.join(CODECS)})") from None
+
+
+def _zstd_c() -> zstandard.ZstdCompressor:
+    c = getattr(_local, "zc", None)
+    if c is None:
+        c = _local.zc = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+    return c
+
+
+def _zstd_d() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "zd", None)
+    if d is None:
+        d = _local.zd = zstandard.ZstdDecompressor()
+    return d
+
+
+def encode(data: bytes, codec: str = "zstd") -> bytes:
+    """Header byte + body; the body is plain when compression does not pay."""
+    cid = codec_id(codec)
+    if cid == ZSTD:
+        body = _zstd_c().compress(data)
+    elif cid == LZ4:
+        body = lz4.block.compress(data, store_size=True)
+    else:
+        return bytes([NONE]) + data
+    if len(body) > len(data) * (1 - MIN_SAVING):
+        return bytes([NONE]) + data
+    return bytes([cid]) + body
+
+
+def decode(blob: bytes) -> bytes:
+    """The plain bytes of an encoded chunk; DecodeError if it cannot be decoded."""
+    if not blob:
+        raise DecodeError("empty object")
+    cid, body = blob[0], memoryview(blob)[1:]
+    try:
+        if cid == NONE:
+            return bytes(body)
+        if cid == ZSTD:
+            _check_size(zstandard.frame_content_size(body))
+            return _zstd_d().decompress(body)
+        if cid == LZ4:
+            _check_size(int.from_bytes(body[:4], "little"))
+            return lz4.block.decompress(body)
+    except (zstandard.ZstdError, lz4.block.LZ4BlockError, ValueError) as exc:
+        raise DecodeError(f"{NAMES[cid]} body does not decode: {exc}") from None
+    raise DecodeError(f"unknown codec byte {cid}")
+
+
+def _check_size(size: int) -> None:
+    if size < 0 or size > MAX_PLAIN:
+        raise DecodeError(f"header claims an impossible plain size {size}")
+
+
+def codec_of(blob: bytes) -> str:
+    """The codec name recorded in an encoded chunk's header."""
+    if not blob or blob[0] not in NAMES:
+        raise DecodeError("unknown codec header")
+    return NAMES[blob[0]]

@@ -1,0 +1,193 @@
+"""Writer leases and garbage collection of unreferenced chunks, safe while writers run.
+
+The rule (docs/store.md has the reasoning):
+- A writer opens a lease: an object leases/<id> whose backend mtime is the lease start. A
+  background thread re-puts it every ttl/3; a lease not refreshed for ttl is dead (crashed writer).
+- A writer that reuses an existing chunk older than its lease start re-puts that chunk
+  (ChunkStore.store), so every chunk a live writer relies on has an mtime >= its lease start.
+- GC takes its own start time from the backend clock, lists leases, then asks for the referenced
+  digests (manifests listed after the leases), then lists chunks. It deletes a chunk only if it is
+  unreferenced and older than min(GC start, oldest live lease start) - grace, re-statting it just
+  before the delete.
+All times are backend mtimes, so clocks of different machines never get compared.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from .chunkstore import ChunkStore
+from .errors import BackendError, NoSuchObject
+
+log = logging.getLogger(__name__)
+
+LEASES = "leases/"
+GC_MARKERS = "gc/"
+DEFAULT_TTL = 600.0
+DEFAULT_GRACE = 3600.0
+
+
+def backend_now(store: ChunkStore, tag: str = "clock") -> float:
+    """The backend's current time: the mtime of a tiny object we put (then delete)."""
+    key = f"{GC_MARKERS}{tag}-{uuid.uuid4().hex}"
+    store.backend.put(key, b"")
+    try:
+        return store.backend.stat(key).mtime
+    finally:
+        store.backend.delete(key)
+
+
+class Lease:
+    """A writer's lease; use via ChunkStore-level open_lease() as a context manager."""
+
+    def __init__(self, store: ChunkStore, ttl: float = DEFAULT_TTL):
+        self.store = store
+        self.ttl = ttl
+        self.id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:12]}"
+        self.key = LEASES + self.id
+        self.start = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _body(self) -> bytes:
+        body = {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "ttl": self.ttl}
+        if self.start:
+            body["start"] = self.start  # the first put's mtime; refreshes move the mtime on
+        return json.dumps(body).encode()
+
+    def acquire(self) -> "Lease":
+        self.store.backend.put(self.key, self._body())
+        self.start = self.store.backend.stat(self.key).mtime
+        self.store.backend.put(self.key, self._body())
+        self._thread = threading.Thread(target=self._refresh_loop, name=f"lease-{self.id}", daemon=True)
+        self._thread.start()
+        log.debug("lease %s acquired at %.3f", self.id, self.start)
+        return self
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                self.store.backend.put(self.key, self._body())
+            except BackendError as exc:
+                log.warning("lease %s: refresh failed: %s", self.id, exc)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            self.store.backend.delete(self.key)
+        except BackendError as exc:
+            log.warning("lease %s: could not remove it (it expires by itself): %s", self.id, exc)
+
+    def __enter__(self) -> "Lease":
+        return self.acquire() if not self.start else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def open_lease(store: ChunkStore, ttl: float = DEFAULT_TTL) -> Lease:
+    """A lease to hold while writing chunks that a manifest will reference: `with open_lease(s):`."""
+    return Lease(store, ttl).acquire()
+
+
+@dataclass(frozen=True)
+class LiveLease:
+    id: str
+    start: float  # mtime of the lease object (its last refresh); a lower bound is what matters
+    refreshed: float
+
+
+@dataclass
+class GcResult:
+    """What a GC pass found and did."""
+
+    chunks_seen: int = 0
+    referenced: int = 0
+    deleted: int = 0
+    deleted_bytes: int = 0
+    kept_recent: int = 0
+    cutoff: float = 0.0
+    live_leases: list[str] = field(default_factory=list)
+    expired_leases_removed: int = 0
+
+
+def _lease_ttl(store: ChunkStore, key: str) -> float:
+    try:
+        return float(json.loads(store.backend.get(key)).get("ttl", DEFAULT_TTL))
+    except (ValueError, AttributeError, BackendError):
+        return DEFAULT_TTL
+
+
+def _scan_leases(store: ChunkStore, now: float, result: GcResult) -> float:
+    """Oldest live lease start (or now); expired leases are removed."""
+    oldest = now
+    for key in list(store.backend.list(LEASES)):
+        try:
+            info = store.backend.stat(key)
+        except NoSuchObject:
+            continue
+        ttl = _lease_ttl(store, key)
+        if now - info.mtime > ttl:
+            store.backend.delete(key)
+            result.expired_leases_removed += 1
+            continue
+        result.live_leases.append(key[len(LEASES):])
+        oldest = min(oldest, _lease_start(store, key, info.mtime))
+    return oldest
+
+
+def _lease_start(store: ChunkStore, key: str, mtime: float) -> float:
+    """A refresh moves the lease's mtime; its body keeps the first mtime, the writer's start."""
+    try:
+        body = json.loads(store.backend.get(key))
+        return min(mtime, float(body.get("start", mtime)))
+    except (ValueError, AttributeError, BackendError):
+        return mtime
+
+
+def collect_garbage(store: ChunkStore, referenced: Iterable[str] | Callable[[], Iterable[str]],
+                    grace_seconds: float = DEFAULT_GRACE, dry_run: bool = False) -> GcResult:
+    """Delete chunks no manifest references that no live writer may rely on.
+
+    `referenced` is best a callable that lists the manifests *when called*: GC calls it after it
+    has read the leases, which is the order the safety argument needs. A plain set must have been
+    computed after this call's start minus the grace period.
+    """
+    result = GcResult()
+    now = backend_now(store, "gc")
+    oldest = _scan_leases(store, now, result)
+    refs = set(referenced() if callable(referenced) else referenced)
+    result.referenced = len(refs)
+    result.cutoff = min(now, oldest) - grace_seconds
+    for digest in list(store.list_digests()):
+        result.chunks_seen += 1
+        if digest in refs:
+            continue
+        _maybe_delete(store, digest, result, dry_run)
+    log.info("gc: %d chunks seen, %d referenced, %d deleted (%d bytes), %d kept as recent",
+             result.chunks_seen, result.referenced, result.deleted, result.deleted_bytes, result.kept_recent)
+    return result
+
+
+def _maybe_delete(store: ChunkStore, digest: str, result: GcResult, dry_run: bool) -> None:
+    try:
+        info = store.stat(digest)  # re-stat just before deleting: a writer may have touched it
+    except NoSuchObject:
+        return
+    if info.mtime >= result.cutoff:
+        result.kept_recent += 1
+        return
+    if not dry_run:
+        store.delete(digest)
+    result.deleted += 1
+    result.deleted_bytes += info.stored_size
