@@ -1,0 +1,445 @@
+"""The ways of checkpointing compared, each as a dump step and one or more restore steps.
+
+A method is measured only when the commands it needs exist (`unavailable()` says why not);
+every step runs the real programs (criu, tar, gzip, lz4, cedana), nothing is estimated.
+Each dump keeps the workload running (--leave-running), so all methods of a repetition dump
+the same memory; restores then run one at a time, because a restored process takes the
+workload's PID back.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .procs import (Cleanup, CmdResult, MemoryWatch, StepError, command_works, is_running, last_line,
+                    run_cmd, unmount)
+
+ARCHIVE_EXT = {"none": "", "tar": ".tar", "gzip": ".tar.gz", "lz4": ".tar.lz4", "zlib": ".tar.zlib",
+               "zstd": ".tar.zst"}
+CEDANA_COMPRESSIONS = ["none", "tar", "gzip", "lz4", "zlib", "zstd"]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One figure of the report: what it is, its unit, and which figure is its floor."""
+    id: str
+    kind: str  # dump | restore | bytes | memory
+    label: str
+    unit: str  # s | B
+    floor: str | None
+
+
+@dataclass
+class Env:
+    """What every step needs: the programs, the directories, and the cleanup list."""
+    criu: str
+    cedana: str | None
+    workdir: Path
+    floor_dir: Path  # a tmpfs
+    store_dir: Path  # the "store" Cedana's way copies its archives to
+    cleanup: Cleanup
+    timeout: float
+    cmd_env: dict = field(default_factory=lambda: dict(os.environ))
+    help_cache: dict = field(default_factory=dict)
+
+    def missing(self, *words: str) -> str | None:
+        """Why `cedana WORDS` cannot be used yet, in a few words; None when it runs."""
+        if not self.cedana:
+            return "the `cedana` command is not installed"
+        works, text = self.cedana_help(*words)
+        if works:
+            return None
+        command = " ".join(("cedana",) + words)
+        if "No such command" in text:
+            return f"`{command}` does not exist yet"
+        return f"`{command} --help` fails: {last_line(text)[:80]}"
+
+    def cedana_help(self, *words: str) -> tuple[bool, str]:
+        """`cedana WORDS --help`: (works, text); cached, it is asked by several methods."""
+        if not self.cedana:
+            return False, "the cedana command is not installed"
+        if words not in self.help_cache:
+            self.help_cache[words] = command_works([self.cedana, *words, "--help"])
+        return self.help_cache[words]
+
+
+@dataclass
+class Artifact:
+    """A checkpoint a dump produced: where it is, which checksum a restore of it must show."""
+    path: Path
+    checksum: str
+    pid: int
+    nbytes: int
+    peak_rss: dict[str, int] = field(default_factory=dict)
+
+
+def tree_bytes(path: Path) -> int:
+    """Apparent size of a file, or of all files under a directory."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum((Path(root) / name).lstat().st_size for root, _, names in os.walk(path) for name in names)
+
+
+def wait_running(pid: int, timeout: float = 10.0) -> None:
+    """A restore command has returned; its process must be there (give a detached start a moment)."""
+    deadline = time.monotonic() + timeout
+    while not is_running(pid):
+        if time.monotonic() > deadline:
+            raise StepError(f"restore returned but process {pid} is not running")
+        time.sleep(0.01)
+
+
+class Method:
+    key = ""
+    label = ""
+    has_second = False  # also measured: a second checkpoint after the workload changed a little
+    memory_figure = False  # peak RSS of cedanafs processes is reported
+
+    def restore_modes(self) -> list[str]:
+        return ["eager"]
+
+    def specs(self) -> list[Spec]:
+        specs = [Spec(f"dump/{self.key}", "dump", f"dump: {self.label}", "s", "dump/floor")]
+        if self.has_second:
+            specs.append(Spec(f"dump/{self.key}:second", "dump", f"dump: {self.label}, 2nd checkpoint",
+                              "s", "dump/floor"))
+        for mode in self.restore_modes():
+            specs += self.restore_specs(mode)
+        specs.append(Spec(f"bytes/{self.key}", "bytes", f"stored: {self.label}", "B", "bytes/floor"))
+        if self.has_second:
+            specs.append(Spec(f"bytes/{self.key}:second", "bytes", f"stored: {self.label}, 2nd checkpoint",
+                              "B", "bytes/floor"))
+        if self.memory_figure:
+            specs.append(Spec(f"memory/{self.key}", "memory", f"peak RSS: {self.label}", "B", None))
+        return specs
+
+    def restore_specs(self, mode: str) -> list[Spec]:
+        return [Spec(f"restore/{self.key}", "restore", f"restore: {self.restore_label()}", "s", "restore/floor")]
+
+    def restore_label(self) -> str:
+        return self.label
+
+    def unavailable(self, env: Env) -> str | None:
+        return None
+
+    def mode_unavailable(self, env: Env, mode: str) -> str | None:
+        """Why one restore mode cannot be measured although the method can."""
+        return None
+
+    def begin_rep(self, env: Env, rep: int) -> None:
+        pass
+
+    def end_rep(self, env: Env) -> dict[str, int]:
+        """Tear down per-repetition state; returns peak RSS seen by long-lived processes."""
+        return {}
+
+    def dump(self, env: Env, pid: int, rep: int, checksum: str, second: bool = False) -> Artifact:
+        raise NotImplementedError
+
+    def restore(self, env: Env, art: Artifact, mode: str, scratch: Path) -> CmdResult | None:
+        raise NotImplementedError
+
+
+# --- the floor: raw CRIU into a tmpfs ---
+
+def criu_dump(env: Env, pid: int, images: Path) -> CmdResult:
+    images.mkdir(parents=True, exist_ok=True)
+    return run_cmd([env.criu, "dump", "-t", str(pid), "-D", str(images), "--leave-running",
+                    "-o", "dump.log"], timeout=env.timeout)
+
+
+def criu_restore(env: Env, images: Path, pid: int) -> CmdResult:
+    result = run_cmd([env.criu, "restore", "-D", str(images), "--restore-detached", "-o", "restore.log"],
+                     timeout=env.timeout)
+    wait_running(pid)
+    return result
+
+
+class Floor(Method):
+    key = "floor"
+    label = "raw criu -> tmpfs (floor)"
+    has_second = True
+
+    def dump(self, env, pid, rep, checksum, second=False):
+        images = env.floor_dir / f"rep{rep}{'-2' if second else ''}"
+        criu_dump(env, pid, images)
+        return Artifact(images, checksum, pid, tree_bytes(images))
+
+    def restore_label(self):
+        return "raw criu <- tmpfs (floor)"
+
+    def restore(self, env, art, mode, scratch):
+        return criu_restore(env, art.path, art.pid)
+
+
+# --- Cedana's way: dump to local disk, tar + compress, copy to the store ---
+
+def have_lz4_cli() -> bool:
+    return shutil.which("lz4") is not None
+
+
+def compress_tree(images: Path, archive: Path, codec: str, timeout: float) -> None:
+    if codec == "gzip":
+        run_cmd(["tar", "-C", str(images), "-czf", str(archive), "."], timeout=timeout)
+    elif have_lz4_cli():
+        run_cmd(["tar", "-C", str(images), "-I", "lz4", "-cf", str(archive), "."], timeout=timeout)
+    else:
+        python_lz4_tar(images, archive)
+
+
+def extract_tree(archive: Path, dest: Path, codec: str, timeout: float) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    if codec == "gzip":
+        run_cmd(["tar", "-C", str(dest), "-xzf", str(archive)], timeout=timeout)
+    elif have_lz4_cli():
+        run_cmd(["tar", "-C", str(dest), "-I", "lz4", "-xf", str(archive)], timeout=timeout)
+    else:
+        python_lz4_untar(archive, dest)
+
+
+def python_lz4_tar(images: Path, archive: Path) -> None:
+    """Fallback when no lz4 program is installed: the Python lz4 binding, as a stream."""
+    import lz4.frame
+    import tarfile
+    with lz4.frame.open(archive, "wb") as raw, tarfile.open(fileobj=raw, mode="w|") as tar:
+        tar.add(images, arcname=".")
+
+
+def python_lz4_untar(archive: Path, dest: Path) -> None:
+    import lz4.frame
+    import tarfile
+    with lz4.frame.open(archive, "rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+        tar.extractall(dest, filter="fully_trusted")
+
+
+class CedanaWay(Method):
+    """What Cedana does: CRIU to a local directory, a compressed tar of it, the tar to the store."""
+
+    def __init__(self, codec: str):
+        self.codec = codec
+        self.key = f"cedana-way-{codec}"
+        self.label = f"Cedana's way: criu -> disk, tar+{codec}, copy to store"
+
+    def restore_label(self):
+        return f"Cedana's way: copy from store, un-tar+{self.codec}, criu restore"
+
+    def unavailable(self, env):
+        if self.codec == "lz4" and not have_lz4_cli():
+            try:
+                import lz4.frame  # noqa: F401
+            except ImportError:
+                return "neither the lz4 program nor the Python lz4 module is installed"
+        return None
+
+    def dump(self, env, pid, rep, checksum, second=False):
+        local = env.workdir / "local" / f"{self.key}-{rep}"
+        images = local / "images"
+        criu_dump(env, pid, images)
+        archive = local / f"ckpt{ARCHIVE_EXT[self.codec]}"
+        compress_tree(images, archive, self.codec, env.timeout)
+        dest = env.store_dir / f"{self.key}-{rep}{ARCHIVE_EXT[self.codec]}"
+        shutil.copyfile(archive, dest)
+        shutil.rmtree(local)  # Cedana drops its staging copy too
+        return Artifact(dest, checksum, pid, dest.stat().st_size)
+
+    def restore(self, env, art, mode, scratch):
+        local = scratch / self.key
+        local.mkdir(parents=True)
+        archive = local / art.path.name
+        shutil.copyfile(art.path, archive)
+        extract_tree(archive, local / "images", self.codec, env.timeout)
+        return criu_restore(env, local / "images", art.pid)
+
+
+# --- cedanafs: `cedana dump process` to a local archive ---
+
+def compressions_offered(help_text: str) -> set[str] | None:
+    """The --compression choices click lists in `cedana dump process --help`, if it lists them."""
+    match = re.search(r"--compression[^\n]*?\[([a-z0-9|]+)\]", help_text)
+    return set(match.group(1).split("|")) if match else None
+
+
+class CedanaDump(Method):
+    memory_figure = True
+
+    def __init__(self, compression: str):
+        self.compression = compression
+        self.key = f"cedana-{compression}"
+        self.label = f"cedana dump process --compression {compression}"
+
+    def restore_label(self):
+        return f"cedana restore process ({self.compression})"
+
+    def unavailable(self, env):
+        why = env.missing("dump", "process") or env.missing("restore", "process")
+        if why:
+            return why
+        offered = compressions_offered(env.cedana_help("dump", "process")[1])
+        if offered is not None and self.compression not in offered:
+            return f"`cedana dump process` does not offer --compression {self.compression}"
+        return None
+
+    def dump(self, env, pid, rep, checksum, second=False):
+        outdir = env.workdir / "cedana-dumps"
+        outdir.mkdir(exist_ok=True)
+        name = f"{self.key}-{rep}"
+        result = run_cmd([env.cedana, "dump", "process", str(pid), "--dir", str(outdir), "--name", name,
+                          "--compression", self.compression, "--leave-running"],
+                         timeout=env.timeout, env=env.cmd_env, watch_memory=True)
+        path = outdir / f"{name}{ARCHIVE_EXT[self.compression]}"
+        if not path.exists():
+            raise StepError(f"cedana dump process succeeded but {path} does not exist")
+        return Artifact(path, checksum, pid, tree_bytes(path), result.peak_rss)
+
+    def restore(self, env, art, mode, scratch):
+        result = run_cmd([env.cedana, "restore", "process", "--path", str(art.path)],
+                         timeout=env.timeout, env=env.cmd_env, watch_memory=True)
+        wait_running(art.pid)
+        return result
+
+
+# --- cedanafs: dump into the mount over a local store, restore eagerly and lazily ---
+
+class MountDump(Method):
+    """`cedana mount MNT --store DIR`, a fresh store each repetition; dumps go to MNT/jobs/bench/."""
+
+    key = "mount"
+    label = "cedana dump process -> mount (local store)"
+    has_second = True
+    memory_figure = True
+    JOB = "bench"
+
+    def __init__(self):
+        self.mnt: Path | None = None
+        self.store: Path | None = None
+        self.proc: subprocess.Popen | None = None
+        self.watch: MemoryWatch | None = None
+        self.tokens: list[int] = []
+        self.cmd_env: dict = {}
+
+    def restore_modes(self):
+        return ["eager", "lazy"]
+
+    def restore_specs(self, mode):
+        if mode == "eager":
+            return [Spec("restore/mount", "restore", "restore: cedana restore process <- mount (eager)", "s",
+                          "restore/floor")]
+        return [Spec("restore/mount-lazy:run", "restore", "restore: <- mount --lazy, until running", "s",
+                     "restore/floor"),
+                Spec("restore/mount-lazy:all", "restore",
+                     "restore: <- mount --lazy, until all memory read back", "s", "restore/floor")]
+
+    def specs(self):
+        return super().specs() + [Spec("memory/mount-daemon", "memory", "peak RSS: the mount process", "B", None)]
+
+    def unavailable(self, env):
+        return env.missing("mount") or env.missing("dump", "process") or env.missing("restore", "process")
+
+    def mode_unavailable(self, env, mode):
+        if mode != "lazy":
+            return None
+        _, text = env.cedana_help("restore", "process")
+        return None if "--lazy" in text else "`cedana restore process` has no --lazy yet"
+
+    def begin_rep(self, env, rep):
+        self.store = env.workdir / f"mount-store-{rep}"
+        self.mnt = env.workdir / f"mnt-{rep}"
+        self.store.mkdir(parents=True)
+        self.mnt.mkdir(parents=True)
+        # A catalog and cache per store: an index of the previous repetition's store would be stale.
+        self.cmd_env = {**env.cmd_env, "CEDANA_DB_PATH": str(env.workdir / f"mount-{rep}.db"),
+                        "CEDANA_CACHE_DIR": str(env.workdir / f"mount-cache-{rep}"),
+                        "CEDANA_STORE_URL": str(self.store), "CEDANA_MOUNT_DIR": str(self.mnt)}
+        log = open(env.workdir / f"mount-{rep}.log", "w")
+        self.proc = subprocess.Popen([env.cedana, "mount", str(self.mnt), "--store", str(self.store)],
+                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.cmd_env,
+                                     start_new_session=True)
+        log.close()
+        mnt, proc = self.mnt, self.proc
+        self.tokens = [env.cleanup.add(f"stop mount process {proc.pid}", lambda: stop_process(proc)),
+                       env.cleanup.add(f"unmount {mnt}", lambda: self.unmount(env, mnt))]
+        self.wait_mounted(env, rep)
+        self.watch = MemoryWatch(mount_pids(self.proc, self.mnt)).__enter__()
+
+    def wait_mounted(self, env, rep):
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(self.mnt):
+            code = self.proc.poll()
+            if code not in (None, 0) or time.monotonic() > deadline:
+                tail = last_line((env.workdir / f"mount-{rep}.log").read_text())
+                raise StepError(f"`cedana mount` did not mount {self.mnt} (exit {code}): {tail}")
+            time.sleep(0.05)
+
+    def unmount(self, env, mnt):
+        if os.path.ismount(mnt) and env.cedana_help("umount")[0]:
+            subprocess.run([env.cedana, "umount", str(mnt)], capture_output=True, env=self.cmd_env, timeout=60)
+        unmount(mnt)
+
+    def end_rep(self, env):
+        peak = self.watch.stop() if self.watch else {}
+        for token in reversed(self.tokens):
+            env.cleanup.run(token)
+        self.tokens, self.watch = [], None
+        if self.mnt and not os.path.ismount(self.mnt):  # never delete through a live mount
+            shutil.rmtree(self.store, ignore_errors=True)
+            shutil.rmtree(self.mnt, ignore_errors=True)
+        return peak
+
+    def dump(self, env, pid, rep, checksum, second=False):
+        job_dir = self.mnt / "jobs" / self.JOB
+        try:
+            job_dir.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # the mount may make job directories itself when the dump writes into them
+        name = f"ck{2 if second else 1}"
+        before = tree_bytes(self.store)
+        result = run_cmd([env.cedana, "dump", "process", str(pid), "--dir", str(job_dir), "--name", name,
+                          "--compression", "none", "--leave-running"],
+                         timeout=env.timeout, env=self.cmd_env, watch_memory=True)
+        path = job_dir / name
+        if not path.is_dir():
+            raise StepError(f"cedana dump process into the mount succeeded but {path} is not there")
+        return Artifact(path, checksum, pid, tree_bytes(self.store) - before, result.peak_rss)
+
+    def restore(self, env, art, mode, scratch):
+        cmd = [env.cedana, "restore", "process", "--path", str(art.path)] + (["--lazy"] if mode == "lazy" else [])
+        result = run_cmd(cmd, timeout=env.timeout, env=self.cmd_env, watch_memory=True)
+        wait_running(art.pid)
+        return result
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def mount_pids(proc: subprocess.Popen, mnt: Path) -> list[int]:
+    """The process serving the mount: our child, or (if it daemonized) whoever names MNT in argv."""
+    if proc.poll() is None:
+        return [proc.pid]
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if str(mnt).encode() in argv and any(b"cedana" in a for a in argv):
+                found.append(int(entry))
+    return found
+
+
+def all_methods() -> list[Method]:
+    return ([Floor(), CedanaWay("gzip"), CedanaWay("lz4")]
+            + [CedanaDump(c) for c in CEDANA_COMPRESSIONS] + [MountDump()])

@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""cedanafs benchmarks (`make bench`, `make bench-smoke`): what a checkpoint costs, against the floor.
+
+Measures in one run, on one workload (bench/workload.py), repeated --reps times: raw `criu dump`
+into a tmpfs (the floor), Cedana's way (criu to disk, tar + gzip / lz4, copy to a store),
+`cedana dump process` for each compression, dumps into the cedanafs mount; restores from each,
+checking the workload's checksum after every restore; bytes stored; peak memory. Prints a table
+and writes bench/results/<timestamp>.json and latest.json. A figure whose command does not exist
+yet is reported as "not available: <reason>"; any other failure makes the exit status non-zero.
+
+    bench/run.py [--size 1G] [--reps 3] [--mix 0.3,0.3,0.4] [--only floor,cedana-way,...] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable as a package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import Params, Recorder, Run, check_availability, select_methods, size_timeout  # noqa: E402
+from bench.methods import Env, all_methods  # noqa: E402
+from bench.procs import Cleanup, StepError, become_subreaper, mount_tmpfs, reap_orphans  # noqa: E402
+from bench.report import SCHEMA_VERSION, format_table, machine_info, write_results  # noqa: E402
+from bench.workload import parse_size  # noqa: E402
+
+BENCH_DIR = Path(__file__).resolve().parent
+DEFAULTS = {"size": "1G", "reps": 3}
+SMOKE_DEFAULTS = {"size": "16M", "reps": 1}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", help="workload memory, e.g. 256M, 1G (default 1G; smoke 16M)")
+    parser.add_argument("--reps", type=int, help="repetitions of every figure (default 3; smoke 1)")
+    parser.add_argument("--mix", default="0.3,0.3,0.4", help="fractions of zeros,text,random memory")
+    parser.add_argument("--change", default="256K", help="memory changed between 1st and 2nd checkpoint")
+    parser.add_argument("--only", help="comma-separated method prefixes: floor, cedana-way, cedana-gzip, mount...")
+    parser.add_argument("--smoke", action="store_true", help="tiny and quick: is the harness still working?")
+    parser.add_argument("--workdir", default="/var/tmp", help="where dumps and stores go (a local disk)")
+    parser.add_argument("--results-dir", default=str(BENCH_DIR / "results"))
+    args = parser.parse_args(argv)
+    for key, value in (SMOKE_DEFAULTS if args.smoke else DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.reps < 1:
+        parser.error("--reps must be at least 1")
+    parse_size(args.size)
+    return args
+
+
+def find_criu() -> str | None:
+    for candidate in (os.environ.get("CRIU"), "/usr/local/sbin/criu", shutil.which("criu")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def find_cedana() -> str | None:
+    beside = Path(sys.executable).parent / "cedana"
+    return str(beside) if beside.exists() else shutil.which("cedana")
+
+
+def cedana_env(workdir: Path, criu: str) -> dict:
+    """Run cedana with a config of its own, so /etc/cedana or a running daemon cannot change results."""
+    (workdir / "config").mkdir()
+    return {**os.environ, "CEDANA_CONFIG_DIR": str(workdir / "config"), "CEDANA_CRIU_BINARY_PATH": criu,
+            "CEDANA_DB_PATH": str(workdir / "cedana.db"), "CEDANA_CACHE_DIR": str(workdir / "cache"),
+            "CEDANA_ADDRESS": str(workdir / "no-daemon.sock")}
+
+
+def make_env(args: argparse.Namespace, cleanup: Cleanup, criu: str) -> Env:
+    workdir = Path(tempfile.mkdtemp(prefix="cedanafs-bench-", dir=args.workdir))
+    cleanup.add(f"remove {workdir}", lambda: remove_workdir(workdir))
+    floor_dir = workdir / "floor-tmpfs"
+    mount_tmpfs(floor_dir, cleanup)
+    store_dir = workdir / "store"
+    store_dir.mkdir()
+    return Env(criu=criu, cedana=find_cedana(), workdir=workdir, floor_dir=floor_dir, store_dir=store_dir,
+               cleanup=cleanup, timeout=size_timeout(args.size), cmd_env=cedana_env(workdir, criu))
+
+
+def remove_workdir(workdir: Path) -> None:
+    """Remove the work directory, unless something is still mounted under it (never rm through a mount)."""
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    if any(m == str(workdir) or m.startswith(f"{workdir}/") for m in mounts):
+        print(f"bench: leaving {workdir}: still mounted below it", file=sys.stderr)
+        return
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def measure(args: argparse.Namespace, cleanup: Cleanup, rec: Recorder) -> list[str]:
+    """Run every available figure; returns errors that stopped the run as a whole."""
+    criu = find_criu()
+    if criu is None:
+        return ["no criu binary found (set CRIU=/path/to/criu)"]
+    env = make_env(args, cleanup, criu)
+    only = [w.strip() for w in args.only.split(",")] if args.only else None
+    active = check_availability(select_methods(all_methods(), only), env, rec)
+    params = Params(size=args.size, reps=args.reps, mix=args.mix, change=args.change, smoke=args.smoke)
+    try:
+        Run(params, env, active, rec, log).all()
+    except StepError as err:
+        return [str(err)]
+    return []
+
+
+def results_document(args, started: float, rec: Recorder, errors: list[str], figures: list[dict]) -> dict:
+    failed = [f["id"] for f in figures if f["status"] == "failed"]
+    return {
+        "schema": SCHEMA_VERSION,
+        "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": round(time.time() - started, 1),
+        "params": {"size": args.size, "size_bytes": parse_size(args.size), "reps": args.reps, "mix": args.mix,
+                   "change": args.change, "only": args.only, "smoke": args.smoke},
+        "machine": machine_info(find_criu()),
+        "ok": not errors and not failed,
+        "errors": errors,
+        "failed": failed,
+        "not_available": {f["id"]: f["reason"] for f in figures if f["status"] == "not available"},
+        "figures": figures,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.time()
+    cleanup, rec = Cleanup(), Recorder()
+    # SIGTERM (e.g. from a CI timeout) must clean up like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    become_subreaper()
+    log(f"size {args.size}, {args.reps} repetition(s), mix {args.mix}{' (smoke)' if args.smoke else ''}")
+    try:
+        errors = measure(args, cleanup, rec)
+    except KeyboardInterrupt:
+        log("interrupted: cleaning up")
+        errors = ["interrupted"]
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave mounts behind
+        cleanup.run_all()
+        reap_orphans()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    figures = rec.figures()
+    doc = results_document(args, started, rec, errors, figures)
+    print(format_table(figures))
+    stamp = datetime.fromtimestamp(started).strftime("%Y%m%dT%H%M%S")
+    path = write_results(doc, Path(args.results_dir), stamp, args.smoke)
+    print(f"\nresults: {path}" + "".join(f"\nerror: {e}" for e in errors))
+    for fid in doc["failed"]:
+        print(f"FAILED {fid}: {next(f['reason'] for f in figures if f['id'] == fid)}")
+    return 0 if doc["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
