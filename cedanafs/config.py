@@ -196,11 +196,13 @@ def load_settings(
     values: dict[str, dict[str, Any]] = {}
     _apply(values, _aws_env(environ), "environment")
     path = config_dir(config_dir_path, environ) / "config.json"
-    if path.exists():
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        data = None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
+    if data is not None:
         _apply(values, _flatten(data, str(path)), str(path))
     _apply(values, _env_values(environ), "environment")
     if override_json:

@@ -2,7 +2,7 @@
 
 Archives are written and read as streams (tar's `w|`/`r|` modes over a compressor), so a
 compressed dump never needs an uncompressed copy beside it and a remote archive is never staged
-whole. The format of an archive is taken from its magic bytes; the name is only a fallback.
+whole. The format of an archive is taken from its magic bytes, never from its name alone.
 """
 
 from __future__ import annotations
@@ -169,7 +169,8 @@ def open_tar_stream(src: BinaryIO, name: str = "") -> Iterator[tarfile.TarFile]:
     head = src.read(_SNIFF)
     if not head:
         raise CheckpointError(f"{name or 'archive'}: empty file, not a checkpoint archive")
-    fmt = sniff_format(head) or format_from_name(name)
+    # Every supported format has magic bytes; a name that disagrees with them is not trusted.
+    fmt = sniff_format(head)
     if fmt is None:
         raise CheckpointError(f"{name or 'archive'}: not a checkpoint archive (unknown format)")
     stream = _decompressor(_Prefixed(head, src), fmt)  # type: ignore[arg-type]
