@@ -1,0 +1,77 @@
+"""Configuration: file, env overrides, --config, and errors that name the bad key."""
+
+import json
+
+import pytest
+
+from cedanafs.config import all_keys, load_settings, parse_size
+from cedanafs.errors import ConfigError
+
+
+def test_defaults(tmp_path):
+    s = load_settings(str(tmp_path), environ={})
+    assert s.checkpoint.dir == "/tmp" and s.checkpoint.compression == "none"
+    assert s.mount.dir == "/mnt/cedana" and s.address == "/run/cedana.sock"
+
+
+def test_file_env_and_override_precedence(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"checkpoint": {"dir": "/from-file", "compression": "gzip", "streams": 2}, "address": "/x.sock"}))
+    s = load_settings(str(tmp_path), environ={})
+    assert (s.checkpoint.dir, s.checkpoint.compression, s.checkpoint.streams) == ("/from-file", "gzip", 2)
+    s = load_settings(str(tmp_path), environ={"CEDANA_CHECKPOINT_DIR": "/from-env"})
+    assert s.checkpoint.dir == "/from-env" and s.checkpoint.compression == "gzip"
+    s = load_settings(str(tmp_path), '{"checkpoint": {"dir": "/from-flag"}}',
+                      environ={"CEDANA_CHECKPOINT_DIR": "/from-env"})
+    assert s.checkpoint.dir == "/from-flag"
+
+
+def test_config_dir_from_env(tmp_path):
+    (tmp_path / "config.json").write_text('{"mount": {"dir": "/m"}}')
+    assert load_settings(environ={"CEDANA_CONFIG_DIR": str(tmp_path)}).mount.dir == "/m"
+
+
+@pytest.mark.parametrize("content,needle", [
+    ({"checkpoint": {"dri": "/x"}}, "checkpoint.dri"),
+    ({"bogus": 1}, "bogus"),
+    ({"checkpoint": {"streams": "many"}}, "checkpoint.streams"),
+    ({"checkpoint": {"compression": "rar"}}, "checkpoint.compression"),
+    ({"criu": {"leave_running": "maybe"}}, "criu.leave_running"),
+])
+def test_bad_keys_are_named(tmp_path, content, needle):
+    (tmp_path / "config.json").write_text(json.dumps(content))
+    with pytest.raises(ConfigError) as err:
+        load_settings(str(tmp_path), environ={})
+    assert needle in str(err.value)
+
+
+def test_bad_json_and_unknown_override(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="config.json"):
+        load_settings(str(tmp_path), environ={})
+    with pytest.raises(ConfigError, match="nope"):
+        load_settings(str(tmp_path / "none"), '{"nope": 1}', environ={})
+
+
+def test_env_types_and_aws_env(tmp_path):
+    s = load_settings(str(tmp_path), environ={
+        "CEDANA_CRIU_LEAVE_RUNNING": "true", "CEDANA_CACHE_SIZE": "512M",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "k",
+    })
+    assert s.criu.leave_running is True and s.cache.size == 512 << 20
+    assert s.aws.endpoint == "http://127.0.0.1:9" and s.aws.access_key_id == "k"
+
+
+def test_every_key_has_an_env_name():
+    assert "checkpoint.dir" in all_keys() and "store.url" in all_keys() and "db.path" in all_keys()
+    assert parse_size("2GiB") == 2 << 30 and parse_size("4096") == 4096
+
+
+def test_cli_reports_unknown_key_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "config.json").write_text('{"checkpoint": {"dri": "/x"}}')
+    r = subprocess.run([sys.executable, "-m", "cedanafs.cli", "--config-dir", str(tmp_path), "dump", "process", "1"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 78 and r.stderr.count("\n") == 1 and "checkpoint.dri" in r.stderr

@@ -1,0 +1,97 @@
+"""The layer rules of DESIGN.md section 4, enforced by walking every module's imports."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "cedanafs"
+
+LAYER = {
+    "errors": 0, "types": 0, "config": 0, "log": 0, "__init__": 0,
+    "catalog": 1, "streamer": 1, "criu": 1, "runtimes": 1,
+    "fuse": 2,
+    "app": 3,
+    "cli": 4, "daemon": 4,
+}
+SIBLINGS_APART = {"catalog", "streamer", "criu"}
+
+
+def _part(module: str) -> str:
+    return module.split(".")[1] if module.count(".") >= 1 else "__init__"
+
+
+def _imports(path: Path, root: Path = PACKAGE.parent) -> list[str]:
+    rel = path.relative_to(root).with_suffix("")
+    here = ".".join(rel.parts)
+    package = here if path.name == "__init__.py" else here.rsplit(".", 1)[0]
+    if path.name == "__init__.py":
+        here = package
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+                found += [mod] if node.module else [_name_in(root, mod, a.name) for a in node.names]
+            elif node.module:
+                found.append(node.module)
+    return found
+
+
+def _name_in(root: Path, package: str, name: str) -> str:
+    """`from . import x`: x is a submodule if a file or package of that name exists, else an attribute."""
+    base = root.joinpath(*package.split("."))
+    return f"{package}.{name}" if (base / f"{name}.py").exists() or (base / name).is_dir() else package
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        yield path, ".".join(rel.parts)
+
+
+def test_imports_only_go_down():
+    problems = []
+    for path, module in _modules():
+        mine = _part(module)
+        for target in _imports(path):
+            if not target.startswith("cedanafs.") or target == "cedanafs.__init__":
+                continue
+            theirs = _part(target)
+            if theirs == mine or theirs == "__init__":
+                continue
+            if LAYER[theirs] > LAYER[mine]:
+                problems.append(f"{module} (layer {LAYER[mine]}) imports {target} (layer {LAYER[theirs]})")
+            if mine in SIBLINGS_APART and theirs in SIBLINGS_APART:
+                problems.append(f"{module} imports its sibling {target}")
+    assert not problems, "\n".join(problems)
+
+
+def test_only_fuse_imports_pyfuse3_and_only_cli_imports_click():
+    problems = []
+    for path, module in _modules():
+        for target in _imports(path):
+            root = target.split(".")[0]
+            if root == "pyfuse3" and _part(module) != "fuse":
+                problems.append(f"{module} imports pyfuse3")
+            if root == "click" and module != "cedanafs.cli":
+                problems.append(f"{module} imports click")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_part_is_known():
+    unknown = {_part(m) for _, m in _modules()} - set(LAYER)
+    assert not unknown, f"modules outside the layer map: {unknown}"
+
+
+def test_the_walker_sees_violations(tmp_path):
+    bad = tmp_path / "cedanafs" / "catalog"
+    bad.mkdir(parents=True)
+    (bad / "x.py").write_text("from ..streamer import chunkstore\nimport click\n")
+    (bad.parent / "streamer").mkdir()
+    found = _imports(bad / "x.py", tmp_path)
+    assert "cedanafs.streamer" in found and "click" in found
