@@ -1,0 +1,383 @@
+"""Use cases of the mount: mount, umount, seal, and the helpers that dump into and restore from it.
+
+`mount()` checks the mount point, then (unless --foreground) forks a server that opens the store
+and the catalog, mounts, and tells the parent over a pipe once the mount answers requests, or
+why it could not. `umount()` unmounts and waits for the server to exit. `seal()` is the explicit
+commit of a checkpoint written into the mount (docs/mount.md has the rules).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ..config import Settings
+from ..errors import AlreadyExists, CedanaError, CheckpointError, NotFound, UsageError
+from ..fuse import FSTYPE
+
+log = logging.getLogger(__name__)
+
+XATTR_SEAL = "user.cedana.seal"
+XATTR_STATE = "user.cedana.state"
+XATTR_ERROR = "user.cedana.error"
+XATTR_AUTOSEAL = "user.cedana.autoseal"
+XATTR_KIND = "user.cedana.kind"
+XATTR_META = "user.cedana.meta."
+XATTR_PID = "user.cedana.pid"
+DEFAULT_AUTOSEAL_AFTER = 10.0
+MOUNT_TIMEOUT = 60.0
+
+
+class MountError(CedanaError):
+    """The mount failed."""
+
+    exit_code = 9
+
+
+class MountBusy(MountError):
+    """The mount is busy."""
+
+    exit_code = 16  # EBUSY
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    """One line of /proc/self/mountinfo that is a cedanafs mount."""
+
+    mountpoint: str
+    source: str
+    fstype: str
+
+
+# --- finding mounts -------------------------------------------------------------------------
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as octal.
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def cedanafs_mounts(mountinfo: str = "/proc/self/mountinfo") -> list[MountInfo]:
+    """Every cedanafs mount this process can see."""
+    found = []
+    with open(mountinfo) as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, tail = left.split(), right.split()
+            if len(fields) >= 5 and len(tail) >= 2 and tail[0] == FSTYPE:
+                found.append(MountInfo(_unescape(fields[4]), tail[1], tail[0]))
+    return found
+
+
+def is_mounted(path: str | Path) -> bool:
+    target = os.path.realpath(path)
+    return any(m.mountpoint == target for m in cedanafs_mounts())
+
+
+def mount_of(path: str | Path) -> str | None:
+    """The cedanafs mount point that holds `path`, or None."""
+    target = os.path.abspath(path)
+    best = None
+    for m in cedanafs_mounts():
+        if target == m.mountpoint or target.startswith(m.mountpoint.rstrip("/") + "/"):
+            if best is None or len(m.mountpoint) > len(best):
+                best = m.mountpoint
+    return best
+
+
+# --- mount ----------------------------------------------------------------------------------
+
+def check_mountpoint(path: str | Path) -> str:
+    """The absolute mount point if a new mount can go there, else a UsageError saying why not."""
+    mp = os.path.abspath(path)
+    if is_mounted(mp):
+        raise AlreadyExists(f"{mp} is already a cedanafs mount (cedana umount {mp} first)")
+    try:
+        entries = os.listdir(mp)
+    except FileNotFoundError:
+        raise NotFound(f"mount point {mp} does not exist") from None
+    except NotADirectoryError:
+        raise UsageError(f"mount point {mp} is not a directory") from None
+    except OSError as exc:
+        raise MountError(f"mount point {mp} cannot be used: {exc.strerror}") from None
+    if entries:
+        raise UsageError(f"mount point {mp} is not empty")
+    return mp
+
+
+def mount(settings: Settings, mountpoint: str | Path, *, store_url: str | None = None, foreground: bool = False,
+          autoseal_after: float = DEFAULT_AUTOSEAL_AFTER, log_file: str | None = None,
+          timeout: float = MOUNT_TIMEOUT) -> str:
+    """Mount the store at `mountpoint`; in the background unless `foreground`. Returns the mount point."""
+    mp = check_mountpoint(mountpoint)
+    url = store_url or settings.store.url
+    if foreground:
+        _serve(settings, mp, url, autoseal_after, None)
+        return mp
+    return _mount_background(settings, mp, url, autoseal_after, log_file or default_log_file(settings), timeout)
+
+
+def default_log_file(settings: Settings) -> str:
+    return str(Path(settings.db.path).parent / "mount.log")
+
+
+def _mount_background(settings: Settings, mp: str, url: str, autoseal_after: float, log_file: str,
+                      timeout: float) -> str:
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the server: never returns
+        os.close(read_fd)
+        _server_child(settings, mp, url, autoseal_after, log_file, write_fd)
+    os.close(write_fd)
+    try:
+        answer = _read_answer(read_fd, timeout)
+    finally:
+        os.close(read_fd)
+    if answer == "ok":
+        return mp
+    if not answer:
+        _reap(pid)
+        raise MountError(f"the mount server for {mp} exited before the mount was ready (see {log_file})")
+    code, _, message = answer.partition("\t")
+    _reap(pid)
+    error = MountError(message)
+    error.exit_code = int(code) if code.isdigit() else MountError.exit_code
+    raise error
+
+
+def _read_answer(fd: int, timeout: float) -> str:
+    deadline, data = time.monotonic() + timeout, b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise MountError(f"the mount did not come up within {timeout:.0f}s")
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode(errors="replace").strip()
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def _server_child(settings: Settings, mp: str, url: str, autoseal_after: float, log_file: str,
+                  write_fd: int) -> None:
+    code = 0
+    try:
+        os.setsid()
+        _detach_stdio(log_file)
+        from ..log import setup_logging
+
+        setup_logging(os.environ.get("CEDANA_LOG_LEVEL") or "info", log_file)
+        _serve(settings, mp, url, autoseal_after, lambda: _tell(write_fd, "ok"))
+    except CedanaError as exc:
+        _tell(write_fd, f"{exc.exit_code}\t{exc}")
+        code = exc.exit_code
+    except BaseException as exc:  # noqa: BLE001 - the parent must hear about any failure
+        log.exception("mount server failed")
+        _tell(write_fd, f"{MountError.exit_code}\tcannot mount {mp}: {type(exc).__name__}: {exc}")
+        code = 70
+    finally:
+        os._exit(code)
+
+
+def _detach_stdio(log_file: str) -> None:
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    null = os.open(os.devnull, os.O_RDWR)
+    out = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(null)
+    os.close(out)
+
+
+def _tell(fd: int, message: str) -> None:
+    try:
+        os.write(fd, (message.replace("\n", " ") + "\n").encode())
+    except OSError:
+        pass  # the parent is gone; nobody to tell
+
+
+def _serve(settings: Settings, mp: str, url: str, autoseal_after: float, ready: Callable[[], None] | None) -> None:
+    """Open the store and catalog (after any fork: s3fs/gcsfs must not cross one), mount, serve."""
+    from ..catalog import Catalog
+    from ..fuse.backing import StoreData
+    from ..fuse.mount import serve
+    from ..fuse.vfs import VFS
+    from ..streamer import Store
+
+    store = Store.from_settings(settings, url)
+    catalog = Catalog(store.backend, settings.db.path, scope=store.url, refresh_interval=REFRESH_INTERVAL)
+    try:
+        spill = Path(settings.cache.dir).parent / "spill"
+        spill.mkdir(parents=True, exist_ok=True)
+        vfs = VFS(catalog, StoreData(store), spill_dir=str(spill), refresh_interval=REFRESH_INTERVAL,
+                  autoseal_after=autoseal_after)
+        vfs.refresh(force=True)  # a store that cannot be listed fails the mount, not the first ls
+        serve(vfs, mp, ready=ready, threads=max(16, 4 * store.streams))
+    finally:
+        catalog.close()
+        store.close()
+
+
+REFRESH_INTERVAL = 2.0
+
+
+# --- umount ---------------------------------------------------------------------------------
+
+def umount(mountpoint: str | Path, *, lazy: bool = False, timeout: float = 30.0) -> str:
+    """Unmount a cedanafs mount and wait for its server to exit. Busy -> MountBusy."""
+    mp = os.path.abspath(mountpoint)
+    if not is_mounted(mp):
+        raise NotFound(f"{mp} is not a cedanafs mount")
+    pid = server_pid(mp)
+    cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [mp]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"
+        if "busy" in detail.lower():
+            raise MountBusy(f"{mp} is busy: a process still has files or its working directory in it"
+                            " (stop it, or use `cedana umount --lazy`)")
+        raise MountError(f"cannot unmount {mp}: {detail}")
+    _wait_until(lambda: not is_mounted(mp), timeout, f"{mp} is still mounted after {timeout:.0f}s")
+    if pid:
+        _wait_until(lambda: not _alive(pid), timeout, f"the mount server (pid {pid}) did not exit")
+    return mp
+
+
+def server_pid(mp: str) -> int | None:
+    """The pid of the process serving a cedanafs mount (it answers the root's user.cedana.pid)."""
+    try:
+        return int(os.getxattr(mp, XATTR_PID))
+    except (OSError, ValueError):
+        return None  # a dead server (ENOTCONN) or an older one
+
+
+def _alive(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and _state(pid) != "Z"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
+def _wait_until(cond: Callable[[], bool], timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise MountError(message)
+        time.sleep(0.05)
+
+
+# --- sealing and checkpoint directories -----------------------------------------------------
+
+def checkpoint_state(path: str | Path) -> str:
+    """`pending`, `sealed` or `deleted` for a checkpoint directory in a cedanafs mount."""
+    try:
+        return os.getxattr(path, XATTR_STATE).decode()
+    except FileNotFoundError:
+        raise NotFound(f"{path} does not exist") from None
+    except OSError as exc:
+        raise UsageError(f"{path} is not a checkpoint directory in a cedanafs mount ({exc.strerror})") from None
+
+
+def seal(path: str | Path, *, kind: str | None = None, meta: dict[str, str] | None = None) -> str:
+    """Seal the checkpoint written into `path`: commit its manifest; it becomes read-only.
+
+    Returns `job/id`. Raises CheckpointError with the mount's reason when it cannot be sealed.
+    """
+    path = os.path.abspath(path)
+    checkpoint_state(path)
+    try:
+        if kind:
+            os.setxattr(path, XATTR_KIND, kind.encode())
+        for key, value in (meta or {}).items():
+            os.setxattr(path, XATTR_META + key, str(value).encode())
+        os.setxattr(path, XATTR_SEAL, b"1")
+    except OSError as exc:
+        reason = _seal_error(path) or exc.strerror
+        raise CheckpointError(f"cannot seal {path}: {reason}") from None
+    parts = Path(path).parts
+    return f"{parts[-2]}/{parts[-1]}"
+
+
+def _seal_error(path: str) -> str:
+    try:
+        return os.getxattr(path, XATTR_ERROR).decode()
+    except OSError:
+        return ""
+
+
+def begin_checkpoint(job_dir: str | Path, name: str | None = None) -> Path:
+    """Make a pending checkpoint dir under `<mount>/jobs/<job>` for a writer that will seal it itself.
+
+    Auto-sealing is switched off for it, so a slow writer is never sealed half-way.
+    """
+    from ..catalog import new_checkpoint_id
+
+    job_dir = Path(job_dir)
+    if mount_of(job_dir) is None:
+        raise UsageError(f"{job_dir} is not in a cedanafs mount")
+    job_dir.mkdir(exist_ok=True)
+    path = job_dir / (name or new_checkpoint_id())
+    try:
+        path.mkdir()
+    except FileExistsError:
+        raise AlreadyExists(f"checkpoint {path} already exists") from None
+    except OSError as exc:
+        raise UsageError(f"cannot make checkpoint {path}: {exc.strerror}") from None
+    os.setxattr(path, XATTR_AUTOSEAL, b"0")
+    return path
+
+
+def discard_checkpoint(path: str | Path) -> None:
+    """Remove a pending (or sealed) checkpoint dir from the mount: `rm -r` of it."""
+    path = Path(path)
+    if not path.exists():
+        return
+    for entry in path.iterdir():
+        entry.unlink()
+    path.rmdir()
+
+
+def iter_files(path: str | Path) -> Iterator[Path]:
+    return (p for p in sorted(Path(path).iterdir()) if p.is_file())
+
+
+_ = (errno, signal)  # used by the lazy-restore helpers below

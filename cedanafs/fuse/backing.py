@@ -1,0 +1,50 @@
+"""What the tree's files are made of: streaming writers and cached readers of a streamer Store.
+
+A pending checkpoint gets its own `session()`: its writers share one GC lease, taken at the first
+write and released when the checkpoint is sealed or discarded, so GC running meanwhile never
+deletes a chunk that the coming manifest will reference (the lease rule of cedanafs.streamer.gc).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from ..streamer import FileReader, FileWriter, Lease, Store
+from ..types import FileContent
+
+log = logging.getLogger(__name__)
+
+
+class StoreData:
+    """vfs Data over a Store: `writer()`, `reader(content)`, `session()`, `close()`."""
+
+    def __init__(self, store: Store, leased: bool = False):
+        self.store = store
+        self._leased = leased
+        self._lease: Lease | None = None
+        self._lock = threading.Lock()
+
+    def session(self) -> "StoreData":
+        """The Data of one pending checkpoint: writers under one lease."""
+        return StoreData(self.store, leased=True)
+
+    def writer(self) -> FileWriter:
+        return self.store.writer(self._get_lease())
+
+    def reader(self, content: FileContent) -> FileReader:
+        return self.store.reader(content)
+
+    def _get_lease(self) -> Lease | None:
+        if not self._leased:
+            return None
+        with self._lock:
+            if self._lease is None:
+                self._lease = self.store.open_lease()  # store I/O; we are on a worker thread
+            return self._lease
+
+    def close(self) -> None:
+        with self._lock:
+            lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()
