@@ -333,3 +333,16 @@ def test_schema_version_mismatch_recreates_index(tmp_path):
     cat = Catalog(objects, tmp_path / "db")
     assert len(cat.checkpoints()) == 1
     assert sqlite3.connect(tmp_path / "db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_chunk_usage_and_sharing(tmp_path):
+    cat = Catalog(DictObjects(), tmp_path / "db")
+    a = cat.commit(_manifest("j", files=[_chunked("a.img", [100, 200]),
+                                         FileEntry(path="i", content=FileContent(size=2, inline=b"hi"))]))
+    b = cat.commit(_manifest("k", files=[_chunked("a.img", [100, 200]), _chunked("b.img", [50])]))
+    usage = cat.chunk_usage()
+    assert (usage.checkpoints, usage.jobs, usage.logical_bytes) == (2, 2, 302 + 350)
+    assert (usage.referenced_chunks, usage.unique_bytes) == (3, 350 + 2)
+    shared = cat.sharing("k", b.id)
+    assert sorted(shared.values()) == [1, 2, 2]
+    assert set(cat.sharing("j", a.id).values()) == {2}

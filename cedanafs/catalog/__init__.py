@@ -4,13 +4,13 @@ It stores manifests through any object store with get/put/list/delete/exists and
 the streamer, CRIU or FUSE layers.
 """
 
-from .catalog import Catalog, CheckpointInfo, JobInfo, RefreshResult, manifest_key, parse_manifest_key
+from .catalog import Catalog, CheckpointInfo, ChunkUsage, JobInfo, RefreshResult, manifest_key, parse_manifest_key
 from .ids import (check_checkpoint_name, check_job_name, is_valid_checkpoint_name, is_valid_job_name,
                   new_checkpoint_id)
 from .manifest import FORMAT_VERSION, FileEntry, Manifest, decode_manifest, encode_manifest, make_manifest
 
 __all__ = [
-    "Catalog", "CheckpointInfo", "JobInfo", "RefreshResult", "manifest_key", "parse_manifest_key",
+    "Catalog", "CheckpointInfo", "ChunkUsage", "JobInfo", "RefreshResult", "manifest_key", "parse_manifest_key",
     "check_checkpoint_name", "check_job_name", "is_valid_checkpoint_name", "is_valid_job_name",
     "new_checkpoint_id", "FORMAT_VERSION", "FileEntry", "Manifest", "decode_manifest", "encode_manifest",
     "make_manifest",

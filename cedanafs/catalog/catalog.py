@@ -32,7 +32,7 @@ from .manifest import Manifest, decode_manifest, encode_manifest
 log = logging.getLogger(__name__)
 
 MANIFEST_PREFIX = "manifests/"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _TIME = "%Y-%m-%dT%H:%M:%S.%fZ"  # fixed width, so text order is time order in SQL
 _CACHE_SIZE = 64
 _FETCH_THREADS = 8
@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS catalog_meta (key TEXT PRIMARY KEY, value TEXT NOT NU
 CREATE TABLE IF NOT EXISTS catalog_checkpoints (
     scope TEXT NOT NULL, job TEXT NOT NULL, id TEXT NOT NULL, created TEXT NOT NULL,
     parent TEXT, kind TEXT NOT NULL, host TEXT NOT NULL, size INTEGER NOT NULL,
-    files INTEGER NOT NULL, chunks INTEGER NOT NULL, PRIMARY KEY (scope, job, id));
+    files INTEGER NOT NULL, chunks INTEGER NOT NULL, inline_bytes INTEGER NOT NULL,
+    PRIMARY KEY (scope, job, id));
 CREATE INDEX IF NOT EXISTS catalog_checkpoints_created ON catalog_checkpoints (scope, created);
 CREATE TABLE IF NOT EXISTS catalog_chunks (
     scope TEXT NOT NULL, job TEXT NOT NULL, id TEXT NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,
@@ -91,6 +92,21 @@ class JobInfo:
     checkpoints: int
     latest: str
     size: int
+
+
+@dataclass(frozen=True)
+class ChunkUsage:
+    """What all committed checkpoints of a store reference, from the index.
+
+    logical_bytes: the sum of every checkpoint's file sizes; unique_bytes: plain bytes of the
+    distinct chunks plus the inline bytes (stored in manifests, never deduplicated).
+    """
+
+    checkpoints: int
+    jobs: int
+    logical_bytes: int
+    referenced_chunks: int
+    unique_bytes: int
 
 
 @dataclass(frozen=True)
@@ -273,6 +289,28 @@ class Catalog:
         rows = self._query("SELECT DISTINCT digest FROM catalog_chunks WHERE scope = ?", [self._scope])
         return {r[0] for r in rows}
 
+    def chunk_usage(self) -> ChunkUsage:
+        """Totals for `store stats`: logical bytes and the distinct chunks all checkpoints use."""
+        self._auto_refresh()
+        n, jobs, logical, inline = self._query(
+            "SELECT COUNT(*), COUNT(DISTINCT job), COALESCE(SUM(size), 0), COALESCE(SUM(inline_bytes), 0)"
+            " FROM catalog_checkpoints WHERE scope = ?", [self._scope])[0]
+        chunks, chunk_bytes = self._query(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM (SELECT digest, MAX(size) AS size FROM catalog_chunks"
+            " WHERE scope = ? GROUP BY digest)", [self._scope])[0]
+        return ChunkUsage(checkpoints=n, jobs=jobs, logical_bytes=logical, referenced_chunks=chunks,
+                          unique_bytes=chunk_bytes + inline)
+
+    def sharing(self, job: str, checkpoint_id: str) -> dict[str, int]:
+        """For each chunk of `job/id`: how many committed checkpoints reference it (1 = only this)."""
+        self._auto_refresh()
+        rows = self._query(
+            "SELECT c.digest, COUNT(*) FROM catalog_chunks c JOIN catalog_chunks o"
+            " ON o.scope = c.scope AND o.digest = c.digest"
+            " WHERE c.scope = ? AND c.job = ? AND c.id = ? GROUP BY c.digest",
+            [self._scope, job, checkpoint_id])
+        return dict(rows)
+
     def broken(self) -> list[tuple[str, str]]:
         """(key, error) of every manifest in the store that could not be read at the last refresh."""
         return [tuple(r) for r in self._query(
@@ -402,9 +440,9 @@ class Catalog:
         with self._lock, self._db:
             self._db.execute("DELETE FROM catalog_broken WHERE scope = ? AND key = ?", [self._scope, key])
             self._db.execute(
-                "INSERT OR REPLACE INTO catalog_checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO catalog_checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [self._scope, m.job, m.id, _fmt_time(m.created), m.parent, m.kind, m.host, m.size,
-                 len(m.files), len(chunks)],
+                 len(m.files), len(chunks), _inline_bytes(m)],
             )
             self._db.execute("DELETE FROM catalog_chunks WHERE scope = ? AND job = ? AND id = ?",
                              [self._scope, m.job, m.id])
@@ -431,6 +469,10 @@ class Catalog:
     def _query(self, sql: str, args: list[Any]) -> list[tuple]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
+
+
+def _inline_bytes(m: Manifest) -> int:
+    return sum(f.size for f in m.files if f.content is not None and f.content.inline is not None)
 
 
 def _info(row: tuple) -> CheckpointInfo:
