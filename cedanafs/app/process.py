@@ -20,7 +20,7 @@ from typing import Any
 from .. import criu
 from ..config import COMPRESSIONS, Settings
 from ..errors import AlreadyExists, CheckpointError, NotFound, PermissionDenied, UsageError
-from . import archive
+from . import archive, remote
 from .procinfo import dumpable_process, process_state
 
 log = logging.getLogger(__name__)
@@ -159,19 +159,19 @@ def dump_process(settings: Settings, req: DumpRequest) -> DumpResult:
     if compression not in COMPRESSIONS:
         raise UsageError(f"unknown compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
     proc = dumpable_process(req.pid)
-    parent = _check_parent(req.dir or settings.checkpoint.dir or "/tmp")
+    target = req.dir or settings.checkpoint.dir or "/tmp"
     name = _check_name(req.name or f"dump-process-{time.time_ns()}")
+    binary = criu.find_criu(settings.criu.binary_path)
+    if remote.is_remote(target):
+        return _dump_to_bucket(settings, req, binary, proc, target, name, compression)
+    parent = _check_parent(target)
     final = os.path.join(parent, archive.archive_name(name, compression))
     if os.path.lexists(final):
         raise AlreadyExists(f"{final} already exists; choose another --name")
-    binary = criu.find_criu(settings.criu.binary_path)
-    state = process_state(proc)
     started = time.monotonic()
     staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=parent)
     try:
-        criu.dump(binary, _dump_options(req, settings, staging, state))
-        with open(os.path.join(staging, STATE_FILE), "w") as f:
-            json.dump(state.to_dict(), f, indent=2)
+        _criu_dump(binary, settings, req, proc, staging)
         _publish(staging, final, compression)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -180,18 +180,45 @@ def dump_process(settings: Settings, req: DumpRequest) -> DumpResult:
                       size=_size(final), duration=time.monotonic() - started)
 
 
+def _criu_dump(binary: str, settings: Settings, req: DumpRequest, proc, images_dir: str) -> None:
+    state = process_state(proc)
+    criu.dump(binary, _dump_options(req, settings, images_dir, state))
+    with open(os.path.join(images_dir, STATE_FILE), "w") as f:
+        json.dump(state.to_dict(), f, indent=2)
+
+
+def _dump_to_bucket(settings: Settings, req: DumpRequest, binary: str, proc, url: str, name: str,
+                    compression: str) -> DumpResult:
+    from ..streamer import open_backend
+
+    remote.ensure_absent(open_backend(url, settings), url, name, compression)
+    started = time.monotonic()
+    staging = tempfile.mkdtemp(prefix=f"cedana-dump-{name}-")
+    try:
+        _criu_dump(binary, settings, req, proc, staging)
+        size = _size(staging)
+        path = remote.upload_checkpoint(settings, url, staging, name, compression)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return DumpResult(path=path, pid=req.pid, name=name, compression=compression, size=size,
+                      duration=time.monotonic() - started)
+
+
 # --- restore ---
 
 
 class _ImagesDir:
     """An images dir to restore from: the given dir, or a private temp dir holding an unpacked archive."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, settings: Settings):
+        self.settings = settings
         self.source = path
         self.temp: str | None = None
         self.path = path
 
     def __enter__(self) -> "_ImagesDir":
+        if remote.is_remote(self.source):
+            return self._download()
         if not os.path.lexists(self.source):
             raise NotFound(f"checkpoint {self.source} does not exist")
         if os.path.isdir(self.source):
@@ -202,6 +229,16 @@ class _ImagesDir:
         try:
             with open(self.source, "rb") as src:
                 archive.extract_archive(src, self.temp, self.source)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        self.path = self.temp
+        return self
+
+    def _download(self) -> "_ImagesDir":
+        self.temp = tempfile.mkdtemp(prefix="cedana-restore-images-")
+        try:
+            remote.download_checkpoint(self.settings, self.source, self.temp)
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -291,7 +328,7 @@ def _restore_options(req: RestoreRequest, images: str, work: str, state: dict, i
 def restore_process(settings: Settings, req: RestoreRequest) -> RestoreResult:
     require_root()
     binary = criu.find_criu(settings.criu.binary_path)
-    with _ImagesDir(req.path) as images:
+    with _ImagesDir(req.path, settings) as images:
         state = _read_state(images.path)
         _check_pids_free(images.path)
         # CRIU writes its log into the work dir; keep it local so the checkpoint is never modified.
