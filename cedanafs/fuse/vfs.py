@@ -741,6 +741,8 @@ class VFS:
                 if self._listing and ckpt.job in self._listing:
                     self._listing[ckpt.job] = [e for e in self._listing[ckpt.job] if e[0] != ckpt.id]
                 if isinstance(ckpt.parent, JobDir):
+                    # Keep the job dir while `rm -r` works through it, as any filesystem would.
+                    ckpt.parent.local = True
                     self._relink(ckpt.parent)
         log.info("checkpoint %s/%s deleted", ckpt.job, ckpt.id)
 

@@ -1,0 +1,376 @@
+"""Unit tier: the mount's tree (cedanafs.fuse.vfs) over a memory store, with no FUSE at all."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import pytest
+
+from cedanafs.fuse.vfs import ROOT_INODE, FsError, derive_inode
+
+pytestmark = pytest.mark.timeout(60)
+
+W = os.O_WRONLY | os.O_CREAT
+
+
+def err(code):
+    return _Raises(code)
+
+
+class _Raises:
+    def __init__(self, code):
+        self.code = code
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        assert typ is FsError, f"expected FsError({errno.errorcode[self.code]}), got {typ and typ.__name__}"
+        assert exc.errno == self.code, f"expected {errno.errorcode[self.code]}, got {errno.errorcode[exc.errno]}"
+        return True
+
+
+def jobs(v):
+    return v.lookup(ROOT_INODE, "jobs").inode
+
+
+def pending(v, job="j1", name="c1"):
+    j = v.lookup(jobs(v), job).inode if job in dict(v.readdir(jobs(v))) else v.mkdir(jobs(v), job, 0o755).inode
+    return v.mkdir(j, name, 0o755).inode
+
+
+def put(v, ckpt, name, data, chunk=1 << 16):
+    fh, _ = v.create(ckpt, name, 0o600, W)
+    for off in range(0, len(data), chunk):
+        v.write(fh, off, data[off:off + chunk])
+    v.flush(fh)
+    v.release(fh)
+
+
+def cat(v, ckpt, name, size=1 << 30):
+    fh = v.open(v.lookup(ckpt, name).inode, os.O_RDONLY)
+    try:
+        return v.read(fh, 0, size)
+    finally:
+        v.release(fh)
+
+
+def sealed_checkpoint(v, job="j1", name="c1", files=None):
+    c = pending(v, job, name)
+    for fname, data in (files or {"inventory.img": b"inv", "pages-1.img": os.urandom(300_000)}).items():
+        put(v, c, fname, data)
+    v.setxattr(c, "user.cedana.seal", b"1")
+    return c
+
+
+def test_empty_tree_has_jobs_dir(tree):
+    names = [n for n, _ in tree.vfs.readdir(ROOT_INODE)]
+    assert names == ["jobs"]
+    assert stat.S_ISDIR(tree.vfs.getattr(jobs(tree.vfs)).mode)
+    assert tree.vfs.readdir(jobs(tree.vfs)) == []
+
+
+def test_lookup_missing_is_enoent(tree):
+    with err(errno.ENOENT):
+        tree.vfs.lookup(jobs(tree.vfs), "nope")
+    with err(errno.ENOENT):
+        tree.vfs.getattr(12345)
+
+
+def test_write_seal_read_back(tree):
+    v = tree.vfs
+    big = os.urandom(1_000_000)
+    c = pending(v)
+    put(v, c, "inventory.img", b"inventory")
+    put(v, c, "pages-1.img", big)
+    assert v.getxattr(c, "user.cedana.state") == b"pending"
+    v.setxattr(c, "user.cedana.seal", b"1")
+    assert v.getxattr(c, "user.cedana.state") == b"sealed"
+    assert cat(v, c, "pages-1.img") == big
+    assert cat(v, c, "inventory.img") == b"inventory"
+    m = tree.catalog.load("j1", "c1")
+    assert {f.path: f.size for f in m.files} == {"inventory.img": 9, "pages-1.img": len(big)}
+
+
+def test_writes_stream_into_the_store_before_close(tree):
+    v = tree.vfs
+    c = pending(v)
+    fh, _ = v.create(c, "pages-1.img", 0o600, W)
+    before = len(list(tree.store.backend.list("chunks/")))
+    for i in range(16):
+        v.write(fh, i << 16, os.urandom(1 << 16))
+    # Chunks of 64 KiB are uploaded while the file is still open.
+    assert len(list(tree.store.backend.list("chunks/"))) > before
+    v.flush(fh)
+    v.release(fh)
+
+
+def test_reads_at_offsets_and_past_end(tree):
+    v = tree.vfs
+    data = os.urandom(200_000)
+    c = sealed_checkpoint(v, files={"inventory.img": b"x", "f": data})
+    fh = v.open(v.lookup(c, "f").inode, os.O_RDONLY)
+    assert v.read(fh, 70_000, 100_000) == data[70_000:170_000]
+    assert v.read(fh, 199_990, 100) == data[199_990:]
+    assert v.read(fh, 300_000, 10) == b""
+    v.release(fh)
+
+
+def test_sealed_checkpoint_is_read_only(tree):
+    v = tree.vfs
+    c = sealed_checkpoint(v)
+    f = v.lookup(c, "inventory.img").inode
+    with err(errno.EROFS):
+        v.create(c, "new", 0o600, W)
+    with err(errno.EROFS):
+        v.open(f, os.O_WRONLY)
+    with err(errno.EROFS):
+        v.setattr(f, mode=0o777)
+    with err(errno.EROFS):
+        v.setattr(f, size=0)
+    with err(errno.EROFS):
+        v.rename(c, "inventory.img", c, "other")
+    with err(errno.EROFS):
+        v.setxattr(c, "user.cedana.meta.x", b"1")
+    # A change that changes nothing is allowed (rsync -a may set what is already there).
+    a = v.getattr(f)
+    assert v.setattr(f, mode=a.mode, mtime_ns=a.mtime_ns) == a
+    # Sealing again is harmless.
+    v.setxattr(c, "user.cedana.seal", b"1")
+
+
+def test_open_handle_cannot_write_after_seal(tree):
+    v = tree.vfs
+    c = pending(v)
+    put(v, c, "inventory.img", b"inv")
+    fh = v.open(v.lookup(c, "inventory.img").inode, os.O_WRONLY)
+    v.setxattr(c, "user.cedana.seal", b"1")  # finished content, only not released yet: fine
+    with err(errno.EROFS):
+        v.write(fh, 3, b"more")
+    v.release(fh)
+
+
+def test_seal_needs_inventory(tree):
+    v = tree.vfs
+    c = pending(v)
+    put(v, c, "pages-1.img", b"abc")
+    with err(errno.EINVAL):
+        v.setxattr(c, "user.cedana.seal", b"1")
+    assert b"inventory.img is missing" in v.getxattr(c, "user.cedana.error")
+    assert v.getxattr(c, "user.cedana.state") == b"pending"
+    assert tree.catalog.checkpoints() == []
+
+
+def test_seal_refuses_file_still_being_written(tree):
+    v = tree.vfs
+    c = pending(v)
+    put(v, c, "inventory.img", b"inv")
+    fh, _ = v.create(c, "pages-1.img", 0o600, W)
+    v.write(fh, 0, os.urandom(100_000))
+    with err(errno.EBUSY):
+        v.setxattr(c, "user.cedana.seal", b"1")
+    v.flush(fh)
+    v.release(fh)
+    v.setxattr(c, "user.cedana.seal", b"1")
+
+
+def test_pending_checkpoint_is_never_latest_nor_in_catalog(tree):
+    v = tree.vfs
+    sealed_checkpoint(v, "j1", "c1")
+    c2 = pending(v, "j1", "c2")
+    put(v, c2, "inventory.img", b"inv")
+    j = v.lookup(jobs(v), "j1").inode
+    assert v.readlink(v.lookup(j, "latest").inode) == "c1"
+    assert [i.id for i in tree.catalog.checkpoints("j1")] == ["c1"]
+    v.setxattr(c2, "user.cedana.seal", b"1")
+    assert v.readlink(v.lookup(j, "latest").inode) == "c2"
+
+
+def test_rsync_pattern(tree):
+    """Temp name, write, fsync, utimens, chmod, rename over an existing file, unlink of a temp."""
+    v = tree.vfs
+    c = pending(v)
+    put(v, c, "pages-1.img", b"old")
+    fh, a = v.create(c, ".pages-1.img.Ab12Cd", 0o600, W | os.O_EXCL)
+    v.write(fh, 0, b"new content")
+    v.fsync(fh)
+    v.flush(fh)
+    v.release(fh)
+    v.setattr(a.inode, mtime_ns=1_600_000_000_123_456_789)
+    v.setattr(a.inode, mode=0o640)
+    v.rename(c, ".pages-1.img.Ab12Cd", c, "pages-1.img")
+    fh, _ = v.create(c, ".junk.XyZ", 0o600, W)
+    v.release(fh)
+    v.unlink(c, ".junk.XyZ")
+    put(v, c, "inventory.img", b"inv")
+    v.setattr(c, mtime_ns=1_500_000_000_000_000_001, mode=0o750)
+    assert sorted(n for n, _ in v.readdir(c)) == ["inventory.img", "pages-1.img"]
+    v.setxattr(c, "user.cedana.seal", b"1")
+    view = tree.new_view()
+    view.refresh(force=True)
+    vc = view.lookup(view.lookup(jobs(view), "j1").inode, "c1")
+    assert (vc.mode & 0o7777, vc.mtime_ns) == (0o750, 1_500_000_000_000_000_001)
+    f = view.lookup(vc.inode, "pages-1.img")
+    assert (f.mode & 0o7777, f.mtime_ns, f.size) == (0o640, 1_600_000_000_123_456_789, len(b"new content"))
+    assert cat(view, vc.inode, "pages-1.img") == b"new content"
+
+
+def test_non_sequential_writes_spill_and_come_out_right(tree):
+    v = tree.vfs
+    c = pending(v)
+    data = bytearray(os.urandom(300_000))
+    fh, _ = v.create(c, "f", 0o600, W)
+    v.write(fh, 0, bytes(data[:200_000]))
+    v.write(fh, 100_000, b"X" * 1000)  # back into streamed bytes
+    data[100_000:101_000] = b"X" * 1000
+    v.write(fh, 200_000, bytes(data[200_000:]))
+    v.write(fh, 400_000, b"tail")  # a hole
+    data += bytes(100_000) + b"tail"
+    assert v.read(fh, 99_990, 20) == bytes(data[99_990:100_010])  # reads of a pending file work
+    v.flush(fh)
+    v.release(fh)
+    assert cat(v, c, "f") == bytes(data)
+
+
+def test_truncate_and_o_trunc_on_pending_file(tree):
+    v = tree.vfs
+    c = pending(v)
+    put(v, c, "f", b"0123456789")
+    f = v.lookup(c, "f").inode
+    assert v.setattr(f, size=4).size == 4
+    assert cat(v, c, "f") == b"0123"
+    assert v.setattr(f, size=0).size == 0
+    fh = v.open(f, os.O_WRONLY | os.O_TRUNC)
+    v.write(fh, 0, b"again")
+    v.release(fh)
+    assert cat(v, c, "f") == b"again"
+
+
+def test_stable_inodes_and_attributes_across_views(tree):
+    v = tree.vfs
+    sealed_checkpoint(v)
+    view = tree.new_view()
+    view.refresh(force=True)
+
+    def walk(t):
+        out = {}
+        for jname, ja in t.readdir(jobs(t)):
+            out[jname] = ja
+            for cname, ca in t.readdir(ja.inode):
+                out[f"{jname}/{cname}"] = ca
+                if stat.S_ISDIR(ca.mode):
+                    for fname, fa in t.readdir(ca.inode):
+                        out[f"{jname}/{cname}/{fname}"] = fa
+        return out
+
+    first, second = walk(v), walk(view)
+    assert set(first) == {"j1", "j1/c1", "j1/latest", "j1/c1/inventory.img", "j1/c1/pages-1.img"}
+    for key in first:
+        a, b = first[key], second[key]
+        assert (a.inode, a.mode, a.size, a.mtime_ns) == (b.inode, b.mode, b.size, b.mtime_ns), key
+    assert first["j1/c1"].inode == derive_inode(first["j1"].inode, "c1")
+
+
+def test_other_writer_commits_appear_after_refresh(tree):
+    v = tree.vfs
+    other = tree.new_view()
+    other.refresh(force=True)
+    sealed_checkpoint(other, "remote-job", "r1")
+    # refresh_interval=0 in this fixture: the next listing sees the other writer's commit.
+    names = dict(v.readdir(jobs(v)))
+    assert "remote-job" in names
+    assert cat(v, v.lookup(names["remote-job"].inode, "r1").inode, "inventory.img") == b"inv"
+
+
+def test_rm_r_of_sealed_checkpoint_deletes_it(tree):
+    v = tree.vfs
+    c = sealed_checkpoint(v, "j1", "c1")
+    sealed_checkpoint(v, "j1", "c2")
+    j = v.lookup(jobs(v), "j1").inode
+    with err(errno.ENOTEMPTY):
+        v.rmdir(j, "c2")
+    c2 = v.lookup(j, "c2").inode
+    for name, _ in v.readdir(c2):
+        v.unlink(c2, name)
+    v.rmdir(j, "c2")
+    assert [i.id for i in tree.catalog.checkpoints("j1")] == ["c1"]
+    assert v.readlink(v.lookup(j, "latest").inode) == "c1"
+    for name, _ in v.readdir(c):
+        v.unlink(c, name)
+    v.rmdir(j, "c1")
+    with err(errno.EPERM):
+        v.create(j, "x", 0o600, W)
+    v.rmdir(jobs(v), "j1")
+    assert v.readdir(jobs(v)) == []
+    assert tree.catalog.checkpoints() == []
+
+
+def test_rm_r_of_pending_checkpoint(tree):
+    v = tree.vfs
+    c = pending(v)
+    put(v, c, "inventory.img", b"inv")
+    v.unlink(c, "inventory.img")
+    v.rmdir(v.lookup(jobs(v), "j1").inode, "c1")
+    assert tree.catalog.checkpoints() == []
+
+
+def test_autoseal_rule(tree):
+    v = tree.vfs
+    c = pending(v)
+    put(v, c, "pages-1.img", b"p")
+    tree.clock[0] += 100
+    assert v.autoseal_due() == []  # no inventory.img: never an import
+    put(v, c, "inventory.img", b"inv")
+    assert v.autoseal_due() == []  # changed just now
+    fh = v.open(v.lookup(c, "pages-1.img").inode, os.O_RDONLY)
+    tree.clock[0] += 6
+    assert v.autoseal_due() == []  # a file is open
+    v.release(fh)
+    assert v.autoseal_due() == [c]
+    v.setxattr(c, "user.cedana.autoseal", b"0")
+    assert v.autoseal_due() == []
+
+
+def test_names_and_places(tree):
+    v = tree.vfs
+    with err(errno.EINVAL):
+        v.mkdir(jobs(v), "..bad", 0o755)
+    j = v.mkdir(jobs(v), "j1", 0o755).inode
+    with err(errno.EINVAL):
+        v.mkdir(j, "latest", 0o755)
+    with err(errno.EPERM):
+        v.create(jobs(v), "file", 0o600, W)
+    with err(errno.EPERM):
+        v.create(j, "file", 0o600, W)
+    c = v.mkdir(j, "c1", 0o755).inode
+    with err(errno.EEXIST):
+        v.mkdir(j, "c1", 0o755)
+    with err(errno.EPERM):
+        v.mkdir(c, "sub", 0o755)
+    c2 = v.mkdir(j, "c2", 0o755).inode
+    put(v, c, "f", b"1")
+    with err(errno.EXDEV):
+        v.rename(c, "f", c2, "f")
+
+
+def test_corrupt_chunk_is_eio_and_not_refetched(tree):
+    v = tree.vfs
+    data = os.urandom(200_000)
+    c = sealed_checkpoint(v, files={"inventory.img": b"inv", "f": data})
+    ref = tree.catalog.load("j1", "c1").file("f").chunks[0]
+    key = next(k for k in tree.store.backend.list("chunks/") if ref.digest in k)
+    blob = bytearray(tree.store.backend.get(key))
+    blob[-1] ^= 0xFF
+    tree.store.backend.put(key, bytes(blob))
+    tree.store.cache.discard(ref.digest)
+    gets = []
+    real_get = tree.store.backend.get
+    tree.store.backend.get = lambda k: (gets.append(k), real_get(k))[1]
+    fh = v.open(v.lookup(c, "f").inode, os.O_RDONLY)
+    for _ in range(3):
+        with pytest.raises(Exception) as info:
+            v.read(fh, 0, 1000)
+        assert "corrupt" in str(info.value) or getattr(info.value, "errno", None) == errno.EIO
+    assert len([k for k in gets if ref.digest in k]) <= 1
