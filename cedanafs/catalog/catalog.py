@@ -106,7 +106,12 @@ class ChunkUsage:
     jobs: int
     logical_bytes: int
     referenced_chunks: int
-    unique_bytes: int
+    chunk_bytes: int
+    inline_bytes: int
+
+    @property
+    def unique_bytes(self) -> int:
+        return self.chunk_bytes + self.inline_bytes
 
 
 @dataclass(frozen=True)
@@ -272,15 +277,15 @@ class Catalog:
         )
         return rows[0][0] if rows else ""
 
-    def referenced_digests(self) -> set[str]:
+    def referenced_digests(self, strict: bool = True) -> set[str]:
         """Every chunk digest some committed manifest references, as of a fresh listing.
 
-        Raises CheckpointError if any manifest cannot be read: GC must not run on a partial view,
-        or it would delete the chunks of the checkpoint it could not read.
+        Strict (what GC uses): raises CheckpointError if any manifest cannot be read, because GC
+        must not run on a partial view or it would delete the chunks of the unreadable checkpoint.
         """
         self.refresh()
         broken = self._query("SELECT key, error FROM catalog_broken WHERE scope = ?", [self._scope])
-        if broken:
+        if broken and strict:
             key, error = broken[0]
             raise CheckpointError(
                 f"{len(broken)} manifest(s) cannot be read (first: {key}: {error}); refusing to compute"
@@ -299,7 +304,7 @@ class Catalog:
             "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM (SELECT digest, MAX(size) AS size FROM catalog_chunks"
             " WHERE scope = ? GROUP BY digest)", [self._scope])[0]
         return ChunkUsage(checkpoints=n, jobs=jobs, logical_bytes=logical, referenced_chunks=chunks,
-                          unique_bytes=chunk_bytes + inline)
+                          chunk_bytes=chunk_bytes, inline_bytes=inline)
 
     def sharing(self, job: str, checkpoint_id: str) -> dict[str, int]:
         """For each chunk of `job/id`: how many committed checkpoints reference it (1 = only this)."""
