@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
@@ -126,7 +127,10 @@ def _gcs_backend(url: str, bucket: str, prefix: str, settings: Settings, environ
     opts = gcs_options(settings, environ)
 
     def make_fs() -> Any:
-        return _gcs_class()(**opts)
+        with warnings.catch_warnings():
+            # We never list or create buckets, which is all a project is needed for.
+            warnings.filterwarnings("ignore", message="GCS project not set")
+            return _gcs_class()(**opts)
 
     def probe(fs: Any, name: str) -> None:
         fs.call("GET", "b/{}", name, json_out=True)
@@ -143,12 +147,14 @@ def _gcs_class() -> Any:
 
     gcsfs fixes the retry count with a decorator on _request; calling the undecorated function
     leaves retry.py as the one policy. If a future gcsfs drops __wrapped__, its own loop stays.
+    The plain gcsfs.core class is used, not the package's default "extended" one, which probes
+    each bucket's type over gRPC (a 60 s stall against an emulator) for features we do not use.
     """
     global _GCS_CLASS
     if _GCS_CLASS is None:
-        import gcsfs
+        import gcsfs.core
 
-        base = gcsfs.GCSFileSystem
+        base = gcsfs.core.GCSFileSystem
         raw = getattr(base._request, "__wrapped__", None)
         if raw is None:
             log.warning("gcsfs without an undecorated _request: its own retries stay on")
