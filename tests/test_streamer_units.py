@@ -1,0 +1,400 @@
+"""Unit tier of the streamer: codecs, chunkers, chunk store, cache, FileWriter/FileReader, budget."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import threading
+import time
+import uuid
+
+import pytest
+
+from cedanafs.streamer import (ChunkCache, ChunkerSpec, ChunkStore, CorruptChunk, FileReader,
+                               FileWriter, MissingChunk, Store, chunk_key, digest_of, open_backend,
+                               read_to, write_stream)
+from cedanafs.streamer import codecs
+from cedanafs.streamer.backends.memory import MemoryBackend, forget
+from cedanafs.streamer.chunker import PAGE, chunk_bytes
+from cedanafs.types import ChunkRef, FileContent
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def text_like(n: int, seed: int = 1) -> bytes:
+    rnd = random.Random(seed)
+    words = [b"checkpoint", b"restore", b"page", b"memory", b"process", b"tensor", b"epoch", b"loss"]
+    out = bytearray()
+    while len(out) < n:
+        out += rnd.choice(words) + b" " + str(rnd.randrange(10000)).encode() + b"\n"
+    return bytes(out[:n])
+
+
+@pytest.fixture
+def mem_url():
+    name = f"unit-{uuid.uuid4().hex[:10]}"
+    yield f"memory://{name}"
+    forget(name)
+
+
+@pytest.fixture
+def store(mem_url):
+    s = Store(open_backend(mem_url), chunker=ChunkerSpec.for_size("cdc", 256 << 10), memory_limit=8 << 20)
+    yield s
+    s.close()
+
+
+# -- codecs --------------------------------------------------------------------------------
+@pytest.mark.parametrize("codec", ["zstd", "lz4", "none"])
+@pytest.mark.parametrize("data", [b"", b"x", text_like(300_000), bytes(1 << 20), os.urandom(100_000)])
+def test_codec_roundtrip(codec, data):
+    blob = codecs.encode(data, codec)
+    assert codecs.decode(blob) == data
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+def test_codec_compresses_when_it_pays(codec):
+    data = text_like(1 << 20)
+    blob = codecs.encode(data, codec)
+    assert codecs.codec_of(blob) == codec
+    assert len(blob) < len(data) / 2
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+def test_codec_stores_plain_when_it_does_not_pay(codec):
+    data = os.urandom(1 << 20)
+    blob = codecs.encode(data, codec)
+    assert codecs.codec_of(blob) == "none"
+    assert blob[1:] == data
+
+
+def test_codec_saving_below_threshold_is_stored_plain():
+    # ~2% compressible: the saving is under MIN_SAVING, so plain.
+    data = os.urandom(980_000) + bytes(20_000)
+    assert codecs.codec_of(codecs.encode(data, "zstd")) == "none"
+
+
+def test_codec_header_is_self_describing_and_rejects_garbage():
+    blob = codecs.encode(text_like(50_000), "lz4")
+    assert codecs.decode(blob) == text_like(50_000)  # no codec name needed to read
+    with pytest.raises(codecs.DecodeError):
+        codecs.decode(b"\x09abc")
+    with pytest.raises(codecs.DecodeError):
+        codecs.decode(b"")
+    with pytest.raises(codecs.DecodeError):
+        codecs.decode(blob[:1] + b"\xff" * (len(blob) - 1))
+
+
+# -- chunkers ------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["fixed", "cdc"])
+def test_chunker_deterministic_whatever_the_feed_sizes(kind):
+    data = os.urandom(9 << 20)
+    spec = ChunkerSpec.for_size(kind, 1 << 20)
+    reference = chunk_bytes(data, spec)
+    assert b"".join(reference) == data
+    for step in (4096, 100_003, 128 << 10, 3 << 20):
+        chunker = spec.make()
+        out = []
+        for i in range(0, len(data), step):
+            out += chunker.feed(data[i:i + step])
+        out += chunker.flush()
+        assert out == reference
+
+
+def test_chunk_sizes_are_page_multiples_within_bounds():
+    data = os.urandom(16 << 20) + b"tail"
+    spec = ChunkerSpec.for_size("cdc", 1 << 20)
+    chunks = chunk_bytes(data, spec)
+    for c in chunks[:-1]:
+        assert len(c) % PAGE == 0
+        assert spec.min <= len(c) <= spec.max
+    assert len(chunks[-1]) % PAGE == 4
+    fixed = chunk_bytes(data, ChunkerSpec.for_size("fixed", 1 << 20))
+    assert [len(c) for c in fixed[:-1]] == [1 << 20] * 16
+
+
+def _shared(a: list[bytes], b: list[bytes]) -> int:
+    seen = {digest_of(c) for c in a}
+    return sum(len(c) for c in b if digest_of(c) in seen)
+
+
+def test_cdc_resynchronises_after_inserted_pages_where_fixed_does_not():
+    pages = os.urandom(24 << 20)
+    # The next "checkpoint": three new pages appear early in the image, shifting the rest.
+    changed = pages[:PAGE * 10] + os.urandom(3 * PAGE) + pages[PAGE * 10:]
+    results = {}
+    for kind in ("fixed", "cdc"):
+        spec = ChunkerSpec.for_size(kind, 1 << 20)
+        results[kind] = _shared(chunk_bytes(pages, spec), chunk_bytes(changed, spec)) / len(changed)
+    assert results["cdc"] > 0.85
+    assert results["fixed"] < 0.1
+
+
+# -- chunk store -----------------------------------------------------------------------------
+def test_chunkstore_put_get_and_dedup(mem_url):
+    cs = ChunkStore(open_backend(mem_url))
+    data = text_like(500_000)
+    first = cs.store(data)
+    assert first.new and first.stored_bytes < len(data)
+    assert first.ref == ChunkRef(digest_of(data), len(data))
+    again = cs.store(data)
+    assert not again.new and again.stored_bytes == 0
+    assert list(cs.list_digests()) == [first.ref.digest]
+    assert cs.get(first.ref) == data
+    assert cs.exists(first.ref.digest)
+    cs.delete(first.ref.digest)
+    with pytest.raises(MissingChunk, match=first.ref.digest):
+        cs.get(first.ref)
+
+
+def test_chunkstore_corrupt_chunk_named_and_not_refetched(mem_url):
+    backend = open_backend(mem_url)
+    cs = ChunkStore(backend)
+    data = text_like(200_000)
+    ref = cs.put(data)
+    blob = bytearray(backend.get(chunk_key(ref.digest)))
+    blob[len(blob) // 2] ^= 0xFF
+    backend.put(chunk_key(ref.digest), bytes(blob))
+    with pytest.raises(CorruptChunk, match=ref.digest):
+        cs.get(ref)
+    calls = []
+    original = backend.get
+    backend.get = lambda key: calls.append(key) or original(key)
+    with pytest.raises(CorruptChunk, match=ref.digest):
+        cs.get(ref)
+    assert calls == []  # remembered, not fetched again
+    # A writer storing the right bytes repairs it.
+    assert cs.store(data).new
+    assert cs.get(ref) == data
+
+
+def test_chunkstore_detects_swapped_content(mem_url):
+    backend = open_backend(mem_url)
+    cs = ChunkStore(backend, codec="none")
+    a, b = b"a" * 1000, b"b" * 1000
+    ra, rb = cs.put(a), cs.put(b)
+    backend.put(chunk_key(ra.digest), backend.get(chunk_key(rb.digest)))  # valid encoding, wrong bytes
+    with pytest.raises(CorruptChunk, match=ra.digest):
+        cs.get(ra)
+
+
+# -- FileWriter / FileReader -----------------------------------------------------------------
+@pytest.mark.parametrize("size", [0, 1, 64 * 1024 - 1, 64 * 1024, 64 * 1024 + 1, 3 << 20])
+def test_file_roundtrip_sizes(store, size):
+    data = os.urandom(size)
+    writer = FileWriter(store)
+    for i in range(0, size, 50_000):
+        writer.write(data[i:i + 50_000])
+    content = writer.close()
+    assert content.size == size
+    if size < 64 * 1024:
+        assert content.inline == data and content.chunks == ()
+    else:
+        assert content.inline is None and sum(c.size for c in content.chunks) == size
+    assert store.read_bytes(content) == data
+    out = io.BytesIO()
+    assert read_to(store, content, out) == size
+    assert out.getvalue() == data
+
+
+def test_multi_chunk_random_reads(store):
+    data = text_like(2 << 20) + os.urandom(3 << 20)
+    content = write_stream(store, io.BytesIO(data))
+    assert len(content.chunks) > 5
+    reader = FileReader(store, content)
+    rnd = random.Random(7)
+    for _ in range(200):
+        off = rnd.randrange(len(data) + 10)
+        n = rnd.randrange(1 << 20)
+        assert reader.read(off, n) == data[off:off + n]
+    assert reader.read(len(data), 10) == b""
+
+
+def test_reader_fetches_only_touched_chunks(mem_url):
+    backend = open_backend(mem_url)
+    s = Store(backend, chunker=ChunkerSpec.for_size("fixed", 64 << 10), readahead=0)
+    data = os.urandom(40 * (64 << 10))
+    content = s.write_bytes(data)
+    fetched = []
+    original = backend.get
+    backend.get = lambda key: fetched.append(key) or original(key)
+    reader = s.reader(content)
+    assert reader.read(10 * (64 << 10) + 5, 100) == data[10 * (64 << 10) + 5:][:100]
+    assert fetched == [chunk_key(content.chunks[10].digest)]
+    s.close()
+
+
+def test_sequential_reads_prefetch_ahead(mem_url):
+    s = Store(open_backend(mem_url), chunker=ChunkerSpec.for_size("fixed", 64 << 10), readahead=3)
+    data = os.urandom(20 * (64 << 10))
+    content = s.write_bytes(data)
+    reader = s.reader(content)
+    reader.read(0, 4096)
+    reader.read(4096, 4096)
+    deadline = time.monotonic() + 5
+    wanted = [content.chunks[i].digest for i in (1, 2, 3)]
+    while not all(s.cache.contains(d) for d in wanted) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert all(s.cache.contains(d) for d in wanted)
+    s.close()
+
+
+def test_writing_same_data_twice_stores_no_new_chunks(store):
+    data = text_like(1 << 20) + os.urandom(2 << 20)
+    w1 = store.writer()
+    w1.write(data)
+    c1 = w1.close()
+    keys_before = set(store.backend.list())
+    w2 = store.writer()
+    w2.write(data)
+    c2 = w2.close()
+    assert c1 == c2
+    assert set(store.backend.list()) == keys_before
+    assert w2.stats.new_chunks == 0 and w2.stats.stored_bytes == 0
+    assert w2.stats.reused_chunks == len(c2.chunks)
+
+
+def test_writer_abort_and_errors(mem_url):
+    class Failing(MemoryBackend):
+        def put(self, key, data):
+            if key.startswith("chunks/"):
+                raise OSError("disk on fire")
+            super().put(key, data)
+
+    s = Store(Failing(mem_url.split("//")[1]), chunker=ChunkerSpec.for_size("fixed", 64 << 10))
+    w = s.writer()
+    with pytest.raises(OSError, match="disk on fire"):
+        for _ in range(100):
+            w.write(os.urandom(64 << 10))
+        w.close()
+    w2 = s.writer()
+    w2.write(os.urandom(30_000))  # under the inline threshold: no upload yet
+    w2.abort()
+    with pytest.raises(ValueError):
+        w2.write(b"x")
+    s.close()
+
+
+class SlowBackend(MemoryBackend):
+    """Counts the bytes inside put() at any moment, and sleeps to keep uploads in flight."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        self.lock = threading.Lock()
+        self.in_flight = self.peak = 0
+
+    def put(self, key, data):
+        with self.lock:
+            self.in_flight += len(data)
+            self.peak = max(self.peak, self.in_flight)
+        try:
+            time.sleep(0.02)
+            super().put(key, data)
+        finally:
+            with self.lock:
+                self.in_flight -= len(data)
+
+
+def test_memory_budget_is_held(mem_url):
+    backend = SlowBackend(mem_url.split("//")[1])
+    limit = 1 << 20
+    s = Store(backend, codec="none", chunker=ChunkerSpec.for_size("fixed", 128 << 10),
+              memory_limit=limit, streams=16)
+    data = os.urandom(12 << 20)
+    writers = [s.writer() for _ in range(3)]
+    threads = [threading.Thread(target=lambda w=w: (w.write(data), w.close())) for w in writers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert s.budget.peak <= limit
+    assert backend.peak <= limit + 3 * len(writers)  # +1 header byte per chunk
+    # ...and the budget was actually used for parallelism, not serialised to one chunk.
+    assert backend.peak >= 3 * (128 << 10)
+    assert s.budget.used == 0
+    s.close()
+
+
+def test_single_flight_fetch(mem_url):
+    backend = open_backend(mem_url)
+    cs = ChunkStore(backend)
+    ref = cs.put(os.urandom(300_000))
+    cache = ChunkCache(memory_limit=10 << 20)
+    calls = []
+    gate = threading.Event()
+
+    def fetch():
+        calls.append(1)
+        gate.wait(5)
+        return cs.get(ref)
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.get_or_fetch(ref.digest, fetch)))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    gate.set()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert len(results) == 8 and len(set(results)) == 1
+    assert cache.stats().misses == 1
+
+
+def test_disk_cache_bounded_and_verified(tmp_path):
+    cache = ChunkCache(memory_limit=1, disk_dir=str(tmp_path / "c"), disk_limit=1 << 20)
+    blobs = [os.urandom(300_000) for _ in range(6)]
+    for b in blobs:
+        assert cache.get_or_fetch(digest_of(b), lambda b=b: b) == b
+    assert cache.disk.size <= 1 << 20
+    last = blobs[-1]
+    assert cache.get_or_fetch(digest_of(last), lambda: pytest.fail("should come from disk")) == last
+    assert cache.stats().disk_hits == 1
+    # A rotten disk entry is dropped and refetched, never returned.
+    path = tmp_path / "c" / digest_of(last)[:2] / digest_of(last)
+    path.write_bytes(b"rot" + last[3:])
+    assert cache.get_or_fetch(digest_of(last), lambda: last) == last
+    assert cache.stats().misses == 7
+    # A new cache over the same dir finds the entries again.
+    again = ChunkCache(memory_limit=1, disk_dir=str(tmp_path / "c"), disk_limit=1 << 20)
+    assert again.get_or_fetch(digest_of(last), lambda: pytest.fail("not from disk")) == last
+
+
+def test_reader_never_returns_wrong_bytes(store):
+    data = text_like(3 << 20, seed=3)
+    content = store.write_bytes(data)
+    victim = content.chunks[1]
+    key = chunk_key(victim.digest)
+    blob = bytearray(store.backend.get(key))
+    blob[-10] ^= 0x55
+    store.backend.put(key, bytes(blob))
+    reader = FileReader(store, content, cache=ChunkCache(memory_limit=1))
+    assert reader.read(0, 100) == data[:100]
+    with pytest.raises(CorruptChunk, match=victim.digest):
+        reader.read(content.chunks[0].size, 10)
+
+
+def test_store_from_settings_uses_config(tmp_path):
+    from cedanafs.config import load_settings
+
+    settings = load_settings(override_json=(
+        '{"store": {"url": "%s", "codec": "lz4", "chunk_size": 262144, "memory_limit": 4194304},'
+        ' "cache": {"dir": "%s", "size": 1048576}, "checkpoint": {"streams": 3}}'
+        % (tmp_path / "store", tmp_path / "cache")))
+    with Store.from_settings(settings) as s:
+        assert s.backend.url == f"file://{tmp_path / 'store'}"
+        assert s.streams == 3 and s.budget.limit == 4 << 20
+        content = s.write_bytes(text_like(1 << 20))
+        assert s.read_bytes(content) == text_like(1 << 20)
+        blob = s.backend.get(chunk_key(content.chunks[0].digest))
+        assert codecs.codec_of(blob) == "lz4"
+        assert s.cache.disk is not None and s.cache.disk.size > 0
+        st = s.stats()
+        assert st.chunk_count == len(set(content.chunks)) and st.stored_bytes < 1 << 20
+
+
+def test_inline_content_roundtrip_through_reader(store):
+    content = FileContent(size=5, inline=b"hello")
+    assert store.reader(content).read(1, 3) == b"ell"
