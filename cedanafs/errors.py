@@ -66,3 +66,9 @@ class NotReady(CedanaError):
     """This machine is not ready for checkpoint/restore."""
 
     exit_code = 8
+
+
+class DaemonUnavailable(CedanaError):
+    """No cedana daemon is listening (start it with `cedana daemon start`)."""
+
+    exit_code = 10
