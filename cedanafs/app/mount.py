@@ -8,11 +8,9 @@ commit of a checkpoint written into the mount (docs/mount.md has the rules).
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import select
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -263,7 +261,8 @@ def umount(mountpoint: str | Path, *, lazy: bool = False, timeout: float = 30.0)
                             " (stop it, or use `cedana umount --lazy`)")
         raise MountError(f"cannot unmount {mp}: {detail}")
     _wait_until(lambda: not is_mounted(mp), timeout, f"{mp} is still mounted after {timeout:.0f}s")
-    if pid:
+    if pid and not lazy:
+        # After a lazy unmount the server keeps serving whoever still holds the mount.
         _wait_until(lambda: not _alive(pid), timeout, f"the mount server (pid {pid}) did not exit")
     return mp
 
@@ -380,4 +379,116 @@ def iter_files(path: str | Path) -> Iterator[Path]:
     return (p for p in sorted(Path(path).iterdir()) if p.is_file())
 
 
-_ = (errno, signal)  # used by the lazy-restore helpers below
+# --- lazy restore from the mount ------------------------------------------------------------
+
+# The image files CRIU reads before the process runs again; pages-*.img come later, on fault.
+LAZY_SOCKET = "lazy-pages.socket"
+
+
+def prefetch_images(ckpt_dir: str | Path, *, include_pages: bool = False, threads: int = 8) -> int:
+    """Read the small image files of a checkpoint ahead of CRIU, in parallel; returns bytes read.
+
+    Through the mount this pulls their chunks into the local cache (and the kernel's page cache),
+    so CRIU's many small reads at restore do not each wait for the store.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = [p for p in iter_files(ckpt_dir) if include_pages or not p.name.startswith("pages-")]
+
+    def slurp(path: Path) -> int:
+        n = 0
+        with open(path, "rb", buffering=0) as f:
+            while block := f.read(1 << 20):
+                n += len(block)
+        return n
+
+    with ThreadPoolExecutor(max(1, min(threads, len(files)))) as pool:
+        return sum(pool.map(slurp, files))
+
+
+class LazyPages:
+    """A `criu lazy-pages` daemon serving the pages of `images_dir` to a restore in `work_dir`.
+
+    The work dir must be local (CRIU binds a unix socket there), never the mount. The daemon
+    exits by itself once it has sent every page; it must outlive the restore until then.
+    """
+
+    def __init__(self, images_dir: str | Path, work_dir: str | Path, criu: str = ""):
+        from ..criu import find_criu
+
+        self.images_dir, self.work_dir = str(images_dir), str(work_dir)
+        self.criu = find_criu(criu)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.work_dir, "lazy-pages.log")
+
+    def start(self, timeout: float = 30.0) -> "LazyPages":
+        os.makedirs(self.work_dir, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [self.criu, "lazy-pages", "-D", self.images_dir, "-W", self.work_dir, "-o", "lazy-pages.log", "-v4"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)  # it must survive the command that started it
+        socket_path = os.path.join(self.work_dir, LAZY_SOCKET)
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(socket_path):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise CheckpointError(f"criu lazy-pages did not start: {_log_tail(self.log_path)}")
+            time.sleep(0.01)
+        return self
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait until every page has been sent (the daemon exits); returns its exit code."""
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@dataclass
+class LazyRestore:
+    """A process restored with lazy pages: its pid, and the daemon still feeding it memory."""
+
+    pid: int
+    pages: LazyPages
+
+    def wait_complete(self, timeout: float | None = None) -> int:
+        return self.pages.wait(timeout)
+
+
+def lazy_restore(ckpt_dir: str | Path, work_dir: str | Path, *, shell_job: bool = True, criu: str = "",
+                 extra_args: tuple[str, ...] = (), prefetch: bool = True) -> LazyRestore:
+    """Restore the checkpoint at `ckpt_dir` (in the mount) with lazy pages; returns once it runs.
+
+    Runs `criu lazy-pages -D <ckpt> -W <work_dir>` and `criu restore -D <ckpt> -W <work_dir>
+    --lazy-pages -d`. On failure the daemon is stopped and CRIU's reason raised as CheckpointError.
+    """
+    ckpt_dir, work_dir = os.path.abspath(ckpt_dir), os.path.abspath(work_dir)
+    if mount_of(work_dir) is not None:
+        raise UsageError(f"the CRIU work dir {work_dir} must be local, not in a cedanafs mount")
+    if prefetch:
+        prefetch_images(ckpt_dir)
+    pages = LazyPages(ckpt_dir, work_dir, criu).start()
+    pid_file = os.path.join(work_dir, "restored.pid")
+    cmd = [pages.criu, "restore", "-D", ckpt_dir, "-W", work_dir, "--lazy-pages", "-d", "-o", "restore.log",
+           "-v4", "--pidfile", pid_file, *(["--shell-job"] if shell_job else []), *extra_args]
+    result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if result.returncode != 0:
+        pages.kill()
+        raise CheckpointError(f"lazy restore from {ckpt_dir} failed: "
+                              f"{_log_tail(os.path.join(work_dir, 'restore.log'))} (logs in {work_dir})")
+    return LazyRestore(int(Path(pid_file).read_text().strip()), pages)
+
+
+def _log_tail(path: str, lines: int = 2) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            errors = [ln.strip() for ln in f if "Error" in ln]
+    except OSError:
+        return "no log"
+    return "; ".join(errors[-lines:]) or "see " + path
