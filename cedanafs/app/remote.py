@@ -79,15 +79,15 @@ def download_checkpoint(settings: Settings, url: str, dest: str) -> None:
     """Fetch the checkpoint at url (an archive object or a dir of images) into the empty dest."""
     parent, name = split_url(url)
     backend = open_backend(parent, settings)
-    try:
-        with backend.open_read(name) as src:
-            archive.extract_archive(src, dest, url)
-            return
-    except NoSuchObject:
-        pass
+    # Object stores have no directories: a name with keys under it is an images dir.
     keys = list(backend.list(f"{name}/"))
     if not keys:
-        raise NotFound(f"checkpoint {url} does not exist")
+        try:
+            with backend.open_read(name) as src:
+                archive.extract_archive(src, dest, url)
+                return
+        except NoSuchObject:
+            raise NotFound(f"checkpoint {url} does not exist") from None
     for key in keys:
         rel = key[len(name) + 1 :]
         if "/" in rel or rel in ("", ".", ".."):
