@@ -123,11 +123,18 @@ ensure_venv() {
     log "virtualenv up to date: $VENV"
     return
   fi
-  log "creating virtualenv $VENV"
+  log "creating virtualenv $VENV (pip log: $VENV/pip.log)"
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip wheel setuptools
-  "$VENV/bin/pip" install -q "$STAMP_DIR/criu-src/lib"
-  "$VENV/bin/pip" install -q -e "$HERE[test]"
+  local pip=("$VENV/bin/pip" install -q --disable-pip-version-check)
+  {
+    "${pip[@]}" --upgrade pip wheel setuptools &&
+    "${pip[@]}" "$STAMP_DIR/criu-src/lib" &&
+    "${pip[@]}" -e "$HERE[test]"
+  } >"$VENV/pip.log" 2>&1 || {
+    grep -v '^WARNING: Location' "$VENV/pip.log" | tail -n 30 >&2
+    echo "setup: installing the virtualenv failed (log: $VENV/pip.log)" >&2
+    exit 1
+  }
   echo "$want" > "$stamp"
 }
 
