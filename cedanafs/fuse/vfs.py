@@ -449,7 +449,7 @@ class VFS:
                 child = self._add_child(node, JobDir, name, stat.S_IFDIR | (mode & 0o7777), mtime_ns=now,
                                         uid=uid, gid=gid, local=True)
             elif isinstance(node, JobDir):
-                if not is_valid_checkpoint_name(name):
+                if not _checkpoint_dir_name(name):
                     raise FsError(errno.EINVAL, f"invalid checkpoint name {name!r}")
                 child = self._add_child(node, CheckpointDir, name, stat.S_IFDIR | (mode & 0o7777),
                                         mtime_ns=now, uid=uid, gid=gid, job=node.name, state=PENDING)
@@ -675,7 +675,7 @@ class VFS:
                 raise FsError(errno.EPERM if not isinstance(node, CheckpointDir) else errno.EROFS)
 
     def _rename_file(self, parent: DirNode, node: Node, new_name: str, flags: int) -> None:
-        if isinstance(node, CheckpointDir) and not is_valid_checkpoint_name(new_name):
+        if isinstance(node, CheckpointDir) and not _checkpoint_dir_name(new_name):
             raise FsError(errno.EINVAL, f"invalid checkpoint name {new_name!r}")
         target = parent.children.get(new_name)
         if target is node:
@@ -856,7 +856,8 @@ class VFS:
         now = self._clock()
         with self._lock:
             return [c.inode for c in self._pending_checkpoints()
-                    if c.autoseal and INVENTORY in c.children and c.failed_change != c.changes
+                    if c.autoseal and not c.name.startswith(".") and INVENTORY in c.children
+                    and c.failed_change != c.changes
                     and now - c.last_change >= self.autoseal_after
                     and not any(isinstance(f, FileNode) and f.opens for f in c.children.values())]
 
@@ -946,6 +947,12 @@ class VFS:
                 data.close()
             except Exception as exc:  # noqa: BLE001 - a lease left behind expires by itself
                 log.warning("checkpoint %s/%s: cannot end its store session: %s", ckpt.job, ckpt.id, exc)
+
+
+def _checkpoint_dir_name(name: str) -> bool:
+    """A checkpoint name, or a hidden temporary one (`.name.partial`, as mkdtemp makes) that a
+    writer renames to its final name before sealing; hidden names are never sealed."""
+    return is_valid_checkpoint_name(name[1:] if name.startswith(".") else name)
 
 
 RENAME_NOREPLACE = 1
