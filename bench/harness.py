@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .methods import Artifact, Env, Method, MountDump, Spec
+from .methods import Artifact, Env, Method, MountDump, Spec, criu_dump
 from .procs import StepError, Workload, is_running, kill_restored
 from .stats import ratio, summarize
 from .workload import parse_size
@@ -140,6 +140,7 @@ class Run:
     def repetition(self, rep: int) -> None:
         self.mem_peaks.clear()
         self.start_workload()
+        self.warm_up(rep)
         started = [m for m in self.active if self.begin(m, rep)]
         try:
             arts = self.dumps(started, rep)
@@ -157,6 +158,15 @@ class Run:
         first = self.checksums.setdefault("first", state["checksum"])
         if state["checksum"] != first:  # same seed: anything else means the workload itself is broken
             raise StepError("the workload's checksum changed between repetitions")
+
+    def warm_up(self, rep: int) -> None:
+        """One untimed raw dump first: the first dump of a fresh process pays one-off costs (page
+        tables, CRIU's own start) that would otherwise all land on whichever method runs first."""
+        images = self.env.floor_dir / f"warm-up-{rep}"
+        try:
+            criu_dump(self.env, self.workload.pid, images)
+        finally:
+            shutil.rmtree(images, ignore_errors=True)
 
     def begin(self, method: Method, rep: int) -> bool:
         try:

@@ -8,7 +8,7 @@ checking the workload's checksum after every restore; bytes stored; peak memory.
 and writes bench/results/<timestamp>.json and latest.json. A figure whose command does not exist
 yet is reported as "not available: <reason>"; any other failure makes the exit status non-zero.
 
-    bench/run.py [--size 1G] [--reps 3] [--mix 0.3,0.3,0.4] [--only floor,cedana-way,...] [--smoke]
+    bench/run.py [--size 512M] [--reps 3] [--mix 0.3,0.3,0.4] [--only floor,cedana-way,...] [--smoke]
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from bench.report import SCHEMA_VERSION, format_table, machine_info, write_resul
 from bench.workload import parse_size  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
-DEFAULTS = {"size": "1G", "reps": 3}
+DEFAULTS = {"size": "512M", "reps": 3}
 SMOKE_DEFAULTS = {"size": "16M", "reps": 1}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", help="workload memory, e.g. 256M, 1G (default 1G; smoke 16M)")
+    parser.add_argument("--size", help="workload memory, e.g. 256M, 1G (default 512M; smoke 16M)")
     parser.add_argument("--reps", type=int, help="repetitions of every figure (default 3; smoke 1)")
     parser.add_argument("--mix", default="0.3,0.3,0.4", help="fractions of zeros,text,random memory")
     parser.add_argument("--change", default="256K", help="memory changed between 1st and 2nd checkpoint")
