@@ -114,9 +114,11 @@ def fake_gcs_binary() -> str:
     return str(_get_binary_path())
 
 
-def gcs_process(tmp_dir: Path) -> ServerProcess:
+def gcs_process(tmp_dir: Path, persist: Path | None = None) -> ServerProcess:
+    """fake-gcs-server in memory, or on disk under `persist` (state survives a restart)."""
     port = free_port()
-    argv = [fake_gcs_binary(), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
+    backend = ["-backend", "filesystem", "-filesystem-root", str(persist)] if persist else ["-backend", "memory"]
+    argv = [fake_gcs_binary(), "-scheme", "http", *backend, "-host", "127.0.0.1",
             "-port", str(port), "-external-url", f"http://127.0.0.1:{port}", "-log-level", "error"]
     return ServerProcess("fake-gcs-server", argv, port, "/storage/v1/b", {}, tmp_dir / f"gcs-{port}.log")
 
@@ -178,6 +180,23 @@ def start_moto(tmp_path) -> Iterator:
 
     def start(env: dict[str, str] | None = None) -> ServerProcess:
         server = moto_process(tmp_path, env)
+        servers.append(server)
+        return server.start()
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture
+def start_gcs(tmp_path) -> Iterator:
+    """Factory for private fake-gcs-servers (killed at teardown): start_gcs(persist=dir|None)."""
+    servers: list[ServerProcess] = []
+
+    def start(persist: Path | None = None) -> ServerProcess:
+        server = gcs_process(tmp_path, persist)
         servers.append(server)
         return server.start()
 
