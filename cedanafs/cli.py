@@ -203,7 +203,7 @@ def restore_process_cmd(ctx: Context, path: str, pid_file: str | None, no_server
     from .app.process import RestoreRequest, parse_criu_opts, restore_process
 
     req = RestoreRequest(
-        path=path, no_server=no_server or attach, pid_file=pid_file, tcp_established=tcp_established,
+        path=path, no_server=no_server or attach, lazy=lazy, pid_file=pid_file, tcp_established=tcp_established,
         tcp_close=tcp_close, leave_stopped=leave_stopped, file_locks=file_locks, external=external,
         shell_job=shell_job, link_remap=link_remap, criu_opts=parse_criu_opts(criu_opts),
     )

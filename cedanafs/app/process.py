@@ -21,6 +21,7 @@ from .. import criu
 from ..config import COMPRESSIONS, Settings
 from ..errors import AlreadyExists, CheckpointError, NotFound, PermissionDenied, UsageError
 from . import archive, remote
+from . import mount as mountapp
 from .procinfo import dumpable_process, process_state
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class DumpResult:
 class RestoreRequest:
     path: str
     no_server: bool = False
+    lazy: bool = False
     pid_file: str | None = None
     tcp_established: bool = False
     tcp_close: bool = False
@@ -164,6 +166,8 @@ def dump_process(settings: Settings, req: DumpRequest) -> DumpResult:
     binary = criu.find_criu(settings.criu.binary_path)
     if remote.is_remote(target):
         return _dump_to_bucket(settings, req, binary, proc, target, name, compression)
+    if mountapp.mount_of(target) is not None:
+        return _dump_into_mount(settings, req, binary, proc, target)
     parent = _check_parent(target)
     final = os.path.join(parent, archive.archive_name(name, compression))
     if os.path.lexists(final):
@@ -185,6 +189,29 @@ def _criu_dump(binary: str, settings: Settings, req: DumpRequest, proc, images_d
     criu.dump(binary, _dump_options(req, settings, images_dir, state))
     with open(os.path.join(images_dir, STATE_FILE), "w") as f:
         json.dump(state.to_dict(), f, indent=2)
+
+
+def _dump_into_mount(settings: Settings, req: DumpRequest, binary: str, proc, job_dir: str) -> DumpResult:
+    """CRIU writes straight into a new checkpoint dir of the mount; sealing it is the commit.
+
+    The store's codec compresses, so there is no archive here; a failure discards the pending
+    checkpoint, which was never listed.
+    """
+    if req.name is not None:
+        _check_name(req.name)
+    started = time.monotonic()
+    ckpt = mountapp.begin_checkpoint(job_dir, req.name)
+    try:
+        _criu_dump(binary, settings, req, proc, str(ckpt))
+        mountapp.seal(ckpt, kind="process", meta={"pid": str(req.pid)})
+    except BaseException:
+        try:
+            mountapp.discard_checkpoint(ckpt)
+        except OSError as exc:
+            log.warning("could not discard pending checkpoint %s: %s", ckpt, exc)
+        raise
+    return DumpResult(path=str(ckpt), pid=req.pid, name=ckpt.name, compression="none",
+                      size=_size(str(ckpt)), duration=time.monotonic() - started)
 
 
 def _dump_to_bucket(settings: Settings, req: DumpRequest, binary: str, proc, url: str, name: str,
@@ -325,8 +352,27 @@ def _restore_options(req: RestoreRequest, images: str, work: str, state: dict, i
     )
 
 
+def _restore_lazy(settings: Settings, req: RestoreRequest) -> RestoreResult:
+    """Lazy pages: the process runs once its small images are read; memory follows on fault."""
+    if mountapp.mount_of(req.path) is None or not os.path.isdir(req.path):
+        raise UsageError("--lazy restores from a checkpoint directory in a cedanafs mount")
+    if req.no_server:
+        raise UsageError("--lazy cannot be combined with --no-server")
+    state = _read_state(req.path)
+    _check_pids_free(req.path)
+    work = tempfile.mkdtemp(prefix="cedana-lazy-")
+    shell_job = state.get("shell_job", True) if req.shell_job is None else req.shell_job
+    restored = mountapp.lazy_restore(req.path, work, shell_job=shell_job, criu=settings.criu.binary_path)
+    if req.pid_file:
+        with open(req.pid_file, "w") as f:
+            f.write(f"{restored.pid}\n")
+    return RestoreResult(pid=restored.pid)
+
+
 def restore_process(settings: Settings, req: RestoreRequest) -> RestoreResult:
     require_root()
+    if req.lazy:
+        return _restore_lazy(settings, req)
     binary = criu.find_criu(settings.criu.binary_path)
     with _ImagesDir(req.path, settings) as images:
         state = _read_state(images.path)
