@@ -9,6 +9,7 @@ pytest_plugins = [
         "tests.fixtures_procs",
         "tests.fixtures_servers",
         "tests.fixtures_mount",
+        "tests.fixtures_daemon",
     )
     if os.path.exists(os.path.join(os.path.dirname(__file__), p.split(".")[1] + ".py"))
 ]

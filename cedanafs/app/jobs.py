@@ -445,16 +445,23 @@ class JobService:
         return {"job": jid, "status": job_status(job, self.host), "exit_code": job.exit_code}
 
     def recover(self) -> None:
-        """After a (re)start: discard checkpoint dirs left pending by a dump that never finished."""
+        """After a (re)start: undo dumps that never finished (the daemon died during them).
+
+        Their CRIU is stopped, their pending checkpoint discarded (never sealed, never listed) and
+        their process, which CRIU left stopped, resumed.
+        """
         for job in self.db.all():
             if not job.pending:
                 continue
             log.warning("job %s: discarding unfinished checkpoint %s", job.jid, job.pending)
+            _stop_orphan_criu(job.pending)
             try:
                 if app_mount.checkpoint_state(job.pending) == "pending":
                     app_mount.discard_checkpoint(job.pending)
             except (CedanaError, OSError) as exc:
                 log.warning("job %s: cannot discard %s: %s", job.jid, job.pending, exc)
+            if job_status(job, self.host) in ALIVE:
+                _signal_tree([job.pid, *_children(job.pid)], signal.SIGCONT)
             job.pending = ""
             self.db.put(job)
 
@@ -477,24 +484,50 @@ class JobService:
                 "duration": time.monotonic() - started, "leave_running": leave_running}
 
     def _dump_into_mount(self, job: Job, leave_running: bool) -> str:
+        """CRIU into a pending checkpoint dir in the mount, then seal it.
+
+        Without --leave-running, CRIU leaves the tree stopped rather than killing it, and it is
+        killed only once the checkpoint is sealed: if anything fails before (or the daemon dies),
+        the process is resumed instead of being lost with no checkpoint.
+        """
         proc = dumpable_process(job.pid)
         state = process_state(proc)
+        tree = [job.pid, *state.children]
         path = str(app_mount.begin_checkpoint(self.job_dir(job.jid)))
         self._set_pending(job, path)
         try:
             criu.dump(criu.find_criu(self.settings.criu.binary_path), criu.DumpOptions(
                 images_dir=path, log_file=app_process.DUMP_LOG, pid=job.pid, leave_running=leave_running,
-                shell_job=state.shell_job, tcp_established=state.tcp_established))
+                shell_job=state.shell_job, tcp_established=state.tcp_established,
+                extra={} if leave_running else {"leave_stopped": True}))
             record = state.to_dict() | {"job": {"jid": job.jid, "cmd": job.cmd, "log": job.log, "uid": job.uid}}
             with open(os.path.join(path, app_process.STATE_FILE), "w") as f:
                 json.dump(record, f, indent=2)
             app_mount.seal(path, kind=JOB_KIND)
         except BaseException:
             _discard_quietly(path)
+            _signal_tree(tree, signal.SIGCONT)
             raise
         finally:
             self._set_pending(job, "")
+        if not leave_running:
+            _signal_tree(tree, signal.SIGKILL)
+            self._collect(job.pid)
         return path
+
+    def _collect(self, pid: int) -> None:
+        """Reap a child ended by a dump here, so its end is never recorded as the job's exit."""
+        with self._lock:
+            entry = self._children.pop(pid, None)
+        if entry is None:
+            return
+        try:
+            if entry[1] is not None:
+                entry[1].wait(timeout=30)
+            else:
+                os.waitpid(pid, 0)
+        except (ChildProcessError, subprocess.TimeoutExpired) as exc:
+            log.warning("cannot reap dumped pid %d: %s", pid, exc)
 
     def _set_pending(self, job: Job, path: str) -> None:
         with self._lock:
@@ -672,6 +705,48 @@ def _check_dir_owner(caller: Caller, directory: str) -> None:
         raise NotFound(f"checkpoint directory {directory} does not exist") from None
     if owner != caller.uid:
         raise PermissionDenied(f"checkpoint directory {directory} is not yours")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _signal_tree(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def _stop_orphan_criu(images_dir: str, timeout: float = 10.0) -> None:
+    """Kill a CRIU still writing into `images_dir` (its daemon died): its checkpoint will never be sealed."""
+    found = []
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] == "criu" and _holds(proc.pid, images_dir):
+            found.append(proc)
+    for proc in found:
+        log.warning("stopping orphaned CRIU pid %d writing into %s", proc.pid, images_dir)
+        proc.kill()
+    psutil.wait_procs(found, timeout=timeout)
+
+
+def _holds(pid: int, path: str) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target == path or target.startswith(path.rstrip("/") + "/"):
+            return True
+    return False
 
 
 def _discard_quietly(path: str) -> None:

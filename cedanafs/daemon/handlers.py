@@ -117,7 +117,7 @@ def _jid(params: dict) -> str:
 def _signal(name: Any) -> int:
     text = str(name).upper()
     try:
-        return int(text) if text.isdigit() else int(signal.Signals(text if text.startswith("SIG") else "SIG" + text))
+        return int(text) if text.isdigit() else int(signal.Signals[text if text.startswith("SIG") else "SIG" + text])
     except (KeyError, ValueError):
         raise UsageError(f"unknown signal {name!r}") from None
 
