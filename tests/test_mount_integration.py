@@ -142,6 +142,7 @@ def test_dump_into_mount_restore_eager_lazy_and_from_a_copy(mounted, procs, tmp_
     procs.watch(pid)
     same_memory(pid, state, checksum)
     assert restored.wait_complete(timeout=60) == 0
+    assert not (tmp_path / "work-lazy").exists()  # removed once every page was served
     kill_and_reap(pid)
 
     # cp -r out gives byte-identical files that plain criu restores.
@@ -169,6 +170,10 @@ def test_cedana_dump_process_into_mount(mounted, procs, tmp_path, monkeypatch):
     proc.wait(timeout=30)
     procs.watch(info["pid"])
     r = mounted.cedana("restore", "process", "--path", job / "latest")
+    assert r.returncode == 0, r.stderr
+    same_memory(info["pid"], state, info["checksum"])
+    kill_and_reap(info["pid"])
+    r = mounted.cedana("restore", "process", "--path", job / "latest", "--lazy")
     assert r.returncode == 0, r.stderr
     same_memory(info["pid"], state, info["checksum"])
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import select
+import shutil
+import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -426,10 +429,14 @@ class LazyPages:
 
     def start(self, timeout: float = 30.0) -> "LazyPages":
         os.makedirs(self.work_dir, exist_ok=True)
+        # Its own session: it must outlive the command that started it. The shell around it
+        # removes the work dir once every page is served (and keeps it, with the log, on failure).
+        script = 'criu="$1"; shift; "$criu" lazy-pages "$@" && rm -rf -- "$W"'
         self.proc = subprocess.Popen(
-            [self.criu, "lazy-pages", "-D", self.images_dir, "-W", self.work_dir, "-o", "lazy-pages.log", "-v4"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)  # it must survive the command that started it
+            ["sh", "-c", script, "sh", self.criu, "-D", self.images_dir, "-W", self.work_dir,
+             "-o", "lazy-pages.log", "-v4"],
+            env={**os.environ, "W": self.work_dir}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True)
         socket_path = os.path.join(self.work_dir, LAZY_SOCKET)
         deadline = time.monotonic() + timeout
         while not os.path.exists(socket_path):
@@ -446,7 +453,10 @@ class LazyPages:
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the shell and criu lazy-pages under it
+            except ProcessLookupError:
+                pass
             self.proc.wait()
 
 
@@ -474,15 +484,20 @@ def lazy_restore(ckpt_dir: str | Path, work_dir: str | Path, *, shell_job: bool 
     if prefetch:
         prefetch_images(ckpt_dir)
     pages = LazyPages(ckpt_dir, work_dir, criu).start()
-    pid_file = os.path.join(work_dir, "restored.pid")
-    cmd = [pages.criu, "restore", "-D", ckpt_dir, "-W", work_dir, "--lazy-pages", "-d", "-o", "restore.log",
-           "-v4", "--pidfile", pid_file, *(["--shell-job"] if shell_job else []), *extra_args]
-    result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    if result.returncode != 0:
-        pages.kill()
-        raise CheckpointError(f"lazy restore from {ckpt_dir} failed: "
-                              f"{_log_tail(os.path.join(work_dir, 'restore.log'))} (logs in {work_dir})")
-    return LazyRestore(int(Path(pid_file).read_text().strip()), pages)
+    # Not in the work dir: the daemon may finish (and remove it) before we read the pid.
+    pid_dir = tempfile.mkdtemp(prefix="cedana-lazy-pid-")
+    pid_file = os.path.join(pid_dir, "pid")  # CRIU refuses to overwrite an existing pid file
+    try:
+        cmd = [pages.criu, "restore", "-D", ckpt_dir, "-W", work_dir, "--lazy-pages", "-d", "-o", "restore.log",
+               "-v4", "--pidfile", pid_file, *(["--shell-job"] if shell_job else []), *extra_args]
+        result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if result.returncode != 0:
+            pages.kill()
+            raise CheckpointError(f"lazy restore from {ckpt_dir} failed: "
+                                  f"{_log_tail(os.path.join(work_dir, 'restore.log'))} (logs in {work_dir})")
+        return LazyRestore(int(Path(pid_file).read_text().strip()), pages)
+    finally:
+        shutil.rmtree(pid_dir, ignore_errors=True)
 
 
 def _log_tail(path: str, lines: int = 2) -> str:
