@@ -31,20 +31,26 @@ DUMP_LOG = "criu-dump.log"
 RESTORE_LOG = "criu-restore.log"
 
 
-@dataclass(frozen=True)
-class DumpRequest:
-    pid: int
-    dir: str | None = None
-    name: str | None = None
-    compression: str | None = None
-    leave_running: bool | None = None
+@dataclass(frozen=True, kw_only=True)
+class CriuFlags:
+    """The CRIU flags dump and restore share (DESIGN.md section 2)."""
+
     tcp_established: bool = False
-    skip_in_flight: bool = False
     file_locks: bool = False
     external: tuple[str, ...] = ()
     shell_job: bool | None = None
     link_remap: bool = False
     criu_opts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DumpRequest(CriuFlags):
+    pid: int
+    dir: str | None = None
+    name: str | None = None
+    compression: str | None = None
+    leave_running: bool | None = None
+    skip_in_flight: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,20 +66,14 @@ class DumpResult:
         return dict(self.__dict__)
 
 
-@dataclass(frozen=True)
-class RestoreRequest:
+@dataclass(frozen=True, kw_only=True)
+class RestoreRequest(CriuFlags):
     path: str
     no_server: bool = False
     lazy: bool = False
     pid_file: str | None = None
-    tcp_established: bool = False
     tcp_close: bool = False
     leave_stopped: bool = False
-    file_locks: bool = False
-    external: tuple[str, ...] = ()
-    shell_job: bool | None = None
-    link_remap: bool = False
-    criu_opts: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
