@@ -72,7 +72,9 @@ def find_cedana() -> str | None:
 def cedana_env(workdir: Path, criu: str) -> dict:
     """Run cedana with a config of its own, so /etc/cedana or a running daemon cannot change results."""
     (workdir / "config").mkdir()
-    return {**os.environ, "CEDANA_CONFIG_DIR": str(workdir / "config"), "CEDANA_CRIU_BINARY_PATH": criu,
+    (workdir / "tmp").mkdir()
+    # TMPDIR: temporary dirs cedana makes (e.g. lazy restore work dirs) go away with the work dir.
+    return {**os.environ, "TMPDIR": str(workdir / "tmp"), "CEDANA_CONFIG_DIR": str(workdir / "config"), "CEDANA_CRIU_BINARY_PATH": criu,
             "CEDANA_DB_PATH": str(workdir / "cedana.db"), "CEDANA_CACHE_DIR": str(workdir / "cache"),
             "CEDANA_ADDRESS": str(workdir / "no-daemon.sock")}
 
