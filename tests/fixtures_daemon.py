@@ -28,7 +28,7 @@ ALIVE = ("running", "sleep")
 # Runs the CLI as nobody: import everything first (the interpreter's files may be unreadable to
 # nobody), then drop the effective ids, as a non-root user's process would look on the socket.
 _AS_NOBODY = (
-    "import os, sys\n"
+    "import os, sys, difflib, gettext\n"  # click imports these lazily
     "import cedanafs.cli, cedanafs.daemon.client, cedanafs.app.jobs, cedanafs.app.process, cedanafs.catalog\n"
     f"os.setgroups([]); os.setegid({NOBODY}); os.seteuid({NOBODY})\n"
     "sys.argv = ['cedana', *sys.argv[1:]]\n"
