@@ -137,10 +137,11 @@ class Mount:
                 pass
 
 
-def make_mount(base: Path, autoseal_after: float = 1.0) -> Mount:
+def make_mount(base: Path, autoseal_after: float = 1.0, store: Path | None = None) -> Mount:
+    """A mount's own config, database, cache and mount point under `base`; `store` may be shared."""
     config_dir = base / "config"
     config_dir.mkdir(parents=True, exist_ok=True)
-    store = base / "store"
+    store = store or base / "store"
     (config_dir / "config.json").write_text(json.dumps({
         "store": {"url": str(store)},
         "db": {"path": str(base / "state" / "cedana.db")},
@@ -156,8 +157,8 @@ def mount_factory(tmp_path):
     """Make (not yet mounted) Mount objects; every one is unmounted and its server killed at teardown."""
     made: list[Mount] = []
 
-    def factory(name: str = "m", autoseal_after: float = 1.0) -> Mount:
-        m = make_mount(tmp_path / name, autoseal_after)
+    def factory(name: str = "m", autoseal_after: float = 1.0, store: Path | None = None) -> Mount:
+        m = make_mount(tmp_path / name, autoseal_after, store)
         made.append(m)
         return m
 

@@ -178,6 +178,31 @@ def test_cedana_dump_process_into_mount(mounted, procs, tmp_path, monkeypatch):
     same_memory(info["pid"], state, info["checksum"])
 
 
+def test_second_mount_of_the_same_store_sees_commits(mount_factory):
+    """Two mounts with their own catalog databases and caches stand in for two machines."""
+    a = mount_factory("a")
+    b = mount_factory("b", store=a.store)
+    a.mount()
+    b.mount()
+    ckpt = a.jobs / "moved" / "c1"
+    ckpt.parent.mkdir()
+    ckpt.mkdir()
+    files = {"inventory.img": b"inv", "pages-1.img": os.urandom(3 << 20)}
+    for name, data in files.items():
+        (ckpt / name).write_bytes(data)
+    assert not (b.jobs / "moved").exists()  # pending on a: invisible elsewhere
+    a.seal(ckpt)
+    other = b.jobs / "moved" / "c1"
+    until(lambda: other.exists(), timeout=15, what="the commit to show on the second mount")
+    assert read_tree(other) == files
+    assert os.readlink(b.jobs / "moved" / "latest") == "c1"
+    assert [(p.name, p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(other.iterdir())] == \
+        [(p.name, p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(ckpt.iterdir())]
+    # A delete on one machine disappears from the other too.
+    assert subprocess.run(["rm", "-r", str(ckpt)]).returncode == 0
+    until(lambda: not other.exists(), timeout=15, what="the delete to show on the second mount")
+
+
 # --- imports with rsync -----------------------------------------------------------------------
 
 def test_rsync_import_twice_and_checksum_out(mounted, procs, tmp_path):

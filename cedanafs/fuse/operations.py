@@ -225,4 +225,4 @@ class Operations(pyfuse3.Operations):
                 manifest = await self._run(self.vfs.seal, inode, "import")
                 log.info("auto-sealed checkpoint %s", manifest.name)
             except Exception as exc:  # noqa: BLE001 - one bad import must not stop the mount
-                log.warning("cannot seal %s: %s", self.vfs.path_of(inode) if inode else inode, exc)
+                log.warning("cannot seal checkpoint (inode %d): %s", inode, exc)
