@@ -374,3 +374,52 @@ def test_corrupt_chunk_is_eio_and_not_refetched(tree):
             v.read(fh, 0, 1000)
         assert "corrupt" in str(info.value) or getattr(info.value, "errno", None) == errno.EIO
     assert len([k for k in gets if ref.digest in k]) <= 1
+
+
+def test_store_failure_while_writing_fails_the_file_and_the_seal(tree):
+    from cedanafs.streamer import BackendError
+
+    v = tree.vfs
+    c = pending(v)
+    put(v, c, "inventory.img", b"inv")
+    real_put = tree.store.backend.put
+
+    def failing_put(key, data):
+        if key.startswith("chunks/"):
+            raise BackendError("disk on fire")
+        return real_put(key, data)
+
+    tree.store.backend.put = failing_put
+    fh, _ = v.create(c, "pages-1.img", 0o600, W)
+    with pytest.raises(Exception) as info:
+        for i in range(64):
+            v.write(fh, i << 16, os.urandom(1 << 16))
+        v.flush(fh)
+    assert "disk on fire" in str(info.value)
+    v.release(fh)
+    tree.store.backend.put = real_put
+    with pytest.raises(Exception):
+        v.setxattr(c, "user.cedana.seal", b"1")  # never a manifest with a hole in a file
+    assert tree.catalog.checkpoints() == []
+    assert v.getxattr(c, "user.cedana.state") == b"pending"
+    # Rewriting the file from the start makes it usable again.
+    fh = v.open(v.lookup(c, "pages-1.img").inode, os.O_WRONLY | os.O_TRUNC)
+    v.write(fh, 0, b"fine now")
+    v.flush(fh)
+    v.release(fh)
+    v.setxattr(c, "user.cedana.seal", b"1")
+    assert cat(v, c, "pages-1.img") == b"fine now"
+
+
+def test_store_down_during_refresh_serves_the_known_tree(tree, caplog):
+    from cedanafs.streamer import TemporaryFailure
+
+    v = tree.vfs
+    sealed_checkpoint(v)
+
+    def down(*args, **kw):
+        raise TemporaryFailure("store unreachable")
+
+    tree.catalog.refresh = down
+    assert "j1" in dict(v.readdir(jobs(v)))
+    assert "store unreachable" in caplog.text

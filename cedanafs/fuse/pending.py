@@ -18,6 +18,7 @@ import tempfile
 import threading
 from typing import Callable, Protocol
 
+from ..errors import StoreError
 from ..types import FileContent
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class PendingContent:
         self._writer: Writer | None = None
         self._spill = None  # a nameless temporary file: gone with the process
         self._content: FileContent | None = EMPTY
+        self._failed: Exception | None = None  # bytes were lost: the file is unusable until truncated
         self.size = 0
 
     @property
@@ -69,8 +71,13 @@ class PendingContent:
 
     def write(self, offset: int, data: bytes) -> int:
         with self._lock:
+            self._check_failed()
             if offset == self.size and self._spill is None:
-                self._append(data)
+                try:
+                    self._append(data)
+                except Exception as exc:
+                    self._fail(exc)
+                    raise
             else:
                 self._to_spill()
                 self._spill.seek(offset)
@@ -120,15 +127,18 @@ class PendingContent:
         with self._lock:
             self._discard_locked()
 
+    def _check_failed(self) -> None:
+        if self._failed is not None:
+            raise StoreError(f"an earlier write of this file failed ({self._failed}); rewrite it from the start")
+
     def _finish_locked(self) -> FileContent:
+        self._check_failed()
         if self._writer is not None:
             writer, self._writer = self._writer, None
             try:
                 self._content = writer.close()
-            except BaseException:
-                # The writer is spent; what was written is lost, so is the file (the caller says EIO).
-                self._abort(writer)
-                self._content, self.size = EMPTY, 0
+            except Exception as exc:
+                self._fail(exc, writer)
                 raise
         elif self._spill is not None:
             self._content = self._chunk_spill()
@@ -151,6 +161,15 @@ class PendingContent:
         self._spill.close()
         self._spill = None
         return content
+
+    def _fail(self, exc: Exception, writer: Writer | None = None) -> None:
+        """The writer is spent and what it held is lost: remember it, so that sealing fails
+        instead of committing a file with a hole (the caller answers EIO)."""
+        writer = writer or self._writer
+        self._writer = None
+        if writer is not None:
+            self._abort(writer)
+        self._failed = exc
 
     def _to_spill(self) -> None:
         """Move the bytes written so far into a local file, so they can be rewritten anywhere."""
@@ -176,6 +195,7 @@ class PendingContent:
             self._spill.close()
             self._spill = None
         self._content, self.size = EMPTY, 0
+        self._failed = None
 
     @staticmethod
     def _abort(writer: Writer) -> None:

@@ -384,7 +384,13 @@ class VFS:
 
     def _maybe_refresh(self, node: Node) -> None:
         if node is self.root or node is self.jobs or isinstance(node, JobDir):
-            self.refresh()
+            try:
+                self.refresh()
+            except (CedanaError, OSError) as exc:
+                # Serve the tree we have: a store that is down for a moment must not turn every
+                # `ls` into EIO. Wait a full interval before asking it again.
+                self._refreshed_at = self._clock()
+                log.warning("cannot refresh the tree from the store (showing what is known): %s", exc)
 
     def lookup(self, parent: int, name: str) -> Attr:
         with self._lock:
