@@ -56,6 +56,10 @@ def handle_errors(func: Callable) -> Callable:
             fail("interrupted", 130)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
+        except OSError as err:  # disk full, permissions, I/O errors: the system's own words
+            log.debug("system error", exc_info=True)
+            where = f"{err.filename}: " if err.filename else ""
+            fail(f"{where}{err.strerror or err}", 74)  # EX_IOERR
         except Exception as err:  # noqa: BLE001 - the last line of defence for the user
             log.debug("unexpected error", exc_info=True)
             fail(f"internal error: {type(err).__name__}: {err} (run with CEDANA_LOG_LEVEL=debug for details)", 70)
