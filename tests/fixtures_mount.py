@@ -59,7 +59,7 @@ class Tree:
 
 
 @pytest.fixture
-def tree(tmp_path):
+def fs_tree(tmp_path):
     from cedanafs.catalog import Catalog
     from cedanafs.fuse.backing import StoreData
     from cedanafs.fuse.vfs import VFS

@@ -31,8 +31,8 @@ def fuse_errno(coro_fn, *args) -> int:
 
 
 @pytest.fixture
-def ops(tree):
-    return Operations(tree.vfs, threads=4)
+def ops(fs_tree):
+    return Operations(fs_tree.vfs, threads=4)
 
 
 def fields(**kw):
@@ -46,7 +46,7 @@ def attrs(**kw):
     return SimpleNamespace(**{**base, **kw})
 
 
-def test_full_cycle_through_handlers(ops, tree):
+def test_full_cycle_through_handlers(ops, fs_tree):
     async def main():
         jobs = (await ops.lookup(pyfuse3.ROOT_INODE, b"jobs", CTX)).st_ino
         job = await ops.mkdir(jobs, b"j1", 0o755, CTX)
@@ -78,7 +78,7 @@ def test_full_cycle_through_handlers(ops, tree):
         return ckpt.st_ino, f.st_ino
 
     ckpt, f = run(main)
-    assert [i.id for i in tree.catalog.checkpoints()] == ["c1"]
+    assert [i.id for i in fs_tree.catalog.checkpoints()] == ["c1"]
     # Sealed: every kind of change is refused with EROFS, as a FUSEError (never anything else).
     assert fuse_errno(ops.create, ckpt, b"x", 0o600, W, CTX) == errno.EROFS
     assert fuse_errno(ops.open, f, os.O_WRONLY, CTX) == errno.EROFS
@@ -93,7 +93,7 @@ def test_enoent_and_enodata(ops):
     assert fuse_errno(ops.setxattr, pyfuse3.ROOT_INODE, b"user.other", b"1", CTX) == errno.ENOTSUP
 
 
-def test_readdir_replies_in_order_and_resumes(ops, tree, monkeypatch):
+def test_readdir_replies_in_order_and_resumes(ops, fs_tree, monkeypatch):
     replies = []
 
     def reply(token, name, attr, next_id):
@@ -117,23 +117,23 @@ def test_readdir_replies_in_order_and_resumes(ops, tree, monkeypatch):
     assert [r[0] for r in replies] == [b"a", b"b", b"c"]
 
 
-def test_unexpected_exceptions_become_eio(ops, tree, monkeypatch, caplog):
+def test_unexpected_exceptions_become_eio(ops, fs_tree, monkeypatch, caplog):
     def broken(*args, **kw):
         raise RuntimeError("bug in the tree")
 
-    monkeypatch.setattr(tree.vfs, "getattr", broken)
+    monkeypatch.setattr(fs_tree.vfs, "getattr", broken)
     assert fuse_errno(ops.getattr, pyfuse3.ROOT_INODE, CTX) == errno.EIO
     assert "bug in the tree" in caplog.text
 
     def store_down(*args, **kw):
         raise StoreError("bucket unreachable")
 
-    monkeypatch.setattr(tree.vfs, "read", store_down)
+    monkeypatch.setattr(fs_tree.vfs, "read", store_down)
     assert fuse_errno(ops.read, 1, 0, 10) == errno.EIO
     assert "bucket unreachable" in caplog.text
 
 
-def test_unlink_rmdir_of_sealed_checkpoint(ops, tree):
+def test_unlink_rmdir_of_sealed_checkpoint(ops, fs_tree):
     async def main():
         jobs = (await ops.lookup(pyfuse3.ROOT_INODE, b"jobs", CTX)).st_ino
         job = (await ops.mkdir(jobs, b"j1", 0o755, CTX)).st_ino
@@ -152,7 +152,7 @@ def test_unlink_rmdir_of_sealed_checkpoint(ops, tree):
         assert e.value.errno == errno.ENOENT
 
     run(main)
-    assert tree.catalog.checkpoints() == []
+    assert fs_tree.catalog.checkpoints() == []
 
 
 def test_statfs_reports_room(ops):

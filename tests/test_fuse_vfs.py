@@ -65,22 +65,22 @@ def sealed_checkpoint(v, job="j1", name="c1", files=None):
     return c
 
 
-def test_empty_tree_has_jobs_dir(tree):
-    names = [n for n, _ in tree.vfs.readdir(ROOT_INODE)]
+def test_empty_tree_has_jobs_dir(fs_tree):
+    names = [n for n, _ in fs_tree.vfs.readdir(ROOT_INODE)]
     assert names == ["jobs"]
-    assert stat.S_ISDIR(tree.vfs.getattr(jobs(tree.vfs)).mode)
-    assert tree.vfs.readdir(jobs(tree.vfs)) == []
+    assert stat.S_ISDIR(fs_tree.vfs.getattr(jobs(fs_tree.vfs)).mode)
+    assert fs_tree.vfs.readdir(jobs(fs_tree.vfs)) == []
 
 
-def test_lookup_missing_is_enoent(tree):
+def test_lookup_missing_is_enoent(fs_tree):
     with err(errno.ENOENT):
-        tree.vfs.lookup(jobs(tree.vfs), "nope")
+        fs_tree.vfs.lookup(jobs(fs_tree.vfs), "nope")
     with err(errno.ENOENT):
-        tree.vfs.getattr(12345)
+        fs_tree.vfs.getattr(12345)
 
 
-def test_write_seal_read_back(tree):
-    v = tree.vfs
+def test_write_seal_read_back(fs_tree):
+    v = fs_tree.vfs
     big = os.urandom(1_000_000)
     c = pending(v)
     put(v, c, "inventory.img", b"inventory")
@@ -90,25 +90,25 @@ def test_write_seal_read_back(tree):
     assert v.getxattr(c, "user.cedana.state") == b"sealed"
     assert cat(v, c, "pages-1.img") == big
     assert cat(v, c, "inventory.img") == b"inventory"
-    m = tree.catalog.load("j1", "c1")
+    m = fs_tree.catalog.load("j1", "c1")
     assert {f.path: f.size for f in m.files} == {"inventory.img": 9, "pages-1.img": len(big)}
 
 
-def test_writes_stream_into_the_store_before_close(tree):
-    v = tree.vfs
+def test_writes_stream_into_the_store_before_close(fs_tree):
+    v = fs_tree.vfs
     c = pending(v)
     fh, _ = v.create(c, "pages-1.img", 0o600, W)
-    before = len(list(tree.store.backend.list("chunks/")))
+    before = len(list(fs_tree.store.backend.list("chunks/")))
     for i in range(16):
         v.write(fh, i << 16, os.urandom(1 << 16))
     # Chunks of 64 KiB are uploaded while the file is still open.
-    assert len(list(tree.store.backend.list("chunks/"))) > before
+    assert len(list(fs_tree.store.backend.list("chunks/"))) > before
     v.flush(fh)
     v.release(fh)
 
 
-def test_reads_at_offsets_and_past_end(tree):
-    v = tree.vfs
+def test_reads_at_offsets_and_past_end(fs_tree):
+    v = fs_tree.vfs
     data = os.urandom(200_000)
     c = sealed_checkpoint(v, files={"inventory.img": b"x", "f": data})
     fh = v.open(v.lookup(c, "f").inode, os.O_RDONLY)
@@ -118,8 +118,8 @@ def test_reads_at_offsets_and_past_end(tree):
     v.release(fh)
 
 
-def test_sealed_checkpoint_is_read_only(tree):
-    v = tree.vfs
+def test_sealed_checkpoint_is_read_only(fs_tree):
+    v = fs_tree.vfs
     c = sealed_checkpoint(v)
     f = v.lookup(c, "inventory.img").inode
     with err(errno.EROFS):
@@ -141,8 +141,8 @@ def test_sealed_checkpoint_is_read_only(tree):
     v.setxattr(c, "user.cedana.seal", b"1")
 
 
-def test_open_handle_cannot_write_after_seal(tree):
-    v = tree.vfs
+def test_open_handle_cannot_write_after_seal(fs_tree):
+    v = fs_tree.vfs
     c = pending(v)
     put(v, c, "inventory.img", b"inv")
     fh = v.open(v.lookup(c, "inventory.img").inode, os.O_WRONLY)
@@ -152,19 +152,19 @@ def test_open_handle_cannot_write_after_seal(tree):
     v.release(fh)
 
 
-def test_seal_needs_inventory(tree):
-    v = tree.vfs
+def test_seal_needs_inventory(fs_tree):
+    v = fs_tree.vfs
     c = pending(v)
     put(v, c, "pages-1.img", b"abc")
     with err(errno.EINVAL):
         v.setxattr(c, "user.cedana.seal", b"1")
     assert b"inventory.img is missing" in v.getxattr(c, "user.cedana.error")
     assert v.getxattr(c, "user.cedana.state") == b"pending"
-    assert tree.catalog.checkpoints() == []
+    assert fs_tree.catalog.checkpoints() == []
 
 
-def test_seal_refuses_file_still_being_written(tree):
-    v = tree.vfs
+def test_seal_refuses_file_still_being_written(fs_tree):
+    v = fs_tree.vfs
     c = pending(v)
     put(v, c, "inventory.img", b"inv")
     fh, _ = v.create(c, "pages-1.img", 0o600, W)
@@ -176,21 +176,21 @@ def test_seal_refuses_file_still_being_written(tree):
     v.setxattr(c, "user.cedana.seal", b"1")
 
 
-def test_pending_checkpoint_is_never_latest_nor_in_catalog(tree):
-    v = tree.vfs
+def test_pending_checkpoint_is_never_latest_nor_in_catalog(fs_tree):
+    v = fs_tree.vfs
     sealed_checkpoint(v, "j1", "c1")
     c2 = pending(v, "j1", "c2")
     put(v, c2, "inventory.img", b"inv")
     j = v.lookup(jobs(v), "j1").inode
     assert v.readlink(v.lookup(j, "latest").inode) == "c1"
-    assert [i.id for i in tree.catalog.checkpoints("j1")] == ["c1"]
+    assert [i.id for i in fs_tree.catalog.checkpoints("j1")] == ["c1"]
     v.setxattr(c2, "user.cedana.seal", b"1")
     assert v.readlink(v.lookup(j, "latest").inode) == "c2"
 
 
-def test_rsync_pattern(tree):
+def test_rsync_pattern(fs_tree):
     """Temp name, write, fsync, utimens, chmod, rename over an existing file, unlink of a temp."""
-    v = tree.vfs
+    v = fs_tree.vfs
     c = pending(v)
     put(v, c, "pages-1.img", b"old")
     fh, a = v.create(c, ".pages-1.img.Ab12Cd", 0o600, W | os.O_EXCL)
@@ -208,7 +208,7 @@ def test_rsync_pattern(tree):
     v.setattr(c, mtime_ns=1_500_000_000_000_000_001, mode=0o750)
     assert sorted(n for n, _ in v.readdir(c)) == ["inventory.img", "pages-1.img"]
     v.setxattr(c, "user.cedana.seal", b"1")
-    view = tree.new_view()
+    view = fs_tree.new_view()
     view.refresh(force=True)
     vc = view.lookup(view.lookup(jobs(view), "j1").inode, "c1")
     assert (vc.mode & 0o7777, vc.mtime_ns) == (0o750, 1_500_000_000_000_000_001)
@@ -217,8 +217,8 @@ def test_rsync_pattern(tree):
     assert cat(view, vc.inode, "pages-1.img") == b"new content"
 
 
-def test_non_sequential_writes_spill_and_come_out_right(tree):
-    v = tree.vfs
+def test_non_sequential_writes_spill_and_come_out_right(fs_tree):
+    v = fs_tree.vfs
     c = pending(v)
     data = bytearray(os.urandom(300_000))
     fh, _ = v.create(c, "f", 0o600, W)
@@ -234,8 +234,8 @@ def test_non_sequential_writes_spill_and_come_out_right(tree):
     assert cat(v, c, "f") == bytes(data)
 
 
-def test_truncate_and_o_trunc_on_pending_file(tree):
-    v = tree.vfs
+def test_truncate_and_o_trunc_on_pending_file(fs_tree):
+    v = fs_tree.vfs
     c = pending(v)
     put(v, c, "f", b"0123456789")
     f = v.lookup(c, "f").inode
@@ -248,10 +248,10 @@ def test_truncate_and_o_trunc_on_pending_file(tree):
     assert cat(v, c, "f") == b"again"
 
 
-def test_stable_inodes_and_attributes_across_views(tree):
-    v = tree.vfs
+def test_stable_inodes_and_attributes_across_views(fs_tree):
+    v = fs_tree.vfs
     sealed_checkpoint(v)
-    view = tree.new_view()
+    view = fs_tree.new_view()
     view.refresh(force=True)
 
     def walk(t):
@@ -273,9 +273,9 @@ def test_stable_inodes_and_attributes_across_views(tree):
     assert first["j1/c1"].inode == derive_inode(first["j1"].inode, "c1")
 
 
-def test_other_writer_commits_appear_after_refresh(tree):
-    v = tree.vfs
-    other = tree.new_view()
+def test_other_writer_commits_appear_after_refresh(fs_tree):
+    v = fs_tree.vfs
+    other = fs_tree.new_view()
     other.refresh(force=True)
     sealed_checkpoint(other, "remote-job", "r1")
     # refresh_interval=0 in this fixture: the next listing sees the other writer's commit.
@@ -284,8 +284,8 @@ def test_other_writer_commits_appear_after_refresh(tree):
     assert cat(v, v.lookup(names["remote-job"].inode, "r1").inode, "inventory.img") == b"inv"
 
 
-def test_rm_r_of_sealed_checkpoint_deletes_it(tree):
-    v = tree.vfs
+def test_rm_r_of_sealed_checkpoint_deletes_it(fs_tree):
+    v = fs_tree.vfs
     c = sealed_checkpoint(v, "j1", "c1")
     sealed_checkpoint(v, "j1", "c2")
     j = v.lookup(jobs(v), "j1").inode
@@ -295,7 +295,7 @@ def test_rm_r_of_sealed_checkpoint_deletes_it(tree):
     for name, _ in v.readdir(c2):
         v.unlink(c2, name)
     v.rmdir(j, "c2")
-    assert [i.id for i in tree.catalog.checkpoints("j1")] == ["c1"]
+    assert [i.id for i in fs_tree.catalog.checkpoints("j1")] == ["c1"]
     assert v.readlink(v.lookup(j, "latest").inode) == "c1"
     for name, _ in v.readdir(c):
         v.unlink(c, name)
@@ -304,28 +304,28 @@ def test_rm_r_of_sealed_checkpoint_deletes_it(tree):
         v.create(j, "x", 0o600, W)
     v.rmdir(jobs(v), "j1")
     assert v.readdir(jobs(v)) == []
-    assert tree.catalog.checkpoints() == []
+    assert fs_tree.catalog.checkpoints() == []
 
 
-def test_rm_r_of_pending_checkpoint(tree):
-    v = tree.vfs
+def test_rm_r_of_pending_checkpoint(fs_tree):
+    v = fs_tree.vfs
     c = pending(v)
     put(v, c, "inventory.img", b"inv")
     v.unlink(c, "inventory.img")
     v.rmdir(v.lookup(jobs(v), "j1").inode, "c1")
-    assert tree.catalog.checkpoints() == []
+    assert fs_tree.catalog.checkpoints() == []
 
 
-def test_autoseal_rule(tree):
-    v = tree.vfs
+def test_autoseal_rule(fs_tree):
+    v = fs_tree.vfs
     c = pending(v)
     put(v, c, "pages-1.img", b"p")
-    tree.clock[0] += 100
+    fs_tree.clock[0] += 100
     assert v.autoseal_due() == []  # no inventory.img: never an import
     put(v, c, "inventory.img", b"inv")
     assert v.autoseal_due() == []  # changed just now
     fh = v.open(v.lookup(c, "pages-1.img").inode, os.O_RDONLY)
-    tree.clock[0] += 6
+    fs_tree.clock[0] += 6
     assert v.autoseal_due() == []  # a file is open
     v.release(fh)
     assert v.autoseal_due() == [c]
@@ -333,8 +333,8 @@ def test_autoseal_rule(tree):
     assert v.autoseal_due() == []
 
 
-def test_names_and_places(tree):
-    v = tree.vfs
+def test_names_and_places(fs_tree):
+    v = fs_tree.vfs
     with err(errno.EINVAL):
         v.mkdir(jobs(v), "..bad", 0o755)
     j = v.mkdir(jobs(v), "j1", 0o755).inode
@@ -355,19 +355,19 @@ def test_names_and_places(tree):
         v.rename(c, "f", c2, "f")
 
 
-def test_corrupt_chunk_is_eio_and_not_refetched(tree):
-    v = tree.vfs
+def test_corrupt_chunk_is_eio_and_not_refetched(fs_tree):
+    v = fs_tree.vfs
     data = os.urandom(200_000)
     c = sealed_checkpoint(v, files={"inventory.img": b"inv", "f": data})
-    ref = tree.catalog.load("j1", "c1").file("f").chunks[0]
-    key = next(k for k in tree.store.backend.list("chunks/") if ref.digest in k)
-    blob = bytearray(tree.store.backend.get(key))
+    ref = fs_tree.catalog.load("j1", "c1").file("f").chunks[0]
+    key = next(k for k in fs_tree.store.backend.list("chunks/") if ref.digest in k)
+    blob = bytearray(fs_tree.store.backend.get(key))
     blob[-1] ^= 0xFF
-    tree.store.backend.put(key, bytes(blob))
-    tree.store.cache.discard(ref.digest)
+    fs_tree.store.backend.put(key, bytes(blob))
+    fs_tree.store.cache.discard(ref.digest)
     gets = []
-    real_get = tree.store.backend.get
-    tree.store.backend.get = lambda k: (gets.append(k), real_get(k))[1]
+    real_get = fs_tree.store.backend.get
+    fs_tree.store.backend.get = lambda k: (gets.append(k), real_get(k))[1]
     fh = v.open(v.lookup(c, "f").inode, os.O_RDONLY)
     for _ in range(3):
         with pytest.raises(Exception) as info:
@@ -376,20 +376,20 @@ def test_corrupt_chunk_is_eio_and_not_refetched(tree):
     assert len([k for k in gets if ref.digest in k]) <= 1
 
 
-def test_store_failure_while_writing_fails_the_file_and_the_seal(tree):
+def test_store_failure_while_writing_fails_the_file_and_the_seal(fs_tree):
     from cedanafs.streamer import BackendError
 
-    v = tree.vfs
+    v = fs_tree.vfs
     c = pending(v)
     put(v, c, "inventory.img", b"inv")
-    real_put = tree.store.backend.put
+    real_put = fs_tree.store.backend.put
 
     def failing_put(key, data):
         if key.startswith("chunks/"):
             raise BackendError("disk on fire")
         return real_put(key, data)
 
-    tree.store.backend.put = failing_put
+    fs_tree.store.backend.put = failing_put
     fh, _ = v.create(c, "pages-1.img", 0o600, W)
     with pytest.raises(Exception) as info:
         for i in range(64):
@@ -397,10 +397,10 @@ def test_store_failure_while_writing_fails_the_file_and_the_seal(tree):
         v.flush(fh)
     assert "disk on fire" in str(info.value)
     v.release(fh)
-    tree.store.backend.put = real_put
+    fs_tree.store.backend.put = real_put
     with pytest.raises(Exception):
         v.setxattr(c, "user.cedana.seal", b"1")  # never a manifest with a hole in a file
-    assert tree.catalog.checkpoints() == []
+    assert fs_tree.catalog.checkpoints() == []
     assert v.getxattr(c, "user.cedana.state") == b"pending"
     # Rewriting the file from the start makes it usable again.
     fh = v.open(v.lookup(c, "pages-1.img").inode, os.O_WRONLY | os.O_TRUNC)
@@ -411,15 +411,15 @@ def test_store_failure_while_writing_fails_the_file_and_the_seal(tree):
     assert cat(v, c, "pages-1.img") == b"fine now"
 
 
-def test_store_down_during_refresh_serves_the_known_tree(tree, caplog):
+def test_store_down_during_refresh_serves_the_known_tree(fs_tree, caplog):
     from cedanafs.streamer import TemporaryFailure
 
-    v = tree.vfs
+    v = fs_tree.vfs
     sealed_checkpoint(v)
 
     def down(*args, **kw):
         raise TemporaryFailure("store unreachable")
 
-    tree.catalog.refresh = down
+    fs_tree.catalog.refresh = down
     assert "j1" in dict(v.readdir(jobs(v)))
     assert "store unreachable" in caplog.text
