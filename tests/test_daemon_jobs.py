@@ -205,3 +205,40 @@ def test_sigkill_during_a_dump_loses_nothing(daemon_env, procs):
     job = wait_status(daemon, "w", ALIVE)
     assert job["pid"] == pid, "the process of the interrupted dump was not resumed"
     wait_for(lambda: psutil.Process(pid).status() != psutil.STATUS_STOPPED, what="the process to be resumed")
+
+
+def test_lazy_restore_is_a_child_of_the_daemon(daemon):
+    out, _ = run_counter(daemon, "lz")
+    daemon.cedana("dump", "job", "lz", check=True)
+    at_dump = assert_stopped(out)
+    daemon.cedana("restore", "job", "lz", "--lazy", check=True)
+    assert_continues(out, at_dump)
+    pid = daemon.job("lz")["pid"]
+    assert psutil.Process(pid).ppid() == daemon.proc.pid, "the restored job is not the daemon's child"
+    daemon.cedana("job", "kill", "lz", check=True)
+    assert wait_status(daemon, "lz", ("halted",))["exit_code"] == 128 + signal.SIGKILL
+
+
+def test_restored_job_exit_is_tracked(daemon):
+    out, _ = run_counter(daemon, "ex", "--limit", "60", "--exit-code", "9")
+    daemon.cedana("dump", "job", "ex", check=True)
+    assert_stopped(out)
+    daemon.cedana("restore", "job", "ex", check=True)
+    job = wait_status(daemon, "ex", ("halted",), timeout=30)
+    assert job["exit_code"] == 9 and read_lines(out) == list(range(1, 61))
+
+
+def test_dump_and_restore_process_go_through_the_daemon(daemon, procs):
+    out = daemon.root / "p.count"
+    proc = procs.counter(out)
+    wait_for(lambda: len(read_lines(out)) >= 5, what="the counter to count")
+    daemon.cedana("dump", "process", proc.pid, "--dir", daemon.root, "--name", "pck", "--compression", "gzip",
+                  check=True)
+    proc.wait(timeout=10)
+    at_dump = assert_stopped(out)
+    assert f"criu dump pid={proc.pid}" in daemon.log_path.read_text(), "the dump did not go through the daemon"
+    daemon.cedana("restore", "process", "--path", daemon.root / "pck.tar.gz", "--pid-file", daemon.root / "pid",
+                  check=True)
+    procs.watch(int((daemon.root / "pid").read_text()))
+    assert "criu restore dir=" in daemon.log_path.read_text()
+    assert_continues(out, at_dump)

@@ -245,6 +245,7 @@ class JobService:
         self._lock = threading.RLock()
         self._children: dict[int, tuple[str, subprocess.Popen | None]] = {}
         self._busy: set[str] = set()
+        self._page_servers: list[Any] = []  # lazy-pages servers still feeding restored jobs
 
     # --- lookups and permissions ---
 
@@ -428,6 +429,7 @@ class JobService:
                 del self._children[pid]
                 self._record_exit(jid, pid, code)
                 exited.append(jid)
+            self._page_servers = [p for p in self._page_servers if p.proc.poll() is None]
         return exited
 
     def _record_exit(self, jid: str, pid: int, code: int) -> None:
@@ -544,11 +546,12 @@ class JobService:
             job = self._job(caller, jid)
         with self._exclusive(jid, "restore"):
             self.reap()
-            if job is not None and job_status(job, self.host) in ALIVE:
+            if job is not None and job_status(job, self.host) in ("running", "sleep"):
                 raise AlreadyExists(f"job {jid} is still running (PID {job.pid}):"
                                     " dump it or kill it before restoring")
             source = path or self._checkpoint_path(jid, checkpoint)
-            pid, state = self._restore_from(caller, job, source, lazy)
+            restore = self._restore_lazy if lazy else self._restore_from
+            pid, state = restore(caller, job, source)
             job = self._restored_job(caller, jid, job, state, pid, source)
         log.info("job %s: restored pid %d from %s", jid, pid, source)
         return self._view(job) | {"path": source}
@@ -565,7 +568,25 @@ class JobService:
             raise NotFound(f"job {jid} has no checkpoints to restore (cedana dump job {jid} first)")
         return os.path.join(self.job_dir(jid), info.id)
 
-    def _restore_from(self, caller: Caller, job: Job | None, source: str, lazy: bool) -> tuple[int, dict]:
+    def _restore_lazy(self, caller: Caller, job: Job | None, source: str) -> tuple[int, dict]:
+        """Lazy pages from the mount: the job runs once its small images are read, memory follows on fault.
+
+        `criu restore --restore-sibling` makes the process our child, as an eager restore does;
+        the lazy-pages server is our child too until it has sent every page.
+        """
+        if app_mount.mount_of(source) is None or not os.path.isdir(source):
+            raise UsageError("--lazy restores from a checkpoint directory in the mount, not from --path elsewhere")
+        state = _read_state(source)
+        _check_owner(caller, state, source)
+        app_process._check_pids_free(source)
+        work = tempfile.mkdtemp(prefix="cedana-lazy-job-")
+        restored = app_mount.lazy_restore(source, work, shell_job=state.get("shell_job", False),
+                                          criu=self.settings.criu.binary_path, extra_args=("--restore-sibling",))
+        with self._lock:
+            self._page_servers.append(restored.pages)
+        return restored.pid, state
+
+    def _restore_from(self, caller: Caller, job: Job | None, source: str) -> tuple[int, dict]:
         binary = criu.find_criu(self.settings.criu.binary_path)
         with _images(self.settings, source) as images:
             state = _read_state(images.path)
@@ -577,7 +598,7 @@ class JobService:
                 pid = criu.restore(binary, criu.RestoreOptions(
                     images_dir=images.path, work_dir=work, log_file=RESTORE_LOG,
                     shell_job=state.get("shell_job", False), tcp_established=state.get("tcp_established", False),
-                    rst_sibling=True, lazy_pages=lazy, inherit=inherit))
+                    rst_sibling=True, inherit=inherit))
             finally:
                 for m in inherit:
                     os.close(m.fd)
