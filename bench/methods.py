@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .procs import (Cleanup, CmdResult, MemoryWatch, StepError, command_works, is_running, last_line,
                     kill_and_reap, run_cmd, unmount, wait_gone)
@@ -47,6 +47,7 @@ class Env:
     timeout: float
     cmd_env: dict = field(default_factory=lambda: dict(os.environ))
     help_cache: dict = field(default_factory=dict)
+    services: dict = field(default_factory=dict)  # started on first use (e.g. the S3 server)
 
     def missing(self, *words: str) -> str | None:
         """Why `cedana WORDS` cannot be used yet, in a few words; None when it runs."""
@@ -72,7 +73,7 @@ class Env:
 @dataclass
 class Artifact:
     """A checkpoint a dump produced: where it is, which checksum a restore of it must show."""
-    path: Path
+    path: Path | str  # a str for a remote URL
     checksum: str
     pid: int
     nbytes: int
@@ -127,6 +128,10 @@ class Method:
 
     def unavailable(self, env: Env) -> str | None:
         return None
+
+    def extra_env(self, env: Env) -> dict:
+        """Environment the method's cedana commands need beyond env.cmd_env (e.g. S3 credentials)."""
+        return {}
 
     def mode_unavailable(self, env: Env, mode: str) -> str | None:
         """Why one restore mode cannot be measured although the method can."""
@@ -247,16 +252,24 @@ class CedanaWay(Method):
         criu_dump(env, pid, images)
         archive = local / f"ckpt{ARCHIVE_EXT[self.codec]}"
         compress_tree(images, archive, self.codec, env.timeout)
-        dest = env.store_dir / f"{self.key}-{rep}{ARCHIVE_EXT[self.codec]}"
-        shutil.copyfile(archive, dest)
+        dest, nbytes = self.put(env, archive, f"{self.key}-{rep}{ARCHIVE_EXT[self.codec]}")
         shutil.rmtree(local)  # Cedana drops its staging copy too
-        return Artifact(dest, checksum, pid, dest.stat().st_size)
+        return Artifact(dest, checksum, pid, nbytes)
+
+    def put(self, env: Env, archive: Path, name: str) -> tuple[Path | str, int]:
+        """Copy the archive to the store; returns where it is and its size there."""
+        dest = env.store_dir / name
+        shutil.copyfile(archive, dest)
+        return dest, dest.stat().st_size
+
+    def get(self, env: Env, art: Artifact, dest: Path) -> None:
+        shutil.copyfile(art.path, dest)
 
     def restore(self, env, art, mode, scratch):
         local = scratch / self.key
         local.mkdir(parents=True)
-        archive = local / art.path.name
-        shutil.copyfile(art.path, archive)
+        archive = local / PurePosixPath(str(art.path)).name
+        self.get(env, art, archive)
         extract_tree(archive, local / "images", self.codec, env.timeout)
         return criu_restore(env, local / "images", art.pid)
 
@@ -290,20 +303,29 @@ class CedanaDump(Method):
         return None
 
     def dump(self, env, pid, rep, checksum, second=False):
+        name = f"{self.key}-{rep}"
+        result = run_cmd([env.cedana, "dump", "process", str(pid), "--dir", self.target(env), "--name", name,
+                          "--compression", self.compression, "--leave-running"],
+                         timeout=env.timeout, env={**env.cmd_env, **self.extra_env(env)}, watch_memory=True)
+        path, nbytes = self.located(env, f"{name}{ARCHIVE_EXT[self.compression]}")
+        return Artifact(path, checksum, pid, nbytes, result.peak_rss)
+
+    def target(self, env: Env) -> str:
+        """The --dir the dump goes to."""
         outdir = env.workdir / "cedana-dumps"
         outdir.mkdir(exist_ok=True)
-        name = f"{self.key}-{rep}"
-        result = run_cmd([env.cedana, "dump", "process", str(pid), "--dir", str(outdir), "--name", name,
-                          "--compression", self.compression, "--leave-running"],
-                         timeout=env.timeout, env=env.cmd_env, watch_memory=True)
-        path = outdir / f"{name}{ARCHIVE_EXT[self.compression]}"
+        return str(outdir)
+
+    def located(self, env: Env, name: str) -> tuple[Path | str, int]:
+        """Where the dump named `name` landed, and its size; StepError if it is not there."""
+        path = Path(self.target(env)) / name
         if not path.exists():
             raise StepError(f"cedana dump process succeeded but {path} does not exist")
-        return Artifact(path, checksum, pid, tree_bytes(path), result.peak_rss)
+        return path, tree_bytes(path)
 
     def restore(self, env, art, mode, scratch):
         result = run_cmd([env.cedana, "restore", "process", "--path", str(art.path)],
-                         timeout=env.timeout, env=env.cmd_env, watch_memory=True)
+                         timeout=env.timeout, env={**env.cmd_env, **self.extra_env(env)}, watch_memory=True)
         wait_running(art.pid)
         return result
 
@@ -314,7 +336,7 @@ class MountDump(Method):
     """`cedana mount MNT --store DIR`, a fresh store each repetition; dumps go to MNT/jobs/bench/."""
 
     key = "mount"
-    label = "cedana dump process -> mount (local store)"
+    store_name = "local store"
     has_second = True
     memory_figure = True
     JOB = "bench"
@@ -327,20 +349,26 @@ class MountDump(Method):
         self.tokens: list[int] = []
         self.cmd_env: dict = {}
 
+    @property
+    def label(self):
+        return f"cedana dump process -> mount ({self.store_name})"
+
     def restore_modes(self):
         return ["eager", "lazy"]
 
     def restore_specs(self, mode):
+        where = f"mount ({self.store_name})"
         if mode == "eager":
-            return [Spec("restore/mount", "restore", "restore: cedana restore process <- mount (eager)", "s",
-                          "restore/floor")]
-        return [Spec("restore/mount-lazy:run", "restore", "restore: <- mount --lazy, until running", "s",
+            return [Spec(f"restore/{self.key}", "restore", f"restore: cedana restore process <- {where}, eager",
+                         "s", "restore/floor")]
+        return [Spec(f"restore/{self.key}-lazy:run", "restore", f"restore: <- {where} --lazy, until running", "s",
                      "restore/floor"),
-                Spec("restore/mount-lazy:all", "restore",
-                     "restore: <- mount --lazy, until all memory read back", "s", "restore/floor")]
+                Spec(f"restore/{self.key}-lazy:all", "restore",
+                     f"restore: <- {where} --lazy, until all memory is back", "s", "restore/floor")]
 
     def specs(self):
-        return super().specs() + [Spec("memory/mount-daemon", "memory", "peak RSS: the mount process", "B", None)]
+        return super().specs() + [Spec(f"memory/{self.key}-daemon", "memory",
+                                       f"peak RSS: the mount process ({self.store_name})", "B", None)]
 
     def unavailable(self, env):
         return env.missing("mount") or env.missing("dump", "process") or env.missing("restore", "process")
@@ -356,13 +384,14 @@ class MountDump(Method):
         self.mnt = env.workdir / f"mnt-{rep}"
         self.store.mkdir(parents=True)
         self.mnt.mkdir(parents=True)
+        url = self.store_url(env, rep)
         # A catalog and cache per store: an index of the previous repetition's store would be stale.
         self.cmd_env = {**env.cmd_env, "CEDANA_DB_PATH": str(env.workdir / f"mount-{rep}.db"),
                         "CEDANA_CACHE_DIR": str(env.workdir / f"mount-cache-{rep}"),
-                        "CEDANA_STORE_URL": str(self.store), "CEDANA_MOUNT_DIR": str(self.mnt)}
+                        "CEDANA_STORE_URL": url, "CEDANA_MOUNT_DIR": str(self.mnt), **self.extra_env(env)}
         log = open(env.workdir / f"mount-{rep}.log", "w")
         # -f: the mount stays our child, so its memory can be watched and it cannot outlive us.
-        self.proc = subprocess.Popen([env.cedana, "mount", str(self.mnt), "--store", str(self.store), "-f"],
+        self.proc = subprocess.Popen([env.cedana, "mount", str(self.mnt), "--store", url, "-f"],
                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.cmd_env,
                                      start_new_session=True)
         log.close()
@@ -405,14 +434,21 @@ class MountDump(Method):
         except OSError:
             pass  # the mount may make job directories itself when the dump writes into them
         name = f"ck{2 if second else 1}"
-        before = tree_bytes(self.store)
+        before = self.store_bytes(env)
         result = run_cmd([env.cedana, "dump", "process", str(pid), "--dir", str(job_dir), "--name", name,
                           "--compression", "none", "--leave-running"],
                          timeout=env.timeout, env=self.cmd_env, watch_memory=True)
         path = job_dir / name
         if not path.is_dir():
             raise StepError(f"cedana dump process into the mount succeeded but {path} is not there")
-        return Artifact(path, checksum, pid, tree_bytes(self.store) - before, result.peak_rss)
+        return Artifact(path, checksum, pid, self.store_bytes(env) - before, result.peak_rss)
+
+    def store_url(self, env: Env, rep: int) -> str:
+        return str(self.store)
+
+    def store_bytes(self, env: Env) -> int:
+        """Everything the store holds (chunks, manifests, index objects)."""
+        return tree_bytes(self.store)
 
     def restore(self, env, art, mode, scratch):
         cmd = [env.cedana, "restore", "process", "--path", str(art.path)] + (["--lazy"] if mode == "lazy" else [])

@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable as a p
 
 from bench.harness import Params, Recorder, Run, check_availability, select_methods, size_timeout  # noqa: E402
 from bench.methods import Env, all_methods  # noqa: E402
+from bench.remote import remote_methods  # noqa: E402
 from bench.procs import Cleanup, StepError, become_subreaper, mount_tmpfs, reap_orphans  # noqa: E402
 from bench.report import SCHEMA_VERSION, format_table, machine_info, write_results  # noqa: E402
 from bench.workload import parse_size  # noqa: E402
@@ -43,7 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, help="repetitions of every figure (default 3; smoke 1)")
     parser.add_argument("--mix", default="0.3,0.3,0.4", help="fractions of zeros,text,random memory")
     parser.add_argument("--change", default="256K", help="memory changed between 1st and 2nd checkpoint")
-    parser.add_argument("--only", help="comma-separated method prefixes: floor, cedana-way, cedana-gzip, mount...")
+    parser.add_argument("--only", help="comma-separated method prefixes: floor, cedana-way, cedana-gzip, mount, "
+                                       "s3 (remote methods, not run by default)...")
     parser.add_argument("--smoke", action="store_true", help="tiny and quick: is the harness still working?")
     parser.add_argument("--workdir", default="/var/tmp", help="where dumps and stores go (a local disk)")
     parser.add_argument("--results-dir", default=str(BENCH_DIR / "results"))
@@ -110,7 +112,7 @@ def measure(args: argparse.Namespace, cleanup: Cleanup, rec: Recorder) -> list[s
         return ["no criu binary found (set CRIU=/path/to/criu)"]
     env = make_env(args, cleanup, criu)
     only = [w.strip() for w in args.only.split(",")] if args.only else None
-    active = check_availability(select_methods(all_methods(), only), env, rec)
+    active = check_availability(select_methods(all_methods() + remote_methods(), only), env, rec)
     params = Params(size=args.size, reps=args.reps, mix=args.mix, change=args.change, smoke=args.smoke)
     try:
         Run(params, env, active, rec, log).all()

@@ -19,6 +19,7 @@ from bench import run
 from bench.harness import Recorder, select_methods
 from bench.methods import Spec, all_methods, compressions_offered
 from bench.procs import Cleanup
+from bench.remote import remote_methods
 from bench.report import format_table, write_results
 from bench.stats import ratio, summarize
 
@@ -143,10 +144,13 @@ def test_defaults_differ_for_smoke():
     assert run.parse_args(["--smoke", "--size", "32M"]).size == "32M"
 
 
-def test_only_keeps_the_floor_and_matching_methods():
-    keys = [m.key for m in select_methods(all_methods(), ["cedana-way", "mount"])]
+def test_only_keeps_the_floor_and_matching_methods_and_remote_ones_only_when_asked():
+    methods = all_methods() + remote_methods()
+    keys = [m.key for m in select_methods(methods, ["cedana-way", "mount"])]
     assert keys == ["floor", "cedana-way-gzip", "cedana-way-lz4", "mount"]
-    assert len(select_methods(all_methods(), None)) == len(all_methods())
+    assert [m.key for m in select_methods(methods, ["s3"])] == ["floor", "s3-cedana-way-lz4", "s3-cedana-lz4",
+                                                                 "s3-mount"]
+    assert [m.key for m in select_methods(methods, None)] == [m.key for m in all_methods()]
 
 
 def test_compression_choices_are_read_from_click_help():
