@@ -47,6 +47,7 @@ LOG_TEMPLATE = "/var/log/cedana-output-{jid}.log"
 RESTORE_LOG = "criu-restore.log"
 ALIVE = ("running", "sleep", "zombie")
 _START_TIME_SLACK = 0.05
+_UNKNOWN_EXIT = -1
 _ADJECTIVES = ("amber", "brave", "calm", "dapper", "eager", "fuzzy", "gentle", "happy", "jolly", "keen",
                "lucky", "mellow", "nimble", "proud", "quiet", "rapid", "sunny", "tidy", "vivid", "witty")
 _NOUNS = ("badger", "comet", "dolphin", "falcon", "gecko", "heron", "ibis", "koala", "lynx", "marmot",
@@ -437,7 +438,7 @@ class JobService:
         if job is None or job.pid != pid:
             return
         # A dump without --leave-running ends the process: that is no exit of the job.
-        job.exit_code = None if jid in self._busy else code
+        job.exit_code = None if jid in self._busy or code == _UNKNOWN_EXIT else code
         self.db.put(job)
         log.info("job %s: pid %d exited (%s)", jid, pid, job.exit_code)
 
@@ -646,7 +647,7 @@ def _poll(pid: int, popen: subprocess.Popen | None) -> int | None:
     try:
         done, status = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        return -1  # not our child (any more): gone without a code we can know
+        return _UNKNOWN_EXIT  # not our child (any more): gone without a code we can know
     if not done:
         return None
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
