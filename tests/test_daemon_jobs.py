@@ -172,6 +172,7 @@ def test_sigkill_and_restart_keeps_jobs_and_checkpoints(daemon_env):
     assert jobs["b"]["status"] in ALIVE and jobs["b"]["pid"] == pid_b
     assert jobs["c"]["status"] == "halted"
     assert [r["id"] for r in daemon.checkpoints("a")] == [ckpt]
+    daemon.cedana("checkpoint", "verify", f"a/{ckpt}", check=True)  # every chunk there, hashes right
     daemon.cedana("restore", "job", "a", check=True)
     assert_continues(out_a, at_dump)
     # b is no child of the new daemon: its end is seen by polling.
@@ -200,6 +201,8 @@ def test_sigkill_during_a_dump_loses_nothing(daemon_env, procs):
         dumping.wait(timeout=60)
     daemon.start()
     assert daemon.checkpoints("w") == [], "a checkpoint the daemon never sealed is listed"
+    assert daemon.cedana("checkpoint", "list", "--job", "w", "--output", "json", check=True).stdout.strip() == "[]"
+    assert "discarding unfinished checkpoint" in daemon.log_path.read_text(), "the dump was not interrupted"
     left = [n for n in os.listdir(jobdir) if n != "latest"] if jobdir.exists() else []
     assert left == [], f"the unfinished checkpoint is still in the mount: {left}"
     job = wait_status(daemon, "w", ALIVE)
