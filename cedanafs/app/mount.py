@@ -34,6 +34,7 @@ XATTR_KIND = "user.cedana.kind"
 XATTR_META = "user.cedana.meta."
 XATTR_PID = "user.cedana.pid"
 DEFAULT_AUTOSEAL_AFTER = 10.0
+REFRESH_INTERVAL = 2.0  # how stale the tree may be: checkpoints of other machines show up this fast
 MOUNT_TIMEOUT = 60.0
 
 
@@ -244,8 +245,6 @@ def _serve(settings: Settings, mp: str, url: str, autoseal_after: float, ready: 
         store.close()
 
 
-REFRESH_INTERVAL = 2.0
-
 
 # --- umount ---------------------------------------------------------------------------------
 
@@ -379,6 +378,7 @@ def discard_checkpoint(path: str | Path) -> None:
 
 
 def iter_files(path: str | Path) -> Iterator[Path]:
+    """The regular files of a checkpoint directory, by name."""
     return (p for p in sorted(Path(path).iterdir()) if p.is_file())
 
 

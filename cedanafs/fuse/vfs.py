@@ -613,6 +613,8 @@ class VFS:
             handle = self._handles.pop(fh, None)
             if handle is None:
                 return
+            if handle.reader is not None:
+                handle.reader.close()  # cancels its readahead
             node = handle.node
             node.opens -= 1
             last = node.opens == 0
