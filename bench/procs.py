@@ -245,6 +245,10 @@ def run_cmd(cmd: list[str], *, timeout: float, env: dict | None = None, watch_me
         proc.kill()
         proc.communicate()
         raise StepError(f"{shlex.join(cmd)} took longer than {timeout:.0f}s") from None
+    except BaseException:  # Ctrl-C or SIGTERM: the command must not outlive the run
+        proc.kill()
+        proc.wait()
+        raise
     finally:
         peak = watch.stop() if watch else {}
     seconds = time.perf_counter() - start

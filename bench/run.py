@@ -8,7 +8,7 @@ checking the workload's checksum after every restore; bytes stored; peak memory.
 and writes bench/results/<timestamp>.json and latest.json. A figure whose command does not exist
 yet is reported as "not available: <reason>"; any other failure makes the exit status non-zero.
 
-    bench/run.py [--size 512M] [--reps 3] [--mix 0.3,0.3,0.4] [--only floor,cedana-way,...] [--smoke]
+    bench/run.py [--size 256M] [--reps 3] [--mix 0.3,0.3,0.4] [--only floor,cedana-way,...] [--smoke]
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ from bench.report import SCHEMA_VERSION, format_table, machine_info, write_resul
 from bench.workload import parse_size  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
-DEFAULTS = {"size": "512M", "reps": 3}
+DEFAULTS = {"size": "256M", "reps": 3}
 SMOKE_DEFAULTS = {"size": "16M", "reps": 1}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", help="workload memory, e.g. 256M, 1G (default 512M; smoke 16M)")
+    parser.add_argument("--size", help="workload memory, e.g. 256M, 1G (default 256M; smoke 16M)")
     parser.add_argument("--reps", type=int, help="repetitions of every figure (default 3; smoke 1)")
     parser.add_argument("--mix", default="0.3,0.3,0.4", help="fractions of zeros,text,random memory")
     parser.add_argument("--change", default="256K", help="memory changed between 1st and 2nd checkpoint")
@@ -138,12 +138,18 @@ def results_document(args, started: float, rec: Recorder, errors: list[str], fig
     }
 
 
+def interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
     cleanup, rec = Cleanup(), Recorder()
-    # SIGTERM (e.g. from a CI timeout) must clean up like Ctrl-C does.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C, and SIGTERM (e.g. from a CI timeout), must clean up; SIGINT explicitly, because a
+    # shell starting us in the background would have left it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupted)
     become_subreaper()
     log(f"size {args.size}, {args.reps} repetition(s), mix {args.mix}{' (smoke)' if args.smoke else ''}")
     try:

@@ -138,7 +138,7 @@ def test_smoke_results_never_replace_latest(tmp_path):
 
 
 def test_defaults_differ_for_smoke():
-    assert (run.parse_args([]).size, run.parse_args([]).reps) == ("512M", 3)
+    assert (run.parse_args([]).size, run.parse_args([]).reps) == ("256M", 3)
     smoke = run.parse_args(["--smoke"])
     assert (smoke.size, smoke.reps) == ("16M", 1)
     assert run.parse_args(["--smoke", "--size", "32M"]).size == "32M"
