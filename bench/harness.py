@@ -244,6 +244,8 @@ class Run:
             self.env.cleanup.run(token)
             shutil.rmtree(scratch, ignore_errors=True)
         self.record_restore(method, ids, art, result, state, (to_run, verify_s, all_back))
+        if len(ids) > 1:
+            self.rec.note(ids[1], "measured_until", "lazy-pages exited" if waited else "checksum pass done")
 
     def record_restore(self, method, ids, art, result, state, times) -> None:
         to_run, verify_s, all_back = times

@@ -86,6 +86,15 @@ def join_row(cells: list[str], widths: list[int]) -> str:
     return "  ".join(head + cells[len(widths):]).rstrip()
 
 
+def format_header(doc: dict) -> str:
+    """One line on what ran where, printed above the table."""
+    m, p = doc["machine"], doc["params"]
+    load = doc.get("load_average", {}).get("start")
+    return (f"workload {p['size']} (mix {p['mix']}), {p['reps']} repetition(s); {m['cpu_model']}, {m['cores']} cores, "
+            f"{fmt_bytes(m['memory_bytes'] or 0)}, kernel {m['kernel']}, CRIU {m['criu_version']}"
+            + (f"; load average {load[0]:.1f} at start" if load else ""))
+
+
 def machine_info(criu: str | None) -> dict:
     return {
         "cpu_model": cpu_model(),

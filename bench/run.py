@@ -30,7 +30,7 @@ from bench.harness import Params, Recorder, Run, check_availability, select_meth
 from bench.methods import Env, all_methods  # noqa: E402
 from bench.remote import remote_methods  # noqa: E402
 from bench.procs import Cleanup, StepError, become_subreaper, mount_tmpfs, reap_orphans  # noqa: E402
-from bench.report import SCHEMA_VERSION, format_table, machine_info, write_results  # noqa: E402
+from bench.report import SCHEMA_VERSION, format_header, format_table, machine_info, write_results  # noqa: E402
 from bench.workload import parse_size  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -121,7 +121,8 @@ def measure(args: argparse.Namespace, cleanup: Cleanup, rec: Recorder) -> list[s
     return []
 
 
-def results_document(args, started: float, rec: Recorder, errors: list[str], figures: list[dict]) -> dict:
+def results_document(args, started: float, rec: Recorder, errors: list[str], figures: list[dict],
+                     load_start: list[float] | None = None) -> dict:
     failed = [f["id"] for f in figures if f["status"] == "failed"]
     return {
         "schema": SCHEMA_VERSION,
@@ -130,6 +131,8 @@ def results_document(args, started: float, rec: Recorder, errors: list[str], fig
         "params": {"size": args.size, "size_bytes": parse_size(args.size), "reps": args.reps, "mix": args.mix,
                    "change": args.change, "only": args.only, "smoke": args.smoke},
         "machine": machine_info(find_criu()),
+        # The machine is shared: how busy it was says how far to trust the figures.
+        "load_average": {"start": load_start, "end": list(os.getloadavg())},
         "ok": not errors and not failed,
         "errors": errors,
         "failed": failed,
@@ -144,7 +147,7 @@ def interrupted(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    started = time.time()
+    started, load_start = time.time(), list(os.getloadavg())
     cleanup, rec = Cleanup(), Recorder()
     # Ctrl-C, and SIGTERM (e.g. from a CI timeout), must clean up; SIGINT explicitly, because a
     # shell starting us in the background would have left it ignored.
@@ -163,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         reap_orphans()
         signal.signal(signal.SIGINT, signal.default_int_handler)
     figures = rec.figures()
-    doc = results_document(args, started, rec, errors, figures)
+    doc = results_document(args, started, rec, errors, figures, load_start)
+    print(format_header(doc) + "\n")
     print(format_table(figures))
     stamp = datetime.fromtimestamp(started).strftime("%Y%m%dT%H%M%S")
     path = write_results(doc, Path(args.results_dir), stamp, args.smoke)

@@ -20,7 +20,7 @@ from bench.harness import Recorder, select_methods
 from bench.methods import Spec, all_methods, compressions_offered
 from bench.procs import Cleanup
 from bench.remote import remote_methods
-from bench.report import format_table, write_results
+from bench.report import format_header, format_table, write_results
 from bench.stats import ratio, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,6 +127,7 @@ def test_json_document_shape(tmp_path):
     assert doc["params"]["size_bytes"] == 16 << 20
     for fig in doc["figures"]:
         assert FIGURE_KEYS <= set(fig)
+    assert "16M" in format_header(doc) and "cores" in format_header(doc)
     path = write_results(doc, tmp_path, "20260101T000000", smoke=False)
     assert path.name == "20260101T000000.json"
     assert json.loads((tmp_path / "latest.json").read_text()) == json.loads(json.dumps(doc))
