@@ -220,6 +220,11 @@ class Run:
             if art is None:
                 self.rec.error(ids, "no checkpoint to restore: its dump failed")
                 continue
+            try:
+                method.before_restore(self.env, rep, mode)
+            except (StepError, OSError) as err:
+                self.rec.error(ids, f"before the restore: {err}")
+                continue
             self.restore(method, art, mode, ids)
 
     def restore(self, method: Method, art: Artifact, mode: str, ids: list[str]) -> None:

@@ -140,6 +140,9 @@ class Method:
     def begin_rep(self, env: Env, rep: int) -> None:
         pass
 
+    def before_restore(self, env: Env, rep: int, mode: str) -> None:
+        """Called after the dumps of a repetition, before each restore mode."""
+
     def end_rep(self, env: Env) -> dict[str, int]:
         """Tear down per-repetition state; returns peak RSS seen by long-lived processes."""
         return {}
@@ -337,6 +340,7 @@ class MountDump(Method):
 
     key = "mount"
     store_name = "local store"
+    cold_restore = False  # restore through a fresh mount (empty cache and catalog)?
     has_second = True
     memory_figure = True
     JOB = "bench"
@@ -348,6 +352,8 @@ class MountDump(Method):
         self.watch: MemoryWatch | None = None
         self.tokens: list[int] = []
         self.cmd_env: dict = {}
+        self.url = ""
+        self.peak: dict[str, int] = {}
 
     @property
     def label(self):
@@ -380,35 +386,54 @@ class MountDump(Method):
         return None if "--lazy" in text else "`cedana restore process` has no --lazy yet"
 
     def begin_rep(self, env, rep):
-        self.store = env.workdir / f"mount-store-{rep}"
-        self.mnt = env.workdir / f"mnt-{rep}"
+        self.store = env.workdir / f"store-{self.key}-{rep}"
+        self.mnt = env.workdir / f"mnt-{self.key}-{rep}"
         self.store.mkdir(parents=True)
         self.mnt.mkdir(parents=True)
-        url = self.store_url(env, rep)
-        # A catalog and cache per store: an index of the previous repetition's store would be stale.
-        self.cmd_env = {**env.cmd_env, "CEDANA_DB_PATH": str(env.workdir / f"mount-{rep}.db"),
-                        "CEDANA_CACHE_DIR": str(env.workdir / f"mount-cache-{rep}"),
-                        "CEDANA_STORE_URL": url, "CEDANA_MOUNT_DIR": str(self.mnt), **self.extra_env(env)}
-        log = open(env.workdir / f"mount-{rep}.log", "w")
-        # -f: the mount stays our child, so its memory can be watched and it cannot outlive us.
-        self.proc = subprocess.Popen([env.cedana, "mount", str(self.mnt), "--store", url, "-f"],
-                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.cmd_env,
-                                     start_new_session=True)
-        log.close()
+        self.url = self.store_url(env, rep)
+        self.peak = {}
+        self.start_mount(env, f"{self.key}-{rep}")
+
+    def start_mount(self, env, tag):
+        """`cedana mount -f` with a catalog and cache of its own (tag names them)."""
+        # A catalog and cache per mount: an index of the previous repetition's store would be stale.
+        self.cmd_env = {**env.cmd_env, "CEDANA_DB_PATH": str(env.workdir / f"mount-{tag}.db"),
+                        "CEDANA_CACHE_DIR": str(env.workdir / f"mount-cache-{tag}"),
+                        "CEDANA_STORE_URL": self.url, "CEDANA_MOUNT_DIR": str(self.mnt), **self.extra_env(env)}
+        log_path = env.workdir / f"mount-{tag}.log"
+        with open(log_path, "w") as log:
+            # -f: the mount stays our child, so its memory can be watched and it cannot outlive us.
+            self.proc = subprocess.Popen([env.cedana, "mount", str(self.mnt), "--store", self.url, "-f"],
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.cmd_env,
+                                         start_new_session=True)
         mnt, proc = self.mnt, self.proc
         self.tokens = [env.cleanup.add(f"stop mount process {proc.pid}", lambda: stop_process(proc)),
                        env.cleanup.add(f"unmount {mnt}", lambda: self.unmount(env, mnt))]
-        self.wait_mounted(env, rep)
+        self.wait_mounted(log_path)
         self.watch = MemoryWatch(mount_pids(self.proc, self.mnt)).__enter__()
 
-    def wait_mounted(self, env, rep):
+    def wait_mounted(self, log_path):
         deadline = time.monotonic() + 60
         while not os.path.ismount(self.mnt):
             code = self.proc.poll()
             if code not in (None, 0) or time.monotonic() > deadline:
-                tail = last_line((env.workdir / f"mount-{rep}.log").read_text())
-                raise StepError(f"`cedana mount` did not mount {self.mnt} (exit {code}): {tail}")
+                raise StepError(f"`cedana mount` did not mount {self.mnt} (exit {code}): "
+                                f"{last_line(log_path.read_text())}")
             time.sleep(0.05)
+
+    def stop_mount(self, env):
+        """Unmount and stop the mount process, keeping the store; remembers its peak RSS."""
+        for label, value in (self.watch.stop() if self.watch else {}).items():
+            self.peak[label] = max(self.peak.get(label, 0), value)
+        for token in reversed(self.tokens):
+            env.cleanup.run(token)
+        self.tokens, self.watch = [], None
+
+    def before_restore(self, env, rep, mode):
+        """Each restore through a new mount with an empty cache and catalog, as another machine would."""
+        if self.cold_restore:
+            self.stop_mount(env)
+            self.start_mount(env, f"{self.key}-{rep}-{mode}")
 
     def unmount(self, env, mnt):
         for pid in lazy_pages_daemons(mnt):  # left over by an interrupted lazy restore; they hold the mount
@@ -418,14 +443,11 @@ class MountDump(Method):
         unmount(mnt)
 
     def end_rep(self, env):
-        peak = self.watch.stop() if self.watch else {}
-        for token in reversed(self.tokens):
-            env.cleanup.run(token)
-        self.tokens, self.watch = [], None
+        self.stop_mount(env)
         if self.mnt and not os.path.ismount(self.mnt):  # never delete through a live mount
             shutil.rmtree(self.store, ignore_errors=True)
             shutil.rmtree(self.mnt, ignore_errors=True)
-        return peak
+        return self.peak
 
     def dump(self, env, pid, rep, checksum, second=False):
         job_dir = self.mnt / "jobs" / self.JOB

@@ -162,6 +162,7 @@ class S3MountDump(MountDump):
 
     key = "s3-mount"
     store_name = "S3 store"
+    cold_restore = True  # restores as on a second machine: nothing cached from the dump
 
     def unavailable(self, env):
         return super().unavailable(env) or s3_unavailable(env)
