@@ -398,3 +398,30 @@ def test_store_from_settings_uses_config(tmp_path):
 def test_inline_content_roundtrip_through_reader(store):
     content = FileContent(size=5, inline=b"hello")
     assert store.reader(content).read(1, 3) == b"ell"
+
+
+def test_one_reader_shared_by_threads(store):
+    data = os.urandom(4 << 20)
+    content = store.write_bytes(data)
+    reader = store.reader(content)
+    errors = []
+
+    def worker(seed):
+        rnd = random.Random(seed)
+        try:
+            pos = rnd.randrange(len(data))
+            for _ in range(100):
+                if rnd.random() < 0.3:
+                    pos = rnd.randrange(len(data))
+                n = rnd.randrange(1, 200_000)
+                assert reader.read(pos, n) == data[pos:pos + n]
+                pos = min(len(data), pos + n)
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

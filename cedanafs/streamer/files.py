@@ -192,6 +192,7 @@ class FileReader:
             raise ValueError(f"chunk sizes add up to {pos}, not the file size {content.size}")
         self._next_offset = -1
         self._ahead: dict[int, Future] = {}
+        self._lock = threading.Lock()  # FUSE may read one open file from several threads
 
     @property
     def size(self) -> int:
@@ -214,9 +215,10 @@ class FileReader:
             parts.append(data[pos - start:min(end, start + len(data)) - start])
             pos = start + len(data)
             index += 1
-        if offset == self._next_offset or offset == 0:
-            self._prefetch(index)
-        self._next_offset = end
+        with self._lock:
+            if offset == self._next_offset or offset == 0:
+                self._prefetch(index)
+            self._next_offset = end
         return b"".join(parts)
 
     def _chunk(self, index: int) -> bytes:
@@ -239,9 +241,10 @@ class FileReader:
             log.debug("readahead of chunk %d failed: %s", index, exc)
 
     def close(self) -> None:
-        for fut in self._ahead.values():
-            fut.cancel()
-        self._ahead.clear()
+        with self._lock:
+            for fut in self._ahead.values():
+                fut.cancel()
+            self._ahead.clear()
 
     def __enter__(self) -> "FileReader":
         return self
