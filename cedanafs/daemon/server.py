@@ -58,13 +58,36 @@ async def _connection(conn: trio.socket.SocketType, dispatch: Dispatch) -> None:
             caller = peer(conn)
             with trio.fail_after(READ_TIMEOUT):
                 line, fds = await _read_request(conn)
-            reply = await _answer(line, caller, fds, dispatch)
-            await _send_all(conn, reply)
+            reply = await _answer_unless_hung_up(conn, line, caller, fds, dispatch)
+            if reply is not None:
+                await _send_all(conn, reply)
         except (trio.TooSlowError, OSError) as exc:
             log.debug("connection dropped: %s", exc)
         finally:
             for fd in fds:
                 _close(fd)
+
+
+async def _answer_unless_hung_up(conn: trio.socket.SocketType, line: bytes, caller: Caller, fds: list[int],
+                                 dispatch: Dispatch) -> bytes | None:
+    """Answer, but stop waiting when the caller hangs up (e.g. `run --attach` killed while it waits).
+
+    Work already on a thread (a dump, a restore) still runs to its end: only the waiting stops.
+    """
+    reply = None
+    async with trio.open_nursery() as nursery:
+        async def watch() -> None:
+            try:
+                await conn.recv(1)  # a client sends nothing after its request: this returns at hang-up
+            except OSError:
+                pass
+            log.debug("caller pid %d hung up", caller.pid)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        reply = await _answer(line, caller, fds, dispatch)
+        nursery.cancel_scope.cancel()
+    return reply
 
 
 async def _answer(line: bytes, caller: Caller, fds: list[int], dispatch: Dispatch) -> bytes:
