@@ -579,7 +579,7 @@ class JobService:
             raise UsageError("--lazy restores from a checkpoint directory in the mount, not from --path elsewhere")
         state = _read_state(source)
         _check_owner(caller, state, source)
-        app_process._check_pids_free(source)
+        app_process.check_pids_free(source)
         work = tempfile.mkdtemp(prefix="cedana-lazy-job-")
         restored = app_mount.lazy_restore(source, work, shell_job=state.get("shell_job", False),
                                           criu=self.settings.criu.binary_path, extra_args=("--restore-sibling",))
@@ -592,7 +592,7 @@ class JobService:
         with _images(self.settings, source) as images:
             state = _read_state(images.path)
             _check_owner(caller, state, source)
-            app_process._check_pids_free(images.path)
+            app_process.check_pids_free(images.path)
             work = tempfile.mkdtemp(prefix="cedana-restore-job-")
             inherit = _log_inheritance(state, job.log if job else state.get("job", {}).get("log", ""))
             try:
@@ -674,7 +674,7 @@ def _images(settings: Settings, source: str) -> Any:
     The one place that leans on app.process's unpacking context manager, so a change there is a
     change here only.
     """
-    return app_process._ImagesDir(source, settings)
+    return app_process.ImagesDir(source, settings)
 
 
 def _read_state(images_dir: str) -> dict:

@@ -234,7 +234,7 @@ def _dump_to_bucket(settings: Settings, req: DumpRequest, binary: str, proc, url
 # --- restore ---
 
 
-class _ImagesDir:
+class ImagesDir:
     """An images dir to restore from: the given dir, or a private temp dir holding an unpacked archive."""
 
     def __init__(self, path: str, settings: Settings):
@@ -243,7 +243,7 @@ class _ImagesDir:
         self.temp: str | None = None
         self.path = path
 
-    def __enter__(self) -> "_ImagesDir":
+    def __enter__(self) -> "ImagesDir":
         if remote.is_remote(self.source):
             return self._download()
         if not os.path.lexists(self.source):
@@ -262,7 +262,7 @@ class _ImagesDir:
         self.path = self.temp
         return self
 
-    def _download(self) -> "_ImagesDir":
+    def _download(self) -> "ImagesDir":
         self.temp = tempfile.mkdtemp(prefix="cedana-restore-images-")
         try:
             remote.download_checkpoint(self.settings, self.source, self.temp)
@@ -302,7 +302,7 @@ def _pid_holder(pid: int, wait: float = 3.0) -> str | None:
         time.sleep(0.05)
 
 
-def _check_pids_free(images_dir: str) -> None:
+def check_pids_free(images_dir: str) -> None:
     for pid in criu.image_pids(images_dir):
         holder = _pid_holder(pid)
         if holder is not None:
@@ -359,7 +359,7 @@ def _restore_lazy(settings: Settings, req: RestoreRequest) -> RestoreResult:
     if req.no_server:
         raise UsageError("--lazy cannot be combined with --no-server")
     state = _read_state(req.path)
-    _check_pids_free(req.path)
+    check_pids_free(req.path)
     work = tempfile.mkdtemp(prefix="cedana-lazy-")
     shell_job = state.get("shell_job", True) if req.shell_job is None else req.shell_job
     restored = mountapp.lazy_restore(req.path, work, shell_job=shell_job, criu=settings.criu.binary_path)
@@ -374,9 +374,9 @@ def restore_process(settings: Settings, req: RestoreRequest) -> RestoreResult:
     if req.lazy:
         return _restore_lazy(settings, req)
     binary = criu.find_criu(settings.criu.binary_path)
-    with _ImagesDir(req.path, settings) as images:
+    with ImagesDir(req.path, settings) as images:
         state = _read_state(images.path)
-        _check_pids_free(images.path)
+        check_pids_free(images.path)
         # CRIU writes its log into the work dir; keep it local so the checkpoint is never modified.
         work = tempfile.mkdtemp(prefix="cedana-restore-")
         inherit = _stdio_inheritance(state) if req.no_server else ()
