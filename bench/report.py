@@ -36,6 +36,8 @@ def fmt_bytes(n: float) -> str:
 def fmt_range(fig: dict) -> str:
     if fig["min"] is None or fig["n"] < 2:
         return "-"
+    if fig["min"] == fig["max"]:
+        return "all equal"
     if fig["unit"] == "s":
         return f"{fig['min']:.2f}-{fig['max']:.2f}"
     return f"{fmt_bytes(fig['min'])}-{fmt_bytes(fig['max'])}"
