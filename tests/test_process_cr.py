@@ -120,8 +120,12 @@ def test_leave_running_keeps_the_original(tmp_path, procs, cedana):
     out = tmp_path / "count.txt"
     proc = procs.counter(out)
     started_counting(out)
-    cedana("dump", "process", proc.pid, "--dir", tmp_path, "--name", "live", "--leave-running", check=True)
+    cedana("dump", "process", proc.pid, "--dir", tmp_path, "--name", "live", "--leave-running",
+           "--result-file", tmp_path / "result.json", check=True)
     at_dump = read_lines(out)[-1]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["path"] == str(tmp_path / "live") and result["pid"] == proc.pid
+    assert result["size"] == sum(p.stat().st_size for p in (tmp_path / "live").iterdir())
     wait_for(lambda: read_lines(out)[-1] > at_dump + 3, what="the original to keep counting")
     assert proc.poll() is None
     assert (tmp_path / "live" / "inventory.img").exists()
