@@ -90,6 +90,15 @@ class Settings:
     gcs: GcsSettings = field(default_factory=GcsSettings)
     log: LogSettings = field(default_factory=LogSettings)
     address: str = "/run/cedana.sock"
+    # The name this machine goes by in manifests and job records ("" = the kernel's hostname).
+    # Jobs recorded by another host show as `remote`; set it to tell apart two daemons on one host.
+    host: str = ""
+
+
+def host_name(settings: "Settings | None" = None) -> str:
+    """The host name recorded in manifests and job records: config `host`, else the hostname."""
+    import socket
+    return (settings.host if settings is not None else "") or socket.gethostname()
 
 
 def _section_classes() -> dict[str, type]:
@@ -103,7 +112,7 @@ def _section_classes() -> dict[str, type]:
 
 def all_keys() -> list[str]:
     """Every dotted key the configuration accepts, e.g. 'checkpoint.dir'."""
-    keys = ["address"]
+    keys = ["address", "host"]
     for section, cls in _section_classes().items():
         keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
     return keys
@@ -225,7 +234,8 @@ def _build(values: dict[str, dict[str, Any]]) -> Settings:
         sections[section] = cls(**kwargs)
     top = values.get("", {})
     address = _coerce("address", top["address"], "") if "address" in top else Settings().address
-    settings = Settings(address=address, **sections)
+    host = _coerce("host", top["host"], "") if "host" in top else ""
+    settings = Settings(address=address, host=host, **sections)
     if settings.checkpoint.compression not in COMPRESSIONS:
         raise ConfigError(
             f"config key 'checkpoint.compression' must be one of {', '.join(COMPRESSIONS)},"

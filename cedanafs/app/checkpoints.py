@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import stat
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 from ..catalog import Catalog, CheckpointInfo, FileEntry, Manifest, make_manifest, new_checkpoint_id
 from ..catalog.ids import check_checkpoint_name, check_job_name
-from ..config import Settings
+from ..config import Settings, host_name
 from ..errors import AlreadyExists, CheckpointError, NotFound, StoreError, UsageError
 from ..streamer import Backend, CorruptChunk, MissingChunk, NoSuchObject, Store, open_backend, read_to
 from ..streamer.gc import DEFAULT_GRACE
@@ -233,7 +232,7 @@ class Checkpoints:
     def _commit(self, job: str, name: str | None, files: list[FileEntry], **kw: Any) -> Manifest:
         """Commit under `name`, or under a fresh id (another once if a concurrent writer took it)."""
         for attempt in range(1 if name else _GENERATED_ID_TRIES):
-            manifest = make_manifest(job, name or new_checkpoint_id(), files, host=socket.gethostname(), **kw)
+            manifest = make_manifest(job, name or new_checkpoint_id(), files, host=host_name(self.settings), **kw)
             try:
                 return self.catalog.commit(manifest)
             except AlreadyExists:

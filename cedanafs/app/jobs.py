@@ -34,7 +34,7 @@ import psutil
 
 from .. import criu
 from ..catalog import check_job_name
-from ..config import Settings
+from ..config import Settings, host_name
 from ..errors import AlreadyExists, CedanaError, NotFound, PermissionDenied, UsageError
 from . import mount as app_mount
 from . import process as app_process
@@ -242,7 +242,7 @@ class JobService:
         self.db = db
         self.catalog = catalog
         self.mount_dir = mount_dir
-        self.host = socket.gethostname()
+        self.host = host_name(settings)
         self._lock = threading.RLock()
         self._children: dict[int, tuple[str, subprocess.Popen | None]] = {}
         self._busy: set[str] = set()

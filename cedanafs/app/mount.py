@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..config import Settings
+from ..config import Settings, host_name
 from ..errors import AlreadyExists, CedanaError, CheckpointError, NotFound, UsageError
 from ..fuse import FSTYPE
 
@@ -237,7 +237,7 @@ def _serve(settings: Settings, mp: str, url: str, autoseal_after: float, ready: 
         spill = Path(settings.cache.dir).parent / "spill"
         spill.mkdir(parents=True, exist_ok=True)
         vfs = VFS(catalog, StoreData(store), spill_dir=str(spill), refresh_interval=REFRESH_INTERVAL,
-                  autoseal_after=autoseal_after)
+                  autoseal_after=autoseal_after, host=host_name(settings))
         vfs.refresh(force=True)  # a store that cannot be listed fails the mount, not the first ls
         serve(vfs, mp, ready=ready, threads=max(16, 4 * store.streams))
     finally:

@@ -24,7 +24,7 @@ import trio
 from .. import __version__
 from ..app import mount as app_mount
 from ..app.jobs import JobDB, JobService, jobs_db_path
-from ..config import Settings
+from ..config import Settings, host_name
 from ..errors import AlreadyExists, CedanaError, PermissionDenied
 from . import client, handlers, server
 
@@ -127,7 +127,7 @@ class Daemon:
         mounted = app_mount.is_mounted(self.mount_dir) and _answers(self.mount_dir)
         return {
             "version": __version__, "pid": os.getpid(), "address": self.address,
-            "uptime": round(time.time() - self.started, 1), "host": socket.gethostname(),
+            "uptime": round(time.time() - self.started, 1), "host": host_name(self.settings),
             "mount": {"dir": self.mount_dir, "mounted": mounted,
                       "server_pid": app_mount.server_pid(self.mount_dir) if mounted else None},
             "store": self.settings.store.url, "jobs": len(self.jobs.db.all()) if self.jobs else 0,

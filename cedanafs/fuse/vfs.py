@@ -205,8 +205,9 @@ class VFS:
 
     def __init__(self, catalog: CatalogView, data: Data, *, spill_dir: str | None = None,
                  refresh_interval: float = 2.0, autoseal_after: float = 10.0, uid: int | None = None,
-                 gid: int | None = None, clock: Callable[[], float] = time.monotonic):
+                 gid: int | None = None, clock: Callable[[], float] = time.monotonic, host: str = ""):
         self._catalog, self._data = catalog, data
+        self.host = host or socket.gethostname()  # recorded in the manifests this mount commits
         self._spill_dir = spill_dir
         self.refresh_interval = refresh_interval
         self.autoseal_after = autoseal_after
@@ -847,7 +848,7 @@ class VFS:
             mount_meta["owners"] = owners
         if (ckpt.uid, ckpt.gid) != (self._uid, self._gid):
             mount_meta["dir_owner"] = [ckpt.uid, ckpt.gid]
-        manifest = make_manifest(ckpt.job, ckpt.id, entries, kind=kind, host=socket.gethostname(),
+        manifest = make_manifest(ckpt.job, ckpt.id, entries, kind=kind, host=self.host,
                                  meta={**ckpt.meta, META_MOUNT: mount_meta},
                                  created=datetime.now(timezone.utc))
         return self._catalog.commit(manifest)
