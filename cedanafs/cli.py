@@ -98,7 +98,7 @@ output_option = click.option(
 @click.pass_context
 def cli(ctx: click.Context, config_dir: str | None, config_json: str | None, log_level: str | None) -> None:
     """cedana: checkpoint and restore Linux processes with CRIU."""
-    setup_logging(log_level)
+    setup_logging(log_level or "error")  # a command speaks through its one-line result or error
     ctx.obj = Context(config_dir, config_json)
 
 

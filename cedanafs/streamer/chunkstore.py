@@ -120,7 +120,7 @@ class ChunkStore:
     def _corrupted(self, digest: str, detail: str) -> CorruptChunk:
         with self._lock:
             self._corrupt.add(digest)
-        log.error("chunk %s is corrupt in %s: %s", digest, self.backend.url, detail)
+        log.warning("chunk %s is corrupt in %s: %s", digest, self.backend.url, detail)
         return CorruptChunk(digest, detail)
 
     def _corrupt_set(self) -> set[str]:
