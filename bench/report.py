@@ -36,11 +36,11 @@ def fmt_bytes(n: float) -> str:
 def fmt_range(fig: dict) -> str:
     if fig["min"] is None or fig["n"] < 2:
         return "-"
-    if fig["min"] == fig["max"]:
-        return "all equal"
     if fig["unit"] == "s":
-        return f"{fig['min']:.2f}-{fig['max']:.2f}"
-    return f"{fmt_bytes(fig['min'])}-{fmt_bytes(fig['max'])}"
+        low, high = f"{fig['min']:.2f}", f"{fig['max']:.2f}"
+    else:
+        low, high = fmt_bytes(fig["min"]), fmt_bytes(fig["max"])
+    return "all equal" if low == high else f"{low}-{high}"
 
 
 def fmt_check(fig: dict) -> str:

@@ -98,6 +98,14 @@ def test_a_declared_figure_without_samples_is_not_silently_ok():
     assert rec.figures()[0]["status"] == "failed"
 
 
+def test_ranges_equal_at_display_precision_say_so():
+    rec = Recorder()
+    rec.declare([Spec("bytes/y", "bytes", "stored: y", "B", None)])
+    rec.sample("bytes/y", 100 << 20)
+    rec.sample("bytes/y", (100 << 20) + 7)
+    assert "all equal" in format_table(rec.figures())
+
+
 def test_table_shows_medians_ratios_checks_and_reasons():
     table = format_table(recorded().figures())
     lines = table.splitlines()
@@ -107,7 +115,8 @@ def test_table_shows_medians_ratios_checks_and_reasons():
     restore_x = next(line for line in lines if line.startswith("restore: x"))
     assert "FAIL 1/2" in restore_x and "FAILED" in restore_x
     assert "ok 1/1" in next(line for line in lines if line.startswith("restore: floor"))
-    assert "3.0 MiB" in next(line for line in lines if line.startswith("stored: x"))
+    stored = next(line for line in lines if line.startswith("stored: x"))
+    assert "3.0 MiB" in stored and "all equal" not in stored  # one sample: no range at all
     assert "not available: `cedana mount` does not exist yet" in next(
         line for line in lines if line.startswith("dump: mount"))
 
