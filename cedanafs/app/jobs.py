@@ -35,7 +35,7 @@ import psutil
 from .. import criu
 from ..catalog import check_job_name
 from ..config import Settings, host_name
-from ..errors import AlreadyExists, CedanaError, NotFound, PermissionDenied, UsageError
+from ..errors import AlreadyExists, CedanaError, CriuError, NotFound, PermissionDenied, UsageError
 from . import mount as app_mount
 from . import process as app_process
 from .procinfo import dumpable_process, process_state
@@ -430,6 +430,11 @@ class JobService:
                 del self._children[pid]
                 self._record_exit(jid, pid, code)
                 exited.append(jid)
+            for pages in self._page_servers:
+                code = pages.proc.poll()
+                if code:  # its watchdog killed the restored tree: it must not run without its memory
+                    log.error("lazy restore from %s failed: criu lazy-pages exited with %d, the restored"
+                              " process was killed (log: %s)", pages.images_dir, code, pages.log_path)
             self._page_servers = [p for p in self._page_servers if p.proc.poll() is None]
         return exited
 
@@ -600,6 +605,11 @@ class JobService:
                     images_dir=images.path, work_dir=work, log_file=RESTORE_LOG,
                     shell_job=state.get("shell_job", False), tcp_established=state.get("tcp_established", False),
                     rst_sibling=True, inherit=inherit))
+            except CriuError as exc:
+                why = app_mount.read_error(source) if app_mount.mount_of(source) else ""
+                if why:  # the mount could not read an image: say which chunk, not only CRIU's EIO
+                    raise CriuError(f"{exc} (the store: {why})") from None
+                raise
             finally:
                 for m in inherit:
                     os.close(m.fd)

@@ -338,6 +338,11 @@ def seal(path: str | Path, *, kind: str | None = None, meta: dict[str, str] | No
     return f"{parts[-2]}/{parts[-1]}"
 
 
+def read_error(ckpt_dir: str | Path) -> str:
+    """Why the mount last failed to read a file of this checkpoint ("" if it never did)."""
+    return _seal_error(str(ckpt_dir))
+
+
 def _seal_error(path: str) -> str:
     try:
         return os.getxattr(path, XATTR_ERROR).decode()
@@ -389,10 +394,14 @@ LAZY_SOCKET = "lazy-pages.socket"
 
 
 def prefetch_images(ckpt_dir: str | Path, *, include_pages: bool = False, threads: int = 8) -> int:
-    """Read the small image files of a checkpoint ahead of CRIU, in parallel; returns bytes read.
+    """Read what CRIU reads first, ahead of it and in parallel; returns bytes read.
 
-    Through the mount this pulls their chunks into the local cache (and the kernel's page cache),
-    so CRIU's many small reads at restore do not each wait for the store.
+    The small image files (everything but `pages-*.img`), then, from the pages images, the ranges
+    CRIU restores at once even with lazy pages (file-backed and shared mappings: not lazy in the
+    pagemap) plus the first block of each, which also proves the store answers before anything
+    is restored. Through the mount this pulls their chunks into the local cache, so CRIU's many
+    small reads at restore do not each wait for the store. `include_pages` reads the pages
+    images whole.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -405,8 +414,84 @@ def prefetch_images(ckpt_dir: str | Path, *, include_pages: bool = False, thread
                 n += len(block)
         return n
 
-    with ThreadPoolExecutor(max(1, min(threads, len(files)))) as pool:
-        return sum(pool.map(slurp, files))
+    with ThreadPoolExecutor(max(1, min(threads, len(files) or 1))) as pool:
+        total = sum(pool.map(slurp, files))
+        if not include_pages:
+            total += sum(pool.map(lambda r: _pread(*r), _eager_page_ranges(str(ckpt_dir))))
+    return total
+
+
+_PREFETCH_BLOCK = 1 << 20
+
+
+def _eager_page_ranges(ckpt_dir: str) -> list[tuple[str, int, int]]:
+    """(path, offset, length) pieces of the pages images that a lazy restore reads before resuming."""
+    from ..criu.images import read_pagemap, read_pstree
+
+    pieces: list[tuple[str, int, int]] = []
+    try:
+        tree = read_pstree(ckpt_dir)
+    except CheckpointError:
+        return pieces  # not ours to judge here: CRIU will say what is wrong with the images
+    for entry in tree:
+        try:
+            name, ranges = read_pagemap(ckpt_dir, entry.pid)
+        except CheckpointError:
+            continue
+        path = os.path.join(ckpt_dir, name)
+        spans = [(r.offset, r.length) for r in ranges if not r.lazy]
+        if ranges:
+            spans.insert(0, (0, min(ranges[0].length, 4096)))  # the probe: the store must answer
+        merged: list[list[int]] = []
+        for off, length in spans:
+            if merged and off <= merged[-1][0] + merged[-1][1] + _PREFETCH_BLOCK:
+                merged[-1][1] = max(merged[-1][1], off + length - merged[-1][0])
+            else:
+                merged.append([off, length])
+        for off, length in merged:
+            for start in range(off, off + length, _PREFETCH_BLOCK):
+                pieces.append((path, start, min(_PREFETCH_BLOCK, off + length - start)))
+    return pieces
+
+
+def _pread(path: str, offset: int, length: int) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return len(os.pread(fd, length, offset))
+    finally:
+        os.close(fd)
+
+
+RESTORED_PID = "restored.pid"
+WATCHDOG_SCRIPT = r"""criu="$1"; shift
+"$criu" lazy-pages "$@"; rc=$?
+if [ $rc -eq 0 ]; then rm -rf -- "$W"; exit 0; fi
+i=0; while [ ! -s "$W/restored.pid" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+if [ -s "$W/restored.pid" ]; then
+  p=$(cat "$W/restored.pid")
+  kill -KILL -- "-$p" 2>/dev/null; pkill -KILL -P "$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null
+  echo "lazy-pages failed ($rc): killed the restored process $p" >> "$W/lazy-pages.log"
+fi
+exit $rc
+"""
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a restored process, its process group (if it leads one) and its children."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        kids = []
+    for target in [pid, *map(int, kids)]:
+        try:
+            os.kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 class LazyPages:
@@ -431,7 +516,10 @@ class LazyPages:
         os.makedirs(self.work_dir, exist_ok=True)
         # Its own session: it must outlive the command that started it. The shell around it
         # removes the work dir once every page is served (and keeps it, with the log, on failure).
-        script = 'criu="$1"; shift; "$criu" lazy-pages "$@" && rm -rf -- "$W"'
+        # If it fails (the store stayed unreachable, a chunk is missing or corrupt), the process
+        # it was feeding must not run on: once its uffd is gone, untouched pages would read as
+        # zeros. So the shell kills the restored tree (its pid lands in $W/restored.pid).
+        script = WATCHDOG_SCRIPT
         self.proc = subprocess.Popen(
             ["sh", "-c", script, "sh", self.criu, "-D", self.images_dir, "-W", self.work_dir,
              "-o", "lazy-pages.log", "-v4"],
@@ -472,7 +560,7 @@ class LazyRestore:
 
 
 def lazy_restore(ckpt_dir: str | Path, work_dir: str | Path, *, shell_job: bool = True, criu: str = "",
-                 extra_args: tuple[str, ...] = (), prefetch: bool = True) -> LazyRestore:
+                 extra_args: tuple[str, ...] = (), prefetch: bool = True, threads: int = 8) -> LazyRestore:
     """Restore the checkpoint at `ckpt_dir` (in the mount) with lazy pages; returns once it runs.
 
     Runs `criu lazy-pages -D <ckpt> -W <work_dir>` and `criu restore -D <ckpt> -W <work_dir>
@@ -482,7 +570,11 @@ def lazy_restore(ckpt_dir: str | Path, work_dir: str | Path, *, shell_job: bool 
     if mount_of(work_dir) is not None:
         raise UsageError(f"the CRIU work dir {work_dir} must be local, not in a cedanafs mount")
     if prefetch:
-        prefetch_images(ckpt_dir)
+        try:
+            prefetch_images(ckpt_dir, threads=threads)
+        except OSError as exc:
+            raise CheckpointError(f"cannot read the images of {ckpt_dir} from the store:"
+                                  f" {read_error(ckpt_dir) or exc.strerror or exc}; nothing was restored") from None
     pages = LazyPages(ckpt_dir, work_dir, criu).start()
     # Not in the work dir: the daemon may finish (and remove it) before we read the pid.
     pid_dir = tempfile.mkdtemp(prefix="cedana-lazy-pid-")
@@ -493,9 +585,21 @@ def lazy_restore(ckpt_dir: str | Path, work_dir: str | Path, *, shell_job: bool 
         result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
         if result.returncode != 0:
             pages.kill()
+            why = read_error(ckpt_dir)
             raise CheckpointError(f"lazy restore from {ckpt_dir} failed: "
-                                  f"{_log_tail(os.path.join(work_dir, 'restore.log'))} (logs in {work_dir})")
-        return LazyRestore(int(Path(pid_file).read_text().strip()), pages)
+                                  f"{_log_tail(os.path.join(work_dir, 'restore.log'))}"
+                                  f"{f' ({why})' if why else ''} (logs in {work_dir})")
+        pid = int(Path(pid_file).read_text().strip())
+        try:
+            Path(work_dir, RESTORED_PID).write_text(str(pid))  # for the watchdog, if lazy-pages fails
+        except FileNotFoundError:
+            pass  # lazy-pages already sent everything and removed its work dir
+        code = pages.proc.poll() if pages.proc else None
+        if code:  # it failed before we could name the process: kill it here
+            kill_tree(pid)
+            raise CheckpointError(f"lazy restore from {ckpt_dir} failed: criu lazy-pages exited with {code}"
+                                  f" ({_log_tail(pages.log_path)}); the restored process was killed")
+        return LazyRestore(pid, pages)
     finally:
         shutil.rmtree(pid_dir, ignore_errors=True)
 

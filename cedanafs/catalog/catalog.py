@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
-from ..errors import AlreadyExists, CheckpointError, NotFound, UsageError
+from ..errors import AlreadyExists, CheckpointError, NotFound, StoreError, UsageError
 from .ids import check_checkpoint_name, check_job_name, is_valid_checkpoint_name, is_valid_job_name
 from .manifest import Manifest, decode_manifest, encode_manifest
 
@@ -158,8 +158,11 @@ class Catalog:
     """
 
     def __init__(self, objects: ObjectStore, db_path: str | Path = ":memory:", *,
-                 scope: str | None = None, refresh_interval: float = 0.0):
+                 scope: str | None = None, refresh_interval: float = 0.0, serve_stale: bool = False):
         self._objects = objects
+        # A long-lived owner (the daemon) answers queries from the index while the store is down.
+        self._serve_stale = serve_stale
+        self._offline_until = 0.0
         self._scope = scope if scope is not None else str(getattr(objects, "url", "") or "")
         self._refresh_interval = refresh_interval
         self._lock = threading.RLock()  # the database and the refresh state
@@ -369,7 +372,22 @@ class Catalog:
             self._db.close()
 
     def _auto_refresh(self) -> None:
-        self.refresh(max_age=self._refresh_interval)
+        """Refresh before a query, unless recent; with serve_stale and the store unreachable, answer
+        from the index.
+
+        The store's own retries have run by then; queries go on from what the index last saw (the
+        checkpoints do not vanish because a network is down) and the next try waits a while.
+        """
+        if not self._serve_stale:
+            self.refresh(max_age=self._refresh_interval)
+            return
+        if time.monotonic() < self._offline_until:
+            return
+        try:
+            self.refresh(max_age=self._refresh_interval)
+        except StoreError as exc:
+            self._offline_until = time.monotonic() + max(10.0, self._refresh_interval)
+            log.warning("cannot list the store, answering from the local index: %s", exc)
 
     def _list_keys(self) -> set[str]:
         keys = set()

@@ -86,7 +86,7 @@ class Daemon:
         from ..streamer import open_backend
 
         backend = open_backend(self.settings.store.url, self.settings)
-        self.catalog = Catalog(backend, self.settings.db.path, scope=backend.url)
+        self.catalog = Catalog(backend, self.settings.db.path, scope=backend.url, serve_stale=True)
         stack.callback(self.catalog.close)
         db = JobDB(jobs_db_path(self.settings))
         stack.callback(db.close)

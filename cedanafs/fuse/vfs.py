@@ -558,6 +558,9 @@ class VFS:
             return read_content(self._data, content, offset, size, lambda _c: handle.reader)
         except CedanaError as exc:
             self._remember_broken(exc, node)
+            ckpt = self.checkpoint_of(node)
+            if ckpt is not None:  # why reads of it fail, for its user.cedana.error (restores name it)
+                ckpt.error = f"{node.name}: {exc}"
             raise
 
     def _check_broken(self, content: FileContent, offset: int, size: int) -> None:
