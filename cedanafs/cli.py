@@ -173,6 +173,7 @@ def dump_process_cmd(ctx: Context, pid: int, directory: str | None, name: str | 
         pid=pid, dir=directory, name=name, compression=compression, leave_running=leave_running,
         tcp_established=tcp_established, skip_in_flight=skip_in_flight, file_locks=file_locks,
         external=external, shell_job=shell_job, link_remap=link_remap, criu_opts=parse_criu_opts(criu_opts),
+        streams=streams,
     )
     result = None if no_server else _dump_via_daemon(ctx, req)
     result = result or dump_process(ctx.settings, req)
@@ -209,7 +210,7 @@ def restore_process_cmd(ctx: Context, path: str, pid_file: str | None, no_server
     req = RestoreRequest(
         path=path, no_server=no_server or attach, lazy=lazy, pid_file=pid_file, tcp_established=tcp_established,
         tcp_close=tcp_close, leave_stopped=leave_stopped, file_locks=file_locks, external=external,
-        shell_job=shell_job, link_remap=link_remap, criu_opts=parse_criu_opts(criu_opts),
+        shell_job=shell_job, link_remap=link_remap, criu_opts=parse_criu_opts(criu_opts), streams=streams,
     )
     result = None if req.no_server else _restore_via_daemon(ctx, req)
     result = result or restore_process(ctx.settings, req)
@@ -720,11 +721,14 @@ cli.add_command(job_checkpoints, "checkpoints")
 @dump.command("job")
 @click.argument("jid")
 @click.option("--leave-running", is_flag=True, help="Keep the job running after the dump.")
+@click.option("--streams", type=click.IntRange(0, 256), default=0,
+              help="Chunks of each file uploading at once (default: config checkpoint.streams).")
 @pass_ctx
 @handle_errors
-def dump_job(ctx: Context, jid: str, leave_running: bool) -> None:
+def dump_job(ctx: Context, jid: str, leave_running: bool, streams: int) -> None:
     """Checkpoint a job into the mount: mount.dir/jobs/<JID>/<new checkpoint>/."""
-    result = _daemon(ctx, "job.dump", {"jid": jid, "leave_running": leave_running})
+    params = {"jid": jid, "leave_running": leave_running, **({"streams": streams} if streams else {})}
+    result = _daemon(ctx, "job.dump", params)
     click.echo(f"Dumped job {jid} to {result['path']}")
 
 
@@ -733,15 +737,19 @@ def dump_job(ctx: Context, jid: str, leave_running: bool) -> None:
 @click.option("-p", "--path", help="Restore from this checkpoint directory or archive instead.")
 @click.option("--checkpoint", "-c", "checkpoint_id", help="Checkpoint id (or unique prefix) of the job.")
 @click.option("--lazy", is_flag=True, help="Restore with lazy pages (memory arrives on demand).")
+@click.option("--streams", type=click.IntRange(0, 256), default=0,
+              help="Parallel reads of the images ahead of CRIU (default: config checkpoint.streams).")
 @pass_ctx
 @handle_errors
-def restore_job(ctx: Context, jid: str, path: str | None, checkpoint_id: str | None, lazy: bool) -> None:
+def restore_job(ctx: Context, jid: str, path: str | None, checkpoint_id: str | None, lazy: bool,
+                streams: int) -> None:
     """Restore a job from its latest checkpoint (or --checkpoint ID, or --path P) as a child of the daemon."""
     from .errors import UsageError
 
     if path and checkpoint_id:
         raise UsageError("--path and --checkpoint exclude each other")
-    params = {"jid": jid, "path": _local_path(path), "checkpoint": checkpoint_id, "lazy": lazy}
+    params = {"jid": jid, "path": _local_path(path), "checkpoint": checkpoint_id, "lazy": lazy,
+              **({"streams": streams} if streams else {})}
     result = _daemon(ctx, "job.restore", params)
     click.echo(f"Restored job {jid} (PID {result['pid']}) from {result['path']}")
 

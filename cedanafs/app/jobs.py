@@ -35,7 +35,7 @@ import psutil
 from .. import criu
 from ..catalog import check_job_name
 from ..config import Settings, host_name
-from ..errors import AlreadyExists, CedanaError, CriuError, NotFound, PermissionDenied, UsageError
+from ..errors import AlreadyExists, CedanaError, CheckpointError, CriuError, NotFound, PermissionDenied, UsageError
 from . import mount as app_mount
 from . import process as app_process
 from .procinfo import dumpable_process, process_state
@@ -475,7 +475,7 @@ class JobService:
 
     # --- dump ---
 
-    def dump(self, caller: Caller, jid: str, leave_running: bool = False) -> dict:
+    def dump(self, caller: Caller, jid: str, leave_running: bool = False, streams: int = 0) -> dict:
         job = self._job(caller, jid)
         with self._exclusive(jid, "dump"):
             status = job_status(job, self.host)
@@ -501,7 +501,8 @@ class JobService:
         proc = dumpable_process(job.pid)
         state = process_state(proc)
         tree = [job.pid, *state.children]
-        path = str(app_mount.begin_checkpoint(self.job_dir(job.jid)))
+        path = str(app_mount.begin_checkpoint(self.job_dir(job.jid),
+                                              streams=streams or self.settings.checkpoint.streams))
         self._set_pending(job, path)
         try:
             criu.dump(criu.find_criu(self.settings.criu.binary_path), criu.DumpOptions(
@@ -546,7 +547,7 @@ class JobService:
     # --- restore ---
 
     def restore(self, caller: Caller, jid: str, path: str | None = None, checkpoint: str | None = None,
-                lazy: bool = False) -> dict:
+                lazy: bool = False, streams: int = 0) -> dict:
         job = self.db.get(jid)
         if job is not None:
             job = self._job(caller, jid)
@@ -556,8 +557,11 @@ class JobService:
                 raise AlreadyExists(f"job {jid} is still running (PID {job.pid}):"
                                     " dump it or kill it before restoring")
             source = path or self._checkpoint_path(jid, checkpoint)
-            restore = self._restore_lazy if lazy else self._restore_from
-            pid, state = restore(caller, job, source)
+            threads = app_process.streams_of(self.settings, streams)
+            if lazy:
+                pid, state = self._restore_lazy(caller, job, source, threads)
+            else:
+                pid, state = self._restore_from(caller, job, source, threads)
             job = self._restored_job(caller, jid, job, state, pid, source)
         log.info("job %s: restored pid %d from %s", jid, pid, source)
         return self._view(job) | {"path": source}
@@ -574,7 +578,7 @@ class JobService:
             raise NotFound(f"job {jid} has no checkpoints to restore (cedana dump job {jid} first)")
         return os.path.join(self.job_dir(jid), info.id)
 
-    def _restore_lazy(self, caller: Caller, job: Job | None, source: str) -> tuple[int, dict]:
+    def _restore_lazy(self, caller: Caller, job: Job | None, source: str, threads: int) -> tuple[int, dict]:
         """Lazy pages from the mount: the job runs once its small images are read, memory follows on fault.
 
         `criu restore --restore-sibling` makes the process our child, as an eager restore does;
@@ -587,17 +591,25 @@ class JobService:
         app_process.check_pids_free(source)
         work = tempfile.mkdtemp(prefix="cedana-lazy-job-")
         restored = app_mount.lazy_restore(source, work, shell_job=state.get("shell_job", False),
-                                          criu=self.settings.criu.binary_path, extra_args=("--restore-sibling",))
+                                          criu=self.settings.criu.binary_path, extra_args=("--restore-sibling",),
+                                          threads=threads)
         with self._lock:
             self._page_servers.append(restored.pages)
         return restored.pid, state
 
-    def _restore_from(self, caller: Caller, job: Job | None, source: str) -> tuple[int, dict]:
+    def _restore_from(self, caller: Caller, job: Job | None, source: str, threads: int) -> tuple[int, dict]:
         binary = criu.find_criu(self.settings.criu.binary_path)
         with _images(self.settings, source) as images:
             state = _read_state(images.path)
             _check_owner(caller, state, source)
             app_process.check_pids_free(images.path)
+            if app_mount.mount_of(source) is not None:
+                try:  # the small images in parallel first; pages-*.img follow with the mount's readahead
+                    app_mount.prefetch_images(source, threads=threads)
+                except OSError as exc:
+                    raise CheckpointError(f"cannot read the images of {source} from the store:"
+                                          f" {app_mount.read_error(source) or exc.strerror or exc};"
+                                          " nothing was restored") from None
             work = tempfile.mkdtemp(prefix="cedana-restore-job-")
             inherit = _log_inheritance(state, job.log if job else state.get("job", {}).get("log", ""))
             try:

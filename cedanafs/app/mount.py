@@ -30,6 +30,7 @@ XATTR_SEAL = "user.cedana.seal"
 XATTR_STATE = "user.cedana.state"
 XATTR_ERROR = "user.cedana.error"
 XATTR_AUTOSEAL = "user.cedana.autoseal"
+XATTR_STREAMS = "user.cedana.streams"
 XATTR_KIND = "user.cedana.kind"
 XATTR_META = "user.cedana.meta."
 XATTR_PID = "user.cedana.pid"
@@ -350,7 +351,7 @@ def _seal_error(path: str) -> str:
         return ""
 
 
-def begin_checkpoint(job_dir: str | Path, name: str | None = None) -> Path:
+def begin_checkpoint(job_dir: str | Path, name: str | None = None, *, streams: int = 0) -> Path:
     """Make a pending checkpoint dir under `<mount>/jobs/<job>` for a writer that will seal it itself.
 
     Auto-sealing is switched off for it, so a slow writer is never sealed half-way.
@@ -369,6 +370,8 @@ def begin_checkpoint(job_dir: str | Path, name: str | None = None) -> Path:
     except OSError as exc:
         raise UsageError(f"cannot make checkpoint {path}: {exc.strerror}") from None
     os.setxattr(path, XATTR_AUTOSEAL, b"0")
+    if streams:  # at most this many chunks of each file uploading at once (--streams)
+        os.setxattr(path, XATTR_STREAMS, str(streams).encode())
     return path
 
 

@@ -41,6 +41,7 @@ class CriuFlags:
     shell_job: bool | None = None
     link_remap: bool = False
     criu_opts: dict[str, Any] = field(default_factory=dict)
+    streams: int = 0  # parallel transfers to/from the store (0: config checkpoint.streams)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -200,7 +201,7 @@ def _dump_into_mount(settings: Settings, req: DumpRequest, binary: str, proc, jo
     if req.name is not None:
         _check_name(req.name)
     started = time.monotonic()
-    ckpt = mountapp.begin_checkpoint(job_dir, req.name)
+    ckpt = mountapp.begin_checkpoint(job_dir, req.name, streams=req.streams or settings.checkpoint.streams)
     try:
         _criu_dump(binary, settings, req, proc, str(ckpt))
         mountapp.seal(ckpt, kind="process", meta={"pid": str(req.pid)})
@@ -352,6 +353,11 @@ def _restore_options(req: RestoreRequest, images: str, work: str, state: dict, i
     )
 
 
+def streams_of(settings: Settings, streams: int = 0) -> int:
+    """Parallel transfers: --streams, else config checkpoint.streams, else 8."""
+    return streams or settings.checkpoint.streams or 8
+
+
 def _restore_lazy(settings: Settings, req: RestoreRequest) -> RestoreResult:
     """Lazy pages: the process runs once its small images are read; memory follows on fault."""
     if mountapp.mount_of(req.path) is None or not os.path.isdir(req.path):
@@ -362,7 +368,8 @@ def _restore_lazy(settings: Settings, req: RestoreRequest) -> RestoreResult:
     check_pids_free(req.path)
     work = tempfile.mkdtemp(prefix="cedana-lazy-")
     shell_job = state.get("shell_job", True) if req.shell_job is None else req.shell_job
-    restored = mountapp.lazy_restore(req.path, work, shell_job=shell_job, criu=settings.criu.binary_path)
+    restored = mountapp.lazy_restore(req.path, work, shell_job=shell_job, criu=settings.criu.binary_path,
+                                     threads=streams_of(settings, req.streams))
     if req.pid_file:
         with open(req.pid_file, "w") as f:
             f.write(f"{restored.pid}\n")

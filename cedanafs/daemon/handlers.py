@@ -81,11 +81,13 @@ class Handlers:
         return await self._thread(self.jobs.delete, caller, _jid(params))
 
     async def _dump(self, caller: Caller, params: dict, fds: list[int]) -> Any:
-        return await self._thread(self.jobs.dump, caller, _jid(params), bool(params.get("leave_running")))
+        return await self._thread(self.jobs.dump, caller, _jid(params), bool(params.get("leave_running")),
+                                  streams=_streams(params))
 
     async def _restore(self, caller: Caller, params: dict, fds: list[int]) -> Any:
         return await self._thread(self.jobs.restore, caller, _jid(params), path=params.get("path"),
-                                  checkpoint=params.get("checkpoint"), lazy=bool(params.get("lazy")))
+                                  checkpoint=params.get("checkpoint"), lazy=bool(params.get("lazy")),
+                                  streams=_streams(params))
 
     async def _wait(self, caller: Caller, params: dict, fds: list[int]) -> Any:
         """Answer once the job has no live process: its status and exit code."""
@@ -105,6 +107,13 @@ class Handlers:
         if req.no_server:
             raise UsageError("--no-server restores are done by the command itself, not the daemon")
         return await self._thread(self.jobs.restore_process, caller, req)
+
+
+def _streams(params: dict) -> int:
+    streams = params.get("streams") or 0
+    if not isinstance(streams, int) or isinstance(streams, bool) or not 0 <= streams <= 256:
+        raise UsageError(f"streams must be a number from 0 to 256, not {streams!r}")
+    return streams
 
 
 def _jid(params: dict) -> str:

@@ -21,6 +21,7 @@ class StoreData:
 
     def __init__(self, store: Store, leased: bool = False):
         self.store = store
+        self.streams: int | None = None  # chunks of one file in flight (user.cedana.streams), None: the pool's
         self._leased = leased
         self._lease: Lease | None = None
         self._lock = threading.Lock()
@@ -30,7 +31,7 @@ class StoreData:
         return StoreData(self.store, leased=True)
 
     def writer(self) -> FileWriter:
-        return self.store.writer(self._get_lease())
+        return self.store.writer(self._get_lease(), streams=self.streams)
 
     def reader(self, content: FileContent) -> FileReader:
         return self.store.reader(content)

@@ -47,6 +47,7 @@ XATTR_SEAL = "user.cedana.seal"
 XATTR_STATE = "user.cedana.state"
 XATTR_ERROR = "user.cedana.error"
 XATTR_AUTOSEAL = "user.cedana.autoseal"
+XATTR_STREAMS = "user.cedana.streams"  # pending checkpoint: uploads in flight per file (--streams)
 XATTR_KIND = "user.cedana.kind"
 XATTR_META = "user.cedana.meta."
 XATTR_PID = "user.cedana.pid"
@@ -920,6 +921,15 @@ class VFS:
                 raise FsError(errno.EROFS)
             elif name == XATTR_AUTOSEAL:
                 ckpt.autoseal = value.strip() not in (b"0", b"no", b"false", b"off")
+                return
+            elif name == XATTR_STREAMS:
+                try:
+                    streams = int(value)
+                except ValueError:
+                    raise FsError(errno.EINVAL, f"{name} must be a number") from None
+                if streams < 0 or not hasattr(ckpt.data, "streams"):
+                    raise FsError(errno.EINVAL, f"{name} must be >= 0")
+                ckpt.data.streams = streams or None
                 return
             elif name == XATTR_KIND and value:
                 ckpt.kind = value.decode(errors="replace")

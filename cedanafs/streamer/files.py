@@ -63,8 +63,11 @@ class FileWriter:
     """Write one file's bytes sequentially; close() returns its FileContent once all chunks are durable."""
 
     def __init__(self, store: "Store", lease: "Lease | None" = None,
-                 inline_threshold: int | None = None):
+                 inline_threshold: int | None = None, streams: int | None = None):
         self._store = store
+        # At most `streams` chunks of this file in flight (the store's pool bounds all writers).
+        self._slots = threading.BoundedSemaphore(streams) if streams and streams > 0 else None
+        self._reserved: dict[Future, int] = {}
         self._lease = lease
         self._threshold = store.inline_threshold if inline_threshold is None else inline_threshold
         self._chunker = store.chunker.make()
@@ -100,14 +103,24 @@ class FileWriter:
             raise self._error
 
     def _submit(self, chunk: bytes) -> None:
-        reserved = self._store.budget.acquire(len(chunk))
+        if self._slots is not None:
+            self._slots.acquire()
+        reserved = 0
         try:
+            reserved = self._store.budget.acquire(len(chunk))
             self._check_open()
             fut = self._store.upload_pool.submit(self._upload, chunk, reserved)
         except BaseException:
-            self._store.budget.release(reserved)
+            self._release(reserved)
             raise
+        self._reserved[fut] = reserved
         self._futures.append(fut)
+
+    def _release(self, reserved: int) -> None:
+        if reserved:
+            self._store.budget.release(reserved)
+        if self._slots is not None:
+            self._slots.release()
 
     def _upload(self, chunk: bytes, reserved: int) -> PutResult:
         try:
@@ -118,7 +131,7 @@ class FileWriter:
                     self._error = exc
             raise
         finally:
-            self._store.budget.release(reserved)
+            self._release(reserved)
 
     def close(self) -> FileContent:
         """Flush, wait until every chunk is stored, and describe the file."""
@@ -152,7 +165,8 @@ class FileWriter:
             return
         self._closed = True
         for fut in self._futures:
-            fut.cancel()
+            if fut.cancel():  # it never ran, so it never gave back its bytes
+                self._release(self._reserved[fut])
         wait(self._futures)
         self._chunker = self._store.chunker.make()
 

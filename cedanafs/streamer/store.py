@@ -67,14 +67,14 @@ class Store:
         return cls(backend, codec=settings.store.codec,
                    chunker=ChunkerSpec.for_size(chunker_kind, settings.store.chunk_size),
                    memory_limit=settings.store.memory_limit, streams=settings.checkpoint.streams,
-                   cache=cache)
+                   cache=cache, readahead=max(DEFAULT_READAHEAD, settings.checkpoint.streams))
 
     @property
     def url(self) -> str:
         return self.backend.url
 
-    def writer(self, lease: Lease | None = None) -> FileWriter:
-        return FileWriter(self, lease)
+    def writer(self, lease: Lease | None = None, streams: int | None = None) -> FileWriter:
+        return FileWriter(self, lease, streams=streams)
 
     def reader(self, content: FileContent) -> FileReader:
         return FileReader(self, content)
