@@ -52,9 +52,30 @@ def _zstd_d() -> zstandard.ZstdDecompressor:
     return d
 
 
+# Before compressing a chunk whole, three samples of it are compressed: if none of them saves
+# MIN_SAVING, the chunk (random or already-compressed bytes) is stored plain at once. zstd level 1
+# spends ~2 CPU-s per GiB of random data only to find it incompressible; the samples cost ~1/30.
+SAMPLE = 16 << 10
+SAMPLED_ABOVE = 256 << 10
+
+
+def _incompressible(data: bytes, cid: int) -> bool:
+    if len(data) < SAMPLED_ABOVE:
+        return False
+    view = memoryview(data)
+    for start in (0, len(data) // 2 - SAMPLE // 2, len(data) - SAMPLE):
+        sample = view[start:start + SAMPLE]
+        body = _zstd_c().compress(sample) if cid == ZSTD else lz4.block.compress(sample, store_size=False)
+        if len(body) <= SAMPLE * (1 - MIN_SAVING):
+            return False
+    return True
+
+
 def encode(data: bytes, codec: str = "zstd") -> bytes:
     """Header byte + body; the body is plain when compression does not pay."""
     cid = codec_id(codec)
+    if cid != NONE and _incompressible(data, cid):
+        return bytes([NONE]) + data
     if cid == ZSTD:
         body = _zstd_c().compress(data)
     elif cid == LZ4:
