@@ -14,6 +14,7 @@ yet is reported as "not available: <reason>"; any other failure makes the exit s
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -40,7 +41,8 @@ SMOKE_DEFAULTS = {"size": "16M", "reps": 1}
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", help="workload memory, e.g. 256M, 1G (default 256M; smoke 16M)")
+    parser.add_argument("--size", help="workload memory, e.g. 256M, 1G (default 256M; smoke 16M); several"
+                                       " sizes (1G,4G) run one after the other, then a table across sizes")
     parser.add_argument("--reps", type=int, help="repetitions of every figure (default 3; smoke 1)")
     parser.add_argument("--mix", default="0.3,0.3,0.4", help="fractions of zeros,text,random memory")
     parser.add_argument("--change", default="256K", help="memory changed between 1st and 2nd checkpoint")
@@ -55,7 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.reps < 1:
         parser.error("--reps must be at least 1")
-    parse_size(args.size)
+    for size in args.size.split(","):
+        parse_size(size)
     return args
 
 
@@ -147,6 +150,8 @@ def interrupted(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if "," in args.size:
+        return main_sizes(args, argv or sys.argv[1:])
     started, load_start = time.time(), list(os.getloadavg())
     cleanup, rec = Cleanup(), Recorder()
     # Ctrl-C, and SIGTERM (e.g. from a CI timeout), must clean up; SIGINT explicitly, because a
@@ -175,6 +180,50 @@ def main(argv: list[str] | None = None) -> int:
     for fid in doc["failed"]:
         print(f"FAILED {fid}: {next(f['reason'] for f in figures if f['id'] == fid)}")
     return 0 if doc["ok"] else 1
+
+
+# The figures that show how time-to-run and memory grow with the process (issue 6: lazy
+# time-to-run should stay nearly flat from 1 GiB to 4 GiB).
+SIZE_TABLE = ("dump/s3-mount", "dump/s3-cedana-way-lz4", "restore/s3-mount", "restore/s3-mount-lazy:run",
+              "restore/s3-mount-lazy:all", "restore/s3-cedana-way-lz4", "memory/s3-mount-daemon",
+              "dump/mount", "restore/mount", "restore/mount-lazy:run", "restore/mount-lazy:all",
+              "memory/mount-daemon", "dump/floor", "restore/floor")
+
+
+def main_sizes(args: argparse.Namespace, argv: list[str]) -> int:
+    """One whole run per size (each writes its own JSON), then one table of the key figures by size."""
+    sizes = args.size.split(",")
+    docs, code = {}, 0
+    for size in sizes:
+        sub = [a for a in argv]
+        i = next(i for i, a in enumerate(sub) if a == "--size" or a.startswith("--size="))
+        sub[i:i + (1 if "=" in sub[i] else 2)] = ["--size", size]
+        log(f"=== size {size} ===")
+        code = max(code, main(sub))
+        latest = Path(args.results_dir) / ("smoke-latest.json" if args.smoke else "latest.json")
+        docs[size] = json.loads(latest.read_text())
+    medians = {size: {f["id"]: f for f in doc["figures"]} for size, doc in docs.items()}
+    print("\nacross sizes (medians):")
+    print("figure".ljust(30) + "".join(size.rjust(14) for size in sizes))
+    for fid in SIZE_TABLE:
+        cells = [medians[size].get(fid) for size in sizes]
+        if not any(c and c.get("median") is not None for c in cells):
+            continue
+        print(fid.ljust(30) + "".join(_cell(c).rjust(14) for c in cells))
+    combined = {"sizes": sizes, "runs": {size: doc for size, doc in docs.items()}}
+    path = Path(args.results_dir) / f"{'smoke-' if args.smoke else ''}sizes-latest.json"
+    path.write_text(json.dumps(combined, indent=2) + "\n")
+    print(f"\nresults across sizes: {path}")
+    return code
+
+
+def _cell(fig: dict | None) -> str:
+    if not fig or fig.get("median") is None:
+        return "-"
+    value = fig["median"]
+    if fig.get("unit") == "B":
+        return f"{value / (1 << 20):.0f} MiB"
+    return f"{value:.2f} s" if fig.get("unit") == "s" else f"{value:g}"
 
 
 if __name__ == "__main__":

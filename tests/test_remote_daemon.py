@@ -81,7 +81,7 @@ def test_job_moves_to_a_second_machine_lazily_and_back_eagerly(machines_s3, proc
     pid = info["pid"]
     procs.watch(pid)
 
-    a.cedana("dump", "job", "w", check=True)  # committed once every chunk is in the bucket
+    a.cedana("dump", "job", "w", "--streams", "3", check=True)  # committed once every chunk is in the bucket
     wait_for(lambda: not pid_alive(pid), what="the dumped job to stop")
     [ckpt] = a.checkpoints("w")
     assert ckpt["host"] == "host-a"
@@ -94,7 +94,7 @@ def test_job_moves_to_a_second_machine_lazily_and_back_eagerly(machines_s3, proc
     b.cedana("checkpoint", "verify", f"w/{ckpt['id']}", check=True)  # every chunk is there, hashes right
 
     # Lazy restore on the second machine: same process, same memory.
-    b.cedana("restore", "job", "w", "--lazy", check=True)
+    b.cedana("restore", "job", "w", "--lazy", "--streams", "4", check=True)
     new_pid, checksum = restored_checksum(b, "w", state)
     procs.watch(new_pid)
     assert new_pid == pid and checksum == info["checksum"]

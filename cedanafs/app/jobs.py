@@ -483,7 +483,7 @@ class JobService:
                 raise NotFound(f"job {jid} has no process to dump ({status}"
                                f"{'' if job.exit_code is None else f', exit code {job.exit_code}'})")
             started = time.monotonic()
-            path = self._dump_into_mount(job, leave_running)
+            path = self._dump_into_mount(job, leave_running, streams)
         cid = os.path.basename(path)
         info = self.catalog.latest(jid)
         size = info.size if info is not None and info.id == cid else 0
@@ -491,7 +491,7 @@ class JobService:
         return {"job": jid, "checkpoint": cid, "path": path, "size": size,
                 "duration": time.monotonic() - started, "leave_running": leave_running}
 
-    def _dump_into_mount(self, job: Job, leave_running: bool) -> str:
+    def _dump_into_mount(self, job: Job, leave_running: bool, streams: int = 0) -> str:
         """CRIU into a pending checkpoint dir in the mount, then seal it.
 
         Without --leave-running, CRIU leaves the tree stopped rather than killing it, and it is
