@@ -16,9 +16,18 @@ from pathlib import Path
 from typing import Callable
 
 from .methods import Artifact, Env, Method, MountDump, Spec, criu_dump
-from .procs import StepError, Workload, is_running, kill_restored
+from .procs import HeartbeatWatch, StepError, Workload, is_running, kill_restored
 from .stats import ratio, summarize
 from .workload import parse_size
+
+
+@dataclass
+class Timings:
+    """Of one restore, in seconds from its start."""
+    command: float  # the restore command returned
+    running: float  # the restored process ran again (its first heartbeat)
+    memory_back: float  # no lazy-pages daemon left (= about `command` for eager restores)
+    checksum_pass: float  # how long the restored process took to checksum all its memory
 
 
 @dataclass
@@ -231,36 +240,46 @@ class Run:
         self.log(f"  restore {method.key} ({mode})")
         scratch = self.env.workdir / "scratch"
         token = self.env.cleanup.add(f"kill restored {art.pid}", lambda: kill_restored(art.pid))
+        beat = HeartbeatWatch(self.workload.heartbeat_path)
         start = time.perf_counter()
         try:
             result = method.restore(self.env, art, mode, scratch)
-            to_run = time.perf_counter() - start
-            waited = method.wait_memory_back(self.env, art, mode)
-            memory_back = time.perf_counter() - start
+            returned = time.perf_counter()
+            method.wait_memory_back(self.env, art, mode)
+            memory_back = time.perf_counter()
+            first_beat = beat.wait(self.timeout)
             state, verify_s = self.workload.checksum_now(art.pid, self.timeout)
-            # Without a lazy-pages daemon to wait for, the checksum pass (which reads every page) is
-            # what brings all memory back.
-            all_back = memory_back if waited else time.perf_counter() - start
         except (StepError, OSError) as err:
             self.rec.error(ids, str(err))
             self.log(f"    failed: {err}")
             return
         finally:
+            beat.stop()
             self.env.cleanup.run(token)
             shutil.rmtree(scratch, ignore_errors=True)
-        self.record_restore(method, ids, art, result, state, (to_run, verify_s, all_back))
-        if len(ids) > 1:
-            self.rec.note(ids[1], "measured_until", "lazy-pages exited" if waited else "checksum pass done")
+        if first_beat is None:
+            self.rec.error(ids, "the restored process never ran (no heartbeat)")
+            return
+        times = Timings(command=returned - start, running=first_beat - start, memory_back=memory_back - start,
+                        checksum_pass=verify_s)
+        self.record_restore(method, ids, art, result, state, times)
 
-    def record_restore(self, method, ids, art, result, state, times) -> None:
-        to_run, verify_s, all_back = times
+    def record_restore(self, method: Method, ids: list[str], art: Artifact, result, state: dict,
+                       times: "Timings") -> None:
         ok = state["checksum"] == art.checksum
-        self.rec.sample(ids[0], to_run)
-        if len(ids) > 1:  # lazy: the checksum pass reads every page, so it ends when all memory is back
-            self.rec.sample(ids[1], all_back)
+        if len(ids) > 1:
+            # Lazy: the process runs again before its memory is back (the first heartbeat), and its
+            # memory is back when the lazy-pages daemon has exited (or the command returned, if later).
+            self.rec.sample(ids[0], times.running)
+            self.rec.sample(ids[1], max(times.memory_back, times.command))
+        else:
+            # Eager: a restore is done when the command has returned with the process running.
+            self.rec.sample(ids[0], times.command)
         for fid in ids:
             self.rec.check(fid, ok)
-        self.rec.note(ids[0], "checksum_pass_s", verify_s)
+        for key, value in (("command_s", times.command), ("first_heartbeat_s", times.running),
+                           ("checksum_pass_s", times.checksum_pass)):
+            self.rec.note(ids[0], key, value)
         self.note_memory(method, result.peak_rss if result else {})
         if not ok:
             self.log(f"    CHECKSUM MISMATCH: {state['checksum']} != {art.checksum}")

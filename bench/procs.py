@@ -288,6 +288,46 @@ def unmount(path: Path) -> None:
 
 # --- the workload ---
 
+class HeartbeatWatch:
+    """Notes the first moment the heartbeat file's mtime changes: a restored workload runs again.
+
+    Start it before the restore, with the original workload dead: then nothing else touches the
+    file. The workload touches it every 50 ms, so this sees the restart up to one tick late.
+    """
+
+    def __init__(self, path: Path, interval: float = 0.002):
+        self.path, self.interval = path, interval
+        self.first: float | None = None
+        self._baseline = self._mtime()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _mtime(self) -> int | None:
+        try:
+            return os.stat(self.path).st_mtime_ns
+        except OSError:
+            return None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if self._mtime() != self._baseline:
+                self.first = time.perf_counter()
+                return
+            time.sleep(self.interval)
+
+    def wait(self, timeout: float) -> float | None:
+        """perf_counter() of the first beat, waiting up to timeout for it; None if none came."""
+        self._thread.join(timeout)
+        self.stop()
+        return self.first
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+
 class Workload:
     """bench/workload.py as a session leader (so CRIU needs no --shell-job), stdio on /dev/null.
 
@@ -297,13 +337,16 @@ class Workload:
     def __init__(self, size: str, mix: str, state_path: Path, change: str = "256K"):
         self.size, self.mix, self.change_bytes = size, mix, change
         self.state_path = state_path
+        self.heartbeat_path = state_path.with_name("heartbeat")
         self.proc: subprocess.Popen | None = None
         self.pid = 0
 
     def start(self, cleanup: Cleanup, timeout: float) -> dict:
         self.state_path.unlink(missing_ok=True)
+        self.heartbeat_path.touch()
         cmd = [sys.executable, str(WORKLOAD_SCRIPT), "--size", self.size, "--mix", self.mix,
-               "--state", str(self.state_path), "--change", self.change_bytes]
+               "--state", str(self.state_path), "--change", self.change_bytes,
+               "--heartbeat", str(self.heartbeat_path)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True, cwd="/")
         self.pid = self.proc.pid

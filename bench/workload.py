@@ -11,6 +11,10 @@ When filled it writes {"pid", "size", "checksum", "generation"} to --state (atom
 sleeps, counting ticks. SIGUSR1 makes it recompute the checksum and rewrite --state (so a restored
 copy can prove its memory is intact); SIGUSR2 changes a small part of the memory (--change bytes)
 and rewrites --state, to model a job that moved on a little between two checkpoints.
+
+With --heartbeat FILE it also touches FILE's mtime at every tick (50 ms), so a benchmark can see
+the moment a restored copy runs again. A touch (utimensat) holds no file descriptor, so a dump
+can never catch the workload with that file open.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ class Workload:
         self.size = parse_size(args.size)
         self.state_path = args.state
         self.change = parse_size(args.change)
+        self.heartbeat = getattr(args, "heartbeat", None)
         self.generation = 0
         self.pending: list[int] = []
         # A mapping rather than bytes: page-aligned, and CRIU dumps it as ordinary anonymous memory.
@@ -90,12 +95,20 @@ class Workload:
         self.mem[off : off + n] = self.rng.randbytes(n)
         self.generation += 1
 
+    def beat(self) -> None:
+        if self.heartbeat:
+            try:
+                os.utime(self.heartbeat)
+            except OSError:
+                pass  # the benchmark may have removed it: nobody is watching
+
     def run(self) -> None:
         signal.signal(signal.SIGUSR1, lambda *_: self.pending.append(signal.SIGUSR1))
         signal.signal(signal.SIGUSR2, lambda *_: self.pending.append(signal.SIGUSR2))
         self.write_state()
         while True:
             time.sleep(0.05)
+            self.beat()
             while self.pending:
                 if self.pending.pop(0) == signal.SIGUSR2:
                     self.change_some()
@@ -109,6 +122,7 @@ def main() -> None:
     parser.add_argument("--state", required=True, help="JSON file the checksum is written to")
     parser.add_argument("--change", default="256K", help="bytes SIGUSR2 rewrites")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--heartbeat", help="file whose mtime is touched every tick while running")
     Workload(parser.parse_args()).run()
 
 
