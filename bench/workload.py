@@ -77,7 +77,9 @@ class Workload:
         self.generation = 0
         self.pending: list[int] = []
         # A mapping rather than bytes: page-aligned, and CRIU dumps it as ordinary anonymous memory.
-        self.mem = mmap.mmap(-1, max(self.size, mmap.PAGESIZE))
+        # MAP_PRIVATE, like a heap: Python's default for mmap(-1) is MAP_SHARED, which CRIU dumps as
+        # shared memory (pages-1.img of shmem) and always restores eagerly, even with --lazy-pages.
+        self.mem = mmap.mmap(-1, max(self.size, mmap.PAGESIZE), flags=mmap.MAP_PRIVATE)
         fill(self.mem, self.size, tuple(float(x) for x in args.mix.split(",")), args.seed)
         self.rng = random.Random(args.seed + 1)
 
