@@ -224,8 +224,26 @@ def _tell(fd: int, message: str) -> None:
         pass  # the parent is gone; nobody to tell
 
 
+MALLOC_ARENAS = 4
+
+
+def _limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
+    """Few malloc arenas for the server's many threads (FUSE, upload and read pools, s3fs's loop).
+
+    glibc gives threads their own arenas (up to 8 per core) and each keeps the ~1 MiB chunk
+    buffers freed in it, so the server's RSS grew far past the byte budget it holds at any time.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
 def _serve(settings: Settings, mp: str, url: str, autoseal_after: float, ready: Callable[[], None] | None) -> None:
     """Open the store and catalog (after any fork: s3fs/gcsfs must not cross one), mount, serve."""
+    _limit_malloc_arenas()
     from ..catalog import Catalog
     from ..fuse.backing import StoreData
     from ..fuse.mount import serve
