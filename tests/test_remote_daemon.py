@@ -113,7 +113,8 @@ def test_job_moves_to_a_second_machine_lazily_and_back_eagerly(machines_s3, proc
     assert back_pid == pid and checksum == info["checksum"]
 
 
-def test_eager_restore_on_a_second_machine_over_gcs(machines_gcs, procs):
+@pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
+def test_restore_on_a_second_machine_over_gcs(lazy, machines_gcs, procs):
     a = machines_gcs.start("gcs-a")
     b = machines_gcs.start("gcs-b")
     state = a.root / "g.json"
@@ -123,7 +124,7 @@ def test_eager_restore_on_a_second_machine_over_gcs(machines_gcs, procs):
     wait_for(lambda: not pid_alive(info["pid"]), what="the dumped job to stop")
     job_b = wait_for(lambda: b.jobs().get("g"), what="the second daemon to list the job")
     assert job_b["status"] == "remote"
-    b.cedana("restore", "job", "g", check=True)
+    b.cedana("restore", "job", "g", *(["--lazy"] if lazy else []), check=True)
     new_pid, checksum = restored_checksum(b, "g", state)
     procs.watch(new_pid)
     assert checksum == info["checksum"]
