@@ -15,7 +15,7 @@ import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .. import criu
 from ..config import COMPRESSIONS, Settings
@@ -219,13 +219,14 @@ def _dump_to_bucket(settings: Settings, req: DumpRequest, binary: str, proc, url
                     compression: str) -> DumpResult:
     from ..streamer import open_backend
 
-    remote.ensure_absent(open_backend(url, settings), url, name, compression)
+    backend = open_backend(url, settings)
+    remote.ensure_absent(backend, url, name, compression)  # before CRIU stops the process
     started = time.monotonic()
     staging = tempfile.mkdtemp(prefix=f"cedana-dump-{name}-")
     try:
         _criu_dump(binary, settings, req, proc, staging)
         size = _size(staging)
-        path = remote.upload_checkpoint(settings, url, staging, name, compression)
+        path = remote.upload_checkpoint(backend, url, staging, name, compression)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return DumpResult(path=path, pid=req.pid, name=name, compression=compression, size=size,
@@ -246,27 +247,24 @@ class ImagesDir:
 
     def __enter__(self) -> "ImagesDir":
         if remote.is_remote(self.source):
-            return self._download()
+            return self._unpack(lambda dest: remote.download_checkpoint(self.settings, self.source, dest))
         if not os.path.lexists(self.source):
             raise NotFound(f"checkpoint {self.source} does not exist")
         if os.path.isdir(self.source):
             if not os.path.exists(os.path.join(self.source, "inventory.img")):
                 raise CheckpointError(f"{self.source} is not a CRIU images directory (no inventory.img)")
             return self
-        self.temp = tempfile.mkdtemp(prefix="cedana-restore-images-")
-        try:
-            with open(self.source, "rb") as src:
-                archive.extract_archive(src, self.temp, self.source)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        self.path = self.temp
-        return self
+        return self._unpack(self._extract_local)
 
-    def _download(self) -> "ImagesDir":
+    def _extract_local(self, dest: str) -> None:
+        with open(self.source, "rb") as src:
+            archive.extract_archive(src, dest, self.source)
+
+    def _unpack(self, fill: Callable[[str], None]) -> "ImagesDir":
+        """Fill a private temp dir with the images; on any failure, remove it and re-raise."""
         self.temp = tempfile.mkdtemp(prefix="cedana-restore-images-")
         try:
-            remote.download_checkpoint(self.settings, self.source, self.temp)
+            fill(self.temp)
         except BaseException:
             self.__exit__(None, None, None)
             raise

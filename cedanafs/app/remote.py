@@ -60,10 +60,9 @@ def _atomic_upload(backend: Backend, key: str) -> Iterator[BinaryIO]:
     buffered.close()
 
 
-def upload_checkpoint(settings: Settings, url: str, images_dir: str, name: str, compression: str) -> str:
-    """Stream a finished images dir to url/<name>[.tar.*]; returns the checkpoint's URL."""
-    backend = open_backend(url, settings)
-    ensure_absent(backend, url, name, compression)
+def upload_checkpoint(backend: Backend, url: str, images_dir: str, name: str, compression: str) -> str:
+    """Stream a finished images dir to url/<name>[.tar.*] (backend is url's); returns its URL."""
+    ensure_absent(backend, url, name, compression)  # again: the name may have been taken during the dump
     key = archive.archive_name(name, compression)
     if compression == "none":
         for entry in sorted(os.listdir(images_dir)):

@@ -56,4 +56,4 @@ def probe_criu(configured: str = "", full: bool = False) -> CriuInfo:
     code, output = _run(args)
     ok = code == 0 and (not full or "Looks good" in output or output.strip() == "")
     log.debug("criu check (%s): rc=%s %s", path, code, output)
-    return CriuInfo(path=path, version=version, check_ok=code == 0 if not full else ok, check_output=output)
+    return CriuInfo(path=path, version=version, check_ok=ok, check_output=output)
