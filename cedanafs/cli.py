@@ -16,7 +16,7 @@ from typing import Any, Callable
 import click
 
 from . import __version__
-from .config import COMPRESSIONS, Settings, load_settings
+from .config import COMPRESSIONS, Settings, format_size, load_settings
 from .errors import CedanaError
 from .log import setup_logging
 
@@ -233,13 +233,7 @@ def _checkpoints(ctx: Context, store_url: str | None) -> Any:
 
 
 def _human(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+    return "-" if n is None else format_size(n)
 
 
 def _as_record(obj: Any) -> Any:

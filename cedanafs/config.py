@@ -145,6 +145,16 @@ def parse_size(text: str) -> int:
     return int(float(num) * units[unit])
 
 
+def format_size(n: float, sep: str = " ") -> str:
+    """Bytes for people, the inverse of parse_size: 512 B, 7.4 MiB (sep between number and unit)."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.0f}{sep}{unit}" if unit == "B" else f"{value:.1f}{sep}{unit}"
+        value /= 1024
+    return f"{value:.1f}{sep}TiB"
+
+
 def _flatten(data: Mapping[str, Any], source: str) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: configuration must be a JSON object")

@@ -34,7 +34,7 @@ import psutil
 
 from .. import criu
 from ..catalog import check_job_name
-from ..config import Settings, host_name
+from ..config import Settings, format_size, host_name
 from ..errors import AlreadyExists, CedanaError, CheckpointError, CriuError, NotFound, PermissionDenied, UsageError
 from . import mount as app_mount
 from . import process as app_process
@@ -217,14 +217,8 @@ def new_jid() -> str:
 
 
 def human_size(size: int | None) -> str:
-    if not size:
-        return ""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    return str(size)
+    """The SIZE column of the job tables: blank when unknown or empty, else e.g. 7.4MiB."""
+    return format_size(size, sep="") if size else ""
 
 
 def _exit_code(returncode: int) -> int:
