@@ -12,25 +12,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.fixtures_procs import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CEDANA = [sys.executable, "-m", "cedanafs.cli"]
 _names = itertools.count()
 
 
-def until(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+until = wait_for  # the mount tests' name for the one polling helper
 
 
 def is_mounted(path: Path) -> bool:

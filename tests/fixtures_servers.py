@@ -19,7 +19,8 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import pytest
 
@@ -173,13 +174,13 @@ def gcs_server(tmp_path_factory) -> Iterator[ServerProcess]:
         server.stop()
 
 
-@pytest.fixture
-def start_moto(tmp_path) -> Iterator:
-    """Factory for private moto servers (killed at teardown): start_moto(env={...})."""
+@contextmanager
+def _private_servers(make: Callable[..., ServerProcess]) -> Iterator[Callable[..., ServerProcess]]:
+    """A factory of started servers, every one of them stopped when the block ends."""
     servers: list[ServerProcess] = []
 
-    def start(env: dict[str, str] | None = None) -> ServerProcess:
-        server = moto_process(tmp_path, env)
+    def start(*args, **kwargs) -> ServerProcess:
+        server = make(*args, **kwargs)
         servers.append(server)
         return server.start()
 
@@ -188,23 +189,20 @@ def start_moto(tmp_path) -> Iterator:
     finally:
         for server in servers:
             server.stop()
+
+
+@pytest.fixture
+def start_moto(tmp_path) -> Iterator:
+    """Factory for private moto servers (killed at teardown): start_moto(env={...})."""
+    with _private_servers(lambda env=None: moto_process(tmp_path, env)) as start:
+        yield start
 
 
 @pytest.fixture
 def start_gcs(tmp_path) -> Iterator:
     """Factory for private fake-gcs-servers (killed at teardown): start_gcs(persist=dir|None)."""
-    servers: list[ServerProcess] = []
-
-    def start(persist: Path | None = None) -> ServerProcess:
-        server = gcs_process(tmp_path, persist)
-        servers.append(server)
-        return server.start()
-
-    try:
+    with _private_servers(lambda persist=None: gcs_process(tmp_path, persist)) as start:
         yield start
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def s3_environ(endpoint: str) -> dict[str, str]:

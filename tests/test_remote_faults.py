@@ -138,11 +138,12 @@ def _lazy_chunk_of_pages(url: str, endpoint: str, ckpt_dir, job: str, ckpt: str)
     return candidates[len(candidates) // 2]
 
 
-def test_missing_chunk_during_a_lazy_restore_kills_the_restored_process(shared_machines, moto_server, procs):
-    a = shared_machines.start("miss-a")
-    b = shared_machines.start("miss-b")
-    state = a.root / "w.json"
-    info = run_workload(a, "w", state)
+def _dumped_then_seen_elsewhere(shared_machines, moto_server, procs, name: str):
+    """Machine A dumps a workload job; machine B sees it. Returns B, the job's info, and a chunk
+    that only lazy pages need: its digest, the bucket and its key there."""
+    a = shared_machines.start(f"{name}-a")
+    b = shared_machines.start(f"{name}-b")
+    info = run_workload(a, "w", a.root / "w.json")
     procs.watch(info["pid"])
     a.cedana("dump", "job", "w", check=True)
     wait_for(lambda: no_process(info["pid"]), what="the dumped job to stop")
@@ -150,7 +151,12 @@ def test_missing_chunk_during_a_lazy_restore_kills_the_restored_process(shared_m
     digest = _lazy_chunk_of_pages(shared_machines.url, moto_server.endpoint, b.mount_dir / "jobs" / "w" / ckpt,
                                   "w", ckpt)
     bucket, _, prefix = shared_machines.url[len("s3://"):].partition("/")
-    s3_client(moto_server.endpoint).delete_object(Bucket=bucket, Key=f"{prefix}/{chunk_key(digest)}")
+    return b, info, digest, bucket, f"{prefix}/{chunk_key(digest)}"
+
+
+def test_missing_chunk_during_a_lazy_restore_kills_the_restored_process(shared_machines, moto_server, procs):
+    b, info, digest, bucket, key = _dumped_then_seen_elsewhere(shared_machines, moto_server, procs, "miss")
+    s3_client(moto_server.endpoint).delete_object(Bucket=bucket, Key=key)
 
     b.cedana("restore", "job", "w", "--lazy", check=True)  # runs: the lost chunk is needed only later
     procs.watch(info["pid"])
@@ -163,19 +169,8 @@ def test_missing_chunk_during_a_lazy_restore_kills_the_restored_process(shared_m
 
 
 def test_corrupt_chunk_on_an_eager_restore_is_named(shared_machines, moto_server, procs):
-    a = shared_machines.start("bad-a")
-    b = shared_machines.start("bad-b")
-    state = a.root / "w.json"
-    info = run_workload(a, "w", state)
-    procs.watch(info["pid"])
-    a.cedana("dump", "job", "w", check=True)
-    wait_for(lambda: no_process(info["pid"]), what="the dumped job to stop")
-    ckpt = wait_for(lambda: b.jobs().get("w"), what="the second daemon to see the job")["checkpoint"]
-    digest = _lazy_chunk_of_pages(shared_machines.url, moto_server.endpoint, b.mount_dir / "jobs" / "w" / ckpt,
-                                  "w", ckpt)
-    bucket, _, prefix = shared_machines.url[len("s3://"):].partition("/")
+    b, info, digest, bucket, key = _dumped_then_seen_elsewhere(shared_machines, moto_server, procs, "bad")
     client = s3_client(moto_server.endpoint)
-    key = f"{prefix}/{chunk_key(digest)}"
     stored = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     client.put_object(Bucket=bucket, Key=key, Body=stored[:1] + bytes(len(stored) - 1))  # same codec, bad body
 
