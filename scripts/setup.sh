@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Sets up a Debian 12 machine for cedanafs: Debian packages, a working CRIU (built from
-# Debian 13's source package when the installed one fails `criu check`), and the virtualenv.
+# Sets up a Debian 12 machine for cedanafs: Debian packages, a working CRIU 4.2 (built from
+# Debian's 4.2.1-1 source package when no installed CRIU >= 4.2 passes `criu check`), and the
+# virtualenv. CRIU 4.1 cannot dump inet sockets on kernels >= 6.16, so older ones are not used.
 # Idempotent: each step checks whether it is already done.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 VENV="${VENV:-$HERE/.venv}"
 PYTHON="${PYTHON:-python3}"
-CRIU_BUILD_DIR="${CRIU_BUILD_DIR:-/var/cache/cedanafs/criu-build}"
+CRIU_VERSION="${CRIU_VERSION:-4.2.1}"
+CRIU_DEB_VERSION="${CRIU_DEB_VERSION:-4.2.1-1}"
+CRIU_BUILD_DIR="${CRIU_BUILD_DIR:-/var/cache/cedanafs/criu-build-$CRIU_VERSION}"
 CRIU_PREFIX="${CRIU_PREFIX:-/usr/local}"
 STAMP_DIR="${STAMP_DIR:-/var/cache/cedanafs}"
 
@@ -45,6 +48,10 @@ install_debian_packages() {
 criu_works() {
   local bin="$1"
   [ -x "$bin" ] || return 1
+  local v
+  v="$("$bin" --version 2>/dev/null | awk '/Version:/ {print $2; exit}')"
+  # Anything older than 4.2 fails on inet sockets with current kernels.
+  [ "$(printf '%s\n%s\n' "4.2" "$v" | sort -V | head -n1)" = "4.2" ] || return 1
   "$bin" check >/dev/null 2>&1
 }
 
@@ -70,12 +77,18 @@ fetch_criu_source() {
   local work="$CRIU_BUILD_DIR/apt"
   mkdir -p "$work/lists/partial" "$CRIU_BUILD_DIR/src"
   local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-  echo "deb-src [signed-by=$keyring] $(apt_mirror) trixie main" > "$work/sources.list"
+  local mirror
+  mirror="$(apt_mirror)"
+  {
+    echo "deb-src [signed-by=$keyring] $mirror testing main"
+    echo "deb-src [signed-by=$keyring] $mirror unstable main"
+  } > "$work/sources.list"
   local opts=(-o "Dir::Etc::SourceList=$work/sources.list" -o "Dir::Etc::SourceParts=/nonexistent"
               -o "Dir::State::Lists=$work/lists")
-  log "fetching CRIU's source package from Debian 13"
+  log "fetching CRIU's source package $CRIU_DEB_VERSION from Debian testing/unstable"
   apt-get "${opts[@]}" update -qq
-  (cd "$CRIU_BUILD_DIR/src" && apt-get "${opts[@]}" source --download-only --tar-only criu >/dev/null)
+  (cd "$CRIU_BUILD_DIR/src" &&
+    apt-get "${opts[@]}" source --download-only --tar-only "criu=$CRIU_DEB_VERSION" >/dev/null)
 }
 
 build_criu() {
@@ -102,8 +115,9 @@ ensure_criu() {
   local found
   if found="$(find_working_criu)"; then
     log "CRIU works: $found ($("$found" --version | head -n1))"
-    # pycriu still needs the source tree of the CRIU that is installed.
-    [ -d "$STAMP_DIR/criu-src/lib/pycriu" ] || build_criu
+    # pycriu (and the zdtm programs) come from this version's source tree.
+    [ -d "$CRIU_BUILD_DIR/tree/lib/pycriu" ] || build_criu
+    ln -sfn "$CRIU_BUILD_DIR/tree" "$STAMP_DIR/criu-src"
     return
   fi
   build_criu
