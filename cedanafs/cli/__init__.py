@@ -1,0 +1,34 @@
+"""The `cedana` command: a thin click face over cedanafs.app, one module per command family.
+
+base.py holds the root group and what the families share; process.py, store.py, mount.py and
+jobs.py add their commands to it. Only this package imports click.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import jobs, mount, process, store  # noqa: F401 - each registers its commands
+from .base import cli, fail
+
+__all__ = ["cli", "main"]
+
+
+def main() -> None:
+    """Entry point: click's own usage errors are also reported on one line."""
+    try:
+        code = cli.main(prog_name="cedana", standalone_mode=False)
+    except click.UsageError as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # a bare group: show its help, as click would
+            click.echo(err.format_message())
+            sys.exit(0)
+        where = f" (see '{err.ctx.command_path} --help')" if err.ctx else ""
+        fail(f"{err.format_message()}{where}", 2)
+    except click.ClickException as err:
+        fail(err.format_message(), err.exit_code)
+    except click.Abort:
+        fail("aborted", 1)
+    sys.exit(code if isinstance(code, int) else 0)
+

@@ -1,0 +1,5 @@
+"""`python -m cedanafs.cli`."""
+
+from . import main
+
+main()
