@@ -52,6 +52,16 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class SpoolSettings:
+    """Where CRIU writes a dump into the mount before the store takes it (app/capture.py): a local
+    filesystem, tmpfs by default; size 0 = what is free (on tmpfs: memory, less a reserve).
+    dir "" = no spool: CRIU writes through the mount."""
+
+    dir: str = "/dev/shm/cedana-spool"
+    size: int = 0
+
+
+@dataclass(frozen=True)
 class CacheSettings:
     dir: str = "/var/cache/cedana/chunks"
     size: int = 2 << 30
@@ -86,6 +96,7 @@ class Settings:
     mount: MountSettings = field(default_factory=MountSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    spool: SpoolSettings = field(default_factory=SpoolSettings)
     aws: AwsSettings = field(default_factory=AwsSettings)
     gcs: GcsSettings = field(default_factory=GcsSettings)
     log: LogSettings = field(default_factory=LogSettings)
@@ -104,7 +115,7 @@ def host_name(settings: "Settings | None" = None) -> str:
 def _section_classes() -> dict[str, type]:
     hints = {
         "checkpoint": CheckpointSettings, "db": DbSettings, "criu": CriuSettings,
-        "mount": MountSettings, "store": StoreSettings, "cache": CacheSettings,
+        "mount": MountSettings, "store": StoreSettings, "cache": CacheSettings, "spool": SpoolSettings,
         "aws": AwsSettings, "gcs": GcsSettings, "log": LogSettings,
     }
     return hints

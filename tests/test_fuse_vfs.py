@@ -98,11 +98,11 @@ def test_writes_stream_into_the_store_before_close(fs_tree):
     v = fs_tree.vfs
     c = pending(v)
     fh, _ = v.create(c, "pages-1.img", 0o600, W)
-    before = len(list(fs_tree.store.backend.list("chunks/")))
+    before = len(list(fs_tree.store.backend.list("chunks-b3/")))
     for i in range(16):
         v.write(fh, i << 16, os.urandom(1 << 16))
     # Chunks of 64 KiB are uploaded while the file is still open.
-    assert len(list(fs_tree.store.backend.list("chunks/"))) > before
+    assert len(list(fs_tree.store.backend.list("chunks-b3/"))) > before
     v.flush(fh)
     v.release(fh)
 
@@ -360,7 +360,7 @@ def test_corrupt_chunk_is_eio_and_not_refetched(fs_tree):
     data = os.urandom(200_000)
     c = sealed_checkpoint(v, files={"inventory.img": b"inv", "f": data})
     ref = fs_tree.catalog.load("j1", "c1").file("f").chunks[0]
-    key = next(k for k in fs_tree.store.backend.list("chunks/") if ref.digest in k)
+    key = next(k for k in fs_tree.store.backend.list("chunks-b3/") if ref.digest in k)
     blob = bytearray(fs_tree.store.backend.get(key))
     blob[-1] ^= 0xFF
     fs_tree.store.backend.put(key, bytes(blob))
@@ -385,7 +385,7 @@ def test_store_failure_while_writing_fails_the_file_and_the_seal(fs_tree):
     real_put = fs_tree.store.backend.put
 
     def failing_put(key, data):
-        if key.startswith("chunks/"):
+        if key.startswith("chunks-b3/"):
             raise BackendError("disk on fire")
         return real_put(key, data)
 

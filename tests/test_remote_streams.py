@@ -31,7 +31,7 @@ class CountingBackend(MemoryBackend):
         self.puts = self.peak_puts = self.bytes = self.peak_bytes = 0
 
     def put(self, key, data):
-        chunk = key.startswith("chunks/")
+        chunk = key.startswith("chunks-b3/")
         with self.lock:
             if chunk:
                 self.puts += 1

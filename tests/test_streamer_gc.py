@@ -1,4 +1,4 @@
-"""GC of unreferenced chunks, and its safety while writers run (leases, touch on dedup hit)."""
+"""GC of unreferenced chunks, and its safety while writers run (leases, reused chunks published)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import uuid
 
 import pytest
 
-from cedanafs.streamer import ChunkerSpec, Store, chunk_key, open_backend
+from cedanafs.errors import StoreError
+from cedanafs.streamer import ChunkerSpec, Store, open_backend
 from cedanafs.streamer.backends.memory import _STORES, forget
 from cedanafs.streamer.gc import LEASES
 
@@ -42,7 +43,7 @@ def _age(store: Store, key: str, seconds: float) -> None:
 
 
 def _age_all_chunks(store: Store, seconds: float) -> None:
-    for key in list(store.backend.list("chunks/")):
+    for key in list(store.backend.list("chunks-b3/")):
         _age(store, key, seconds)
 
 
@@ -82,7 +83,38 @@ def test_live_lease_protects_unreferenced_chunks_until_released(store):
     assert result.deleted == len(content.chunks)
 
 
-def test_dedup_hit_on_old_chunk_touches_it(store):
+def _count_chunk_calls(store: Store) -> dict[str, int]:
+    """Count the requests on chunk keys from now on (put, put_unsynced, stat, get, exists)."""
+    calls = {"put": 0, "stat": 0, "get": 0}
+    backend = store.backend
+    for name, kind in (("put", "put"), ("put_unsynced", "put"), ("stat", "stat"), ("get", "get"),
+                       ("exists", "stat")):
+        real = getattr(backend, name)
+
+        def counted(key, *args, _real=real, _kind=kind):
+            if key.startswith("chunks-"):
+                calls[_kind] += 1
+            return _real(key, *args)
+        setattr(backend, name, counted)
+    return calls
+
+
+def test_dedup_hit_costs_no_request_and_is_noted_in_the_lease(store):
+    data = os.urandom(200_000)
+    old = store.write_bytes(data)
+    calls = _count_chunk_calls(store)
+    with store.open_lease() as lease:
+        writer = store.writer(lease)
+        writer.write(data)
+        again = writer.close()
+        assert again == old
+        assert writer.stats.new_chunks == 0 and writer.stats.stored_bytes == 0
+        assert calls == {"put": 0, "stat": 0, "get": 0}  # no upload, not even a HEAD per chunk
+        assert lease.reused == {c.digest for c in old.chunks}
+
+
+def test_published_reuse_is_spared_by_gc(store):
+    """An old, unreferenced chunk a writer reuses: once prepare_commit published it, GC keeps it."""
     data = os.urandom(200_000)
     old = store.write_bytes(data)
     _age_all_chunks(store, 7200)
@@ -90,14 +122,40 @@ def test_dedup_hit_on_old_chunk_touches_it(store):
         writer = store.writer(lease)
         writer.write(data)
         again = writer.close()
-        assert again == old
-        assert writer.stats.new_chunks == 0
-        assert writer.stats.extra["touched_chunks"] == len(old.chunks)
-        for ref in old.chunks:
-            assert store.chunks.stat(ref.digest).mtime >= lease.start
-        # A GC now (nothing committed yet, so nothing referenced) must keep them.
-        assert store.collect_garbage(set(), grace_seconds=0).deleted == 0
+        store.chunks.prepare_commit(lease)
+        result = store.collect_garbage(set(), grace_seconds=0)  # nothing committed: nothing referenced
+        assert result.deleted == 0 and result.kept_reused == len(old.chunks)
     assert store.read_bytes(again) == data
+
+
+def test_reuse_of_a_chunk_gc_deleted_meanwhile_is_refused(store):
+    """GC deletes a reused chunk before the writer published its lease: the commit is refused."""
+    data = os.urandom(200_000)
+    store.write_bytes(data)
+    _age_all_chunks(store, 7200)
+    with store.open_lease() as lease:
+        writer = store.writer(lease)
+        writer.write(data)
+        writer.close()
+        assert store.collect_garbage(set(), grace_seconds=0).deleted > 0  # the race: GC won
+        with pytest.raises(StoreError, match="deleted by a concurrent GC"):
+            store.chunks.prepare_commit(lease)
+
+
+def test_a_gc_on_another_machine_makes_the_index_relist(store):
+    """A second ChunkStore over the same backend (another machine) deletes a chunk our index knows."""
+    data = os.urandom(64 << 10)
+    ref = store.write_bytes(data).chunks[0]
+    other = Store(store.backend, chunker=store.chunker, inline_threshold=0)
+    _age_all_chunks(store, 7200)
+    assert other.collect_garbage(set(), grace_seconds=0).deleted == 1
+    with store.open_lease() as lease:
+        again = store.chunks.store(data, lease)  # our index still says we have it: a reuse
+        assert not again.new
+        with pytest.raises(StoreError):
+            store.chunks.prepare_commit(lease)
+    assert store.chunks.store(data).new  # after the re-listing it is uploaded again
+    assert store.chunks.get(ref) == data
 
 
 def test_expired_lease_is_ignored_and_removed(store):
@@ -163,27 +221,3 @@ def test_gc_concurrent_with_writer_never_loses_committed_data(store):
         assert len(store.read_bytes(content)) == content.size
     live = set(store.chunks.list_digests())
     assert live == referenced()  # and the garbage did go
-
-
-def test_touch_recreates_a_chunk_gc_deleted_meanwhile(store):
-    """GC deleting a chunk between a writer's stat and its touch: the touch puts it back."""
-    data = os.urandom(64 << 10)
-    ref = store.write_bytes(data).chunks[0]
-    _age_all_chunks(store, 7200)
-    real_stat = store.backend.stat
-
-    def stat_then_gc(key):
-        info = real_stat(key)
-        if key == chunk_key(ref.digest):
-            store.backend.delete(key)  # GC wins the race right after the writer looked
-        return info
-
-    with store.open_lease() as lease:
-        store.backend.stat = stat_then_gc
-        try:
-            result = store.chunks.store(data, lease)
-        finally:
-            store.backend.stat = real_stat
-        assert result.touched
-        assert store.chunks.get(ref) == data
-        assert real_stat(chunk_key(ref.digest)).mtime >= lease.start

@@ -258,7 +258,7 @@ def test_writing_same_data_twice_stores_no_new_chunks(store):
 def test_writer_abort_and_errors(mem_url):
     class Failing(MemoryBackend):
         def put(self, key, data):
-            if key.startswith("chunks/"):
+            if key.startswith("chunks-b3/"):
                 raise OSError("disk on fire")
             super().put(key, data)
 

@@ -36,6 +36,7 @@ from .. import criu
 from ..catalog import check_job_name
 from ..config import Settings, format_size, host_name
 from ..errors import AlreadyExists, CedanaError, CheckpointError, CriuError, NotFound, PermissionDenied, UsageError
+from . import capture
 from . import mount as app_mount
 from . import process as app_process
 from .procinfo import dumpable_process, process_state
@@ -348,6 +349,8 @@ class JobService:
             "job": job.jid, "type": job.type, "pid": job.pid or None, "status": job_status(job, self.host),
             "gpu": job.gpu, "checkpoint": info.id if info else "", "size": info.size if info else 0,
             "log": job.log, "uid": job.uid, "exit_code": job.exit_code, "host": job.host,
+            # A dump under way: its checkpoint is not committed yet (CRIU running, or the store ingesting it).
+            "uploading": os.path.basename(job.pending) if job.pending else "",
         }
 
     def _store_only_jobs(self, latest: dict[str, Any], known: set[str]) -> list[dict]:
@@ -477,46 +480,43 @@ class JobService:
                 raise NotFound(f"job {jid} has no process to dump ({status}"
                                f"{'' if job.exit_code is None else f', exit code {job.exit_code}'})")
             started = time.monotonic()
-            path = self._dump_into_mount(job, leave_running, streams)
+            done = self._dump_into_mount(job, leave_running, streams)
+        path = done.path
         cid = os.path.basename(path)
         info = self.catalog.latest(jid)
         size = info.size if info is not None and info.id == cid else 0
         log.info("job %s: checkpoint %s (%d bytes)", jid, cid, size)
         return {"job": jid, "checkpoint": cid, "path": path, "size": size,
-                "duration": time.monotonic() - started, "leave_running": leave_running}
+                "duration": time.monotonic() - started, "leave_running": leave_running,
+                "captured_after": round(done.captured_after, 3), "committed_after": round(done.committed_after, 3), "via": done.via}
 
-    def _dump_into_mount(self, job: Job, leave_running: bool, streams: int = 0) -> str:
-        """CRIU into a pending checkpoint dir in the mount, then seal it.
+    def _dump_into_mount(self, job: Job, leave_running: bool, streams: int = 0) -> capture.Captured:
+        """CRIU into the spool, the store takes it from there (app/capture.py).
 
         Without --leave-running, CRIU leaves the tree stopped rather than killing it, and it is
-        killed only once the checkpoint is sealed: if anything fails before (or the daemon dies),
-        the process is resumed instead of being lost with no checkpoint.
+        killed only once the checkpoint is committed: if anything fails before (or the daemon
+        dies), the process is resumed instead of being lost with no checkpoint.
         """
         proc = dumpable_process(job.pid)
         state = process_state(proc)
-        tree = [job.pid, *state.children]
-        path = str(app_mount.begin_checkpoint(self.job_dir(job.jid),
-                                              streams=streams or self.settings.checkpoint.streams))
-        self._set_pending(job, path)
+        record = state.to_dict() | {"job": {"jid": job.jid, "cmd": job.cmd, "log": job.log, "uid": job.uid}}
+        binary = criu.find_criu(self.settings.criu.binary_path)
+
+        def options(images: str) -> criu.DumpOptions:
+            return criu.DumpOptions(images_dir=images, log_file=app_process.DUMP_LOG, pid=job.pid,
+                                    leave_running=leave_running, shell_job=state.shell_job,
+                                    tcp_established=state.tcp_established)
+
         try:
-            criu.dump(criu.find_criu(self.settings.criu.binary_path), criu.DumpOptions(
-                images_dir=path, log_file=app_process.DUMP_LOG, pid=job.pid, leave_running=leave_running,
-                shell_job=state.shell_job, tcp_established=state.tcp_established,
-                extra={} if leave_running else {"leave_stopped": True}))
-            record = state.to_dict() | {"job": {"jid": job.jid, "cmd": job.cmd, "log": job.log, "uid": job.uid}}
-            with open(os.path.join(path, app_process.STATE_FILE), "w") as f:
-                json.dump(record, f, indent=2)
-            app_mount.seal(path, kind=JOB_KIND)
-        except BaseException:
-            _discard_quietly(path)
-            _signal_tree(tree, signal.SIGCONT)
-            raise
+            done = capture.dump_into_mount(
+                self.settings, binary, self.job_dir(job.jid), None, streams or self.settings.checkpoint.streams,
+                options=options, write_state=lambda images: app_process.write_state(images, record),
+                kind=JOB_KIND, began=lambda path: self._set_pending(job, path))
         finally:
             self._set_pending(job, "")
         if not leave_running:
-            _signal_tree(tree, signal.SIGKILL)
             self._collect(job.pid)
-        return path
+        return done
 
     def _collect(self, pid: int) -> None:
         """Reap a child ended by a dump here, so its end is never recorded as the job's exit."""
@@ -597,7 +597,7 @@ class JobService:
             state = _read_state(images.path)
             _check_owner(caller, state, source)
             app_process.check_pids_free(images.path)
-            if app_mount.mount_of(source) is not None:
+            if images.path == source and app_mount.mount_of(source) is not None:
                 try:  # the small images in parallel first; pages-*.img follow with the mount's readahead
                     app_mount.prefetch_images(source, threads=threads)
                 except OSError as exc:

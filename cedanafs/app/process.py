@@ -14,13 +14,14 @@ import shutil
 import signal
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import criu
 from ..config import COMPRESSIONS, Settings
 from ..errors import AlreadyExists, CheckpointError, NotFound, PermissionDenied, UsageError
-from . import archive, remote
+from . import archive, capture, remote
 from . import mount as mountapp
 from .procinfo import dumpable_process, process_state
 
@@ -62,6 +63,10 @@ class DumpResult:
     compression: str
     size: int
     duration: float
+    # Into the mount: seconds until CRIU was done (the process released) and until committed.
+    captured_after: float | None = None
+    committed_after: float | None = None
+    via: str | None = None  # "spool" (CRIU wrote locally, the store took it) or "mount" (through FUSE)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -156,7 +161,8 @@ def _publish(staging: str, final: str, compression: str) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def dump_process(settings: Settings, req: DumpRequest) -> DumpResult:
+def dump_process(settings: Settings, req: DumpRequest, report: capture.Report | None = None) -> DumpResult:
+    """Dump process req.pid to req.dir; `report` hears a dump into the mount's progress."""
     require_root()
     compression = req.compression or settings.checkpoint.compression or "none"
     if compression not in COMPRESSIONS:
@@ -168,7 +174,7 @@ def dump_process(settings: Settings, req: DumpRequest) -> DumpResult:
     if remote.is_remote(target):
         return _dump_to_bucket(settings, req, binary, proc, target, name, compression)
     if mountapp.mount_of(target) is not None:
-        return _dump_into_mount(settings, req, binary, proc, target)
+        return _dump_into_mount(settings, req, binary, proc, target, report)
     parent = _check_parent(target)
     final = os.path.join(parent, archive.archive_name(name, compression))
     if os.path.lexists(final):
@@ -188,31 +194,31 @@ def dump_process(settings: Settings, req: DumpRequest) -> DumpResult:
 def _criu_dump(binary: str, settings: Settings, req: DumpRequest, proc, images_dir: str) -> None:
     state = process_state(proc)
     criu.dump(binary, _dump_options(req, settings, images_dir, state))
+    write_state(images_dir, state.to_dict())
+
+
+def write_state(images_dir: str, state: dict) -> None:
     with open(os.path.join(images_dir, STATE_FILE), "w") as f:
-        json.dump(state.to_dict(), f, indent=2)
+        json.dump(state, f, indent=2)
 
 
-def _dump_into_mount(settings: Settings, req: DumpRequest, binary: str, proc, job_dir: str) -> DumpResult:
-    """CRIU writes straight into a new checkpoint dir of the mount; sealing it is the commit.
-
-    The store's codec compresses, so there is no archive here; a failure discards the pending
-    checkpoint, which was never listed.
-    """
+def _dump_into_mount(settings: Settings, req: DumpRequest, binary: str, proc, job_dir: str,
+                     report: capture.Report | None = None) -> DumpResult:
+    """A new checkpoint of the mount's job dir: CRIU writes to the spool, the store takes it from
+    there (capture.py); a failure leaves no checkpoint and the process running."""
     if req.name is not None:
         _check_name(req.name)
     started = time.monotonic()
-    ckpt = mountapp.begin_checkpoint(job_dir, req.name, streams=req.streams or settings.checkpoint.streams)
-    try:
-        _criu_dump(binary, settings, req, proc, str(ckpt))
-        mountapp.seal(ckpt, kind="process", meta={"pid": str(req.pid)})
-    except BaseException:
-        try:
-            mountapp.discard_checkpoint(ckpt)
-        except OSError as exc:
-            log.warning("could not discard pending checkpoint %s: %s", ckpt, exc)
-        raise
-    return DumpResult(path=str(ckpt), pid=req.pid, name=ckpt.name, compression="none",
-                      size=_size(str(ckpt)), duration=time.monotonic() - started)
+    state = process_state(proc)
+    done = capture.dump_into_mount(
+        settings, binary, job_dir, req.name, req.streams or settings.checkpoint.streams,
+        options=lambda images: _dump_options(req, settings, images, state),
+        write_state=lambda images: write_state(images, state.to_dict()),
+        kind="process", meta={"pid": str(req.pid)}, report=report)
+    return DumpResult(path=done.path, pid=req.pid, name=os.path.basename(done.path), compression="none",
+                      size=_size(done.path), duration=time.monotonic() - started,
+                      captured_after=round(done.captured_after, 3), committed_after=round(done.committed_after, 3),
+                      via=done.via)
 
 
 def _dump_to_bucket(settings: Settings, req: DumpRequest, binary: str, proc, url: str, name: str,
@@ -237,13 +243,15 @@ def _dump_to_bucket(settings: Settings, req: DumpRequest, binary: str, proc, url
 
 
 class ImagesDir:
-    """An images dir to restore from: the given dir, or a private temp dir holding an unpacked archive."""
+    """An images dir to restore from: the given dir, or a private temp dir holding an unpacked
+    archive, or (a checkpoint in the mount) a spool dir the mount server copied it into."""
 
     def __init__(self, path: str, settings: Settings):
         self.settings = settings
         self.source = path
         self.temp: str | None = None
         self.path = path
+        self._stack = ExitStack()
 
     def __enter__(self) -> "ImagesDir":
         if remote.is_remote(self.source):
@@ -253,6 +261,8 @@ class ImagesDir:
         if os.path.isdir(self.source):
             if not os.path.exists(os.path.join(self.source, "inventory.img")):
                 raise CheckpointError(f"{self.source} is not a CRIU images directory (no inventory.img)")
+            if mountapp.mount_of(self.source) is not None:
+                self.path = self._stack.enter_context(capture.materialized(self.settings, self.source))
             return self
         return self._unpack(self._extract_local)
 
@@ -272,6 +282,7 @@ class ImagesDir:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self._stack.close()
         if self.temp:
             shutil.rmtree(self.temp, ignore_errors=True)
 

@@ -171,3 +171,52 @@ def _local_path(path: str | None) -> str | None:
     return path if not path or "://" in path else os.path.abspath(path)
 
 
+
+
+class IngestProgress:
+    """On a terminal, one line that follows a dump into the mount: bytes captured, committed, rate.
+
+    It reads the pending checkpoint's progress from the mount itself, so it works the same when
+    the daemon does the dump. Nothing is shown when stderr is not a terminal.
+    """
+
+    def __init__(self, job_dir: str | None):
+        import threading
+
+        self._dir = job_dir if job_dir and sys.stderr.isatty() else None
+        self._done = threading.Event()
+        self._shown = False
+        self._thread = threading.Thread(target=self._run, daemon=True) if self._dir else None
+
+    def __enter__(self) -> "IngestProgress":
+        if self._thread:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._done.set()
+        if self._thread:
+            self._thread.join()
+        if self._shown:
+            click.echo("", err=True)
+
+    def _run(self) -> None:
+        import os
+        import time
+
+        from ..app.capture import read_progress
+        from ..config import format_size
+
+        started = time.monotonic()
+        while not self._done.wait(0.5):
+            try:
+                names = os.listdir(self._dir)
+            except OSError:
+                continue
+            for name in names:
+                p = read_progress(os.path.join(self._dir, name))
+                if p:
+                    rate = p["done"] / max(time.monotonic() - started, 1e-3)
+                    click.echo(f"\r{name}: captured {format_size(p['total'])}, committed {format_size(p['done'])}"
+                               f" ({format_size(int(rate))}/s)   ", err=True, nl=False)
+                    self._shown = True

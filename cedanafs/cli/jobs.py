@@ -9,7 +9,7 @@ import sys
 import click
 
 from ..log import setup_logging
-from .base import (Context, _daemon, _local_path, cli, dump, emit, format_table, handle_errors, manage_group,
+from .base import (Context, IngestProgress, _daemon, _local_path, cli, dump, emit, format_table, handle_errors, manage_group,
                    output_option, pass_ctx, restore, run_group)
 
 @cli.group("daemon")
@@ -120,7 +120,8 @@ def job_group() -> None:
 def _job_rows(jobs: list[dict]) -> str:
     from ..app.jobs import human_size
 
-    rows = [[j["job"], j["type"], j["pid"] or "", j["status"], "yes" if j["gpu"] else "no", j["checkpoint"],
+    rows = [[j["job"], j["type"], j["pid"] or "", j["status"], "yes" if j["gpu"] else "no",
+             f"{j['uploading']} (uploading)" if j.get("uploading") else j["checkpoint"],
              human_size(j["size"]), j["log"]] for j in jobs]
     return format_table(["JOB", "TYPE", "PID", "STATUS", "GPU", "CHECKPOINT", "SIZE", "LOG"], rows)
 
@@ -203,9 +204,14 @@ cli.add_command(job_checkpoints, "checkpoints")
 @handle_errors
 def dump_job(ctx: Context, jid: str, leave_running: bool, streams: int) -> None:
     """Checkpoint a job into the mount: mount.dir/jobs/<JID>/<new checkpoint>/."""
+    import os
+
     params = {"jid": jid, "leave_running": leave_running, **({"streams": streams} if streams else {})}
-    result = _daemon(ctx, "job.dump", params)
-    click.echo(f"Dumped job {jid} to {result['path']}")
+    with IngestProgress(os.path.join(ctx.settings.mount.dir, "jobs", jid)):
+        result = _daemon(ctx, "job.dump", params)
+    timing = (f" (process released after {result['captured_after']:.2f} s,"
+              f" committed after {result['committed_after']:.2f} s)" if result.get("committed_after") else "")
+    click.echo(f"Dumped job {jid} to {result['path']}{timing}")
 
 
 @restore.command("job")

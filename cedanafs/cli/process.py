@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from ..config import COMPRESSIONS
-from .base import (Context, _criu_flags, _daemon, _daemon_listening, _local_path, cli, dump, emit, format_table,
+from .base import (Context, IngestProgress, _criu_flags, _daemon, _daemon_listening, _local_path, cli, dump, emit, format_table,
                    handle_errors, output_option, pass_ctx, restore)
 
 @cli.command()
@@ -58,12 +58,15 @@ def dump_process_cmd(ctx: Context, pid: int, directory: str | None, name: str | 
         external=external, shell_job=shell_job, link_remap=link_remap, criu_opts=parse_criu_opts(criu_opts),
         streams=streams,
     )
-    result = None if no_server else _dump_via_daemon(ctx, req)
-    result = result or dump_process(ctx.settings, req)
+    with IngestProgress(directory):
+        result = None if no_server else _dump_via_daemon(ctx, req)
+        result = result or dump_process(ctx.settings, req)
     if result_file:
         with open(result_file, "w") as f:
             json.dump(result.to_dict(), f, indent=2)
-    click.echo(f"Dumped PID {pid} to {result.path}")
+    timing = (f" (process released after {result.captured_after:.2f} s, committed after {result.committed_after:.2f} s)"
+              if result.committed_after is not None else "")
+    click.echo(f"Dumped PID {pid} to {result.path}{timing}")
 
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from ..streamer import FileReader, FileWriter, Lease, Store
+from ..streamer import FileReader, FileWriter, Lease, Progress, Store, ingest_file, materialize
 from ..types import FileContent
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,19 @@ class StoreData:
 
     def reader(self, content: FileContent) -> FileReader:
         return self.store.reader(content)
+
+    def ingest(self, path: str, progress: Progress | None = None) -> FileContent:
+        """A whole local file into the store under this session's lease."""
+        return ingest_file(self.store, path, self._get_lease(), progress)[0]
+
+    def materialize(self, content: FileContent, path: str, mode: int) -> int:
+        return materialize(self.store, content, path, mode)
+
+    def prepare_commit(self) -> None:
+        """Before the manifest: the chunks it references durable and safe from GC."""
+        with self._lock:
+            lease = self._lease
+        self.store.chunks.prepare_commit(lease)
 
     def _get_lease(self) -> Lease | None:
         if not self._leased:

@@ -202,7 +202,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any = None) -> None:
-        await self._run(self.vfs.setxattr, inode, os.fsdecode(name), bytes(value))
+        await self._run(self.vfs.setxattr, inode, os.fsdecode(name), bytes(value), uid=ctx.uid if ctx else 0)
 
     @fuse_errors
     async def removexattr(self, inode: int, name: bytes, ctx: Any = None) -> None:

@@ -57,6 +57,13 @@ class PendingContent:
         self._failed: Exception | None = None  # bytes were lost: the file is unusable until truncated
         self.size = 0
 
+    @classmethod
+    def finished_with(cls, data: Data, content: FileContent) -> "PendingContent":
+        """A pending file whose bytes are already in the store (an ingested file)."""
+        pending = cls(data)
+        pending._content, pending.size = content, content.size
+        return pending
+
     @property
     def state(self) -> str:
         if self._writer is not None:

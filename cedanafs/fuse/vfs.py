@@ -19,9 +19,11 @@ metadata commits (seal, delete), which take a per-checkpoint lock instead.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import itertools
+import json
 import logging
 import os
 import socket
@@ -34,6 +36,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 from ..catalog import FileEntry, Manifest, is_valid_checkpoint_name, is_valid_job_name, make_manifest
 from ..errors import AlreadyExists, CedanaError, CheckpointError, NotFound
+from ..streamer.ingest import Progress
 from ..types import FileContent
 from .pending import Data, PendingContent, read_content
 
@@ -51,6 +54,12 @@ XATTR_STREAMS = "user.cedana.streams"  # pending checkpoint: uploads in flight p
 XATTR_KIND = "user.cedana.kind"
 XATTR_META = "user.cedana.meta."
 XATTR_PID = "user.cedana.pid"
+# Root only: a pending checkpoint takes the files of a local directory (CRIU's spool) straight
+# into the store, then is sealed; a sealed one writes its files into a new local directory (an
+# eager restore reads them there at local speed). Neither moves bytes through FUSE.
+XATTR_INGEST = "user.cedana.ingest"
+XATTR_MATERIALIZE = "user.cedana.materialize"
+XATTR_PROGRESS = "user.cedana.progress"  # a running ingest: {"total", "read", "done", "stored"}
 # Keys of Manifest.meta the mount owns: what a directory listing needs to be stable after sealing.
 META_MOUNT = "mount"
 
@@ -137,7 +146,7 @@ class CheckpointDir(DirNode):
     """A checkpoint: sealed (from a manifest, loaded on first use) or pending (being written)."""
 
     __slots__ = ("job", "state", "manifest", "loaded", "op_lock", "last_change", "changes",
-                 "autoseal", "kind", "meta", "error", "failed_change", "data")
+                 "autoseal", "kind", "meta", "error", "failed_change", "data", "progress")
 
     def __init__(self, *args: Any, job: str, state: str, **kw: Any):
         super().__init__(*args, **kw)
@@ -153,6 +162,7 @@ class CheckpointDir(DirNode):
         self.error = ""
         self.failed_change = -1
         self.data: Any = None  # pending: the store session its files are written through
+        self.progress: Any = None  # an ingest running into it (streamer.Progress)
 
     @property
     def id(self) -> str:
@@ -855,6 +865,8 @@ class VFS:
         manifest = make_manifest(ckpt.job, ckpt.id, entries, kind=kind, host=self.host,
                                  meta={**ckpt.meta, META_MOUNT: mount_meta},
                                  created=datetime.now(timezone.utc))
+        if hasattr(ckpt.data, "prepare_commit"):
+            ckpt.data.prepare_commit()  # new chunks durable, reused ones safe from GC (streamer.gc)
         return self._catalog.commit(manifest)
 
     def autoseal_due(self) -> list[int]:
@@ -892,6 +904,8 @@ class VFS:
                 raise FsError(errno.ENODATA)
             if name == XATTR_STATE:
                 return ckpt.state.encode()
+            if name == XATTR_PROGRESS and ckpt.progress is not None:
+                return json.dumps(dataclasses.asdict(ckpt.progress)).encode()
             if name == XATTR_ERROR and ckpt.error:
                 return ckpt.error.encode()
             if name == XATTR_AUTOSEAL:
@@ -910,7 +924,16 @@ class VFS:
             node = self._node(inode)
             return [XATTR_STATE] if isinstance(node, CheckpointDir) else []
 
-    def setxattr(self, inode: int, name: str, value: bytes) -> None:
+    def setxattr(self, inode: int, name: str, value: bytes, uid: int = 0) -> None:
+        if name in (XATTR_INGEST, XATTR_MATERIALIZE):
+            if uid != 0:
+                raise FsError(errno.EPERM, f"only root may set {name}")
+            path = os.fsdecode(value)
+            if name == XATTR_INGEST:
+                self.ingest(inode, path)
+            else:
+                self.materialize(inode, path)
+            return
         with self._lock:
             ckpt = self._node(inode)
             if not isinstance(ckpt, CheckpointDir) or not name.startswith(XATTR_PREFIX):
@@ -941,6 +964,68 @@ class VFS:
                 raise FsError(errno.ENOTSUP)
         self.seal(inode)
 
+    # --- ingest and materialize: local directories in and out, no FUSE data path --------------
+
+    def ingest(self, inode: int, source: str) -> Manifest:
+        """Take the regular files of local dir `source` into pending checkpoint `inode`, then seal it."""
+        with self._lock:
+            ckpt = self._node(inode)
+            if not isinstance(ckpt, CheckpointDir):
+                raise FsError(errno.EINVAL, "only a checkpoint directory can ingest files")
+            self._check_pending(ckpt)
+            if ckpt.progress is not None:
+                raise FsError(errno.EBUSY, f"checkpoint {ckpt.job}/{ckpt.id} is already ingesting")
+            ckpt.progress = Progress()
+        try:
+            entries = _local_files(source)
+            ckpt.progress.total = sum(st.st_size for _, st in entries)
+            ingested = [(name, st, ckpt.data.ingest(os.path.join(source, name), ckpt.progress))
+                        for name, st in entries]  # store I/O, outside the tree lock
+            with self._lock:
+                self._check_pending(ckpt)
+                for name, st, content in ingested:
+                    self._add_ingested(ckpt, name, st, content)
+                self._touch(ckpt)
+            return self.seal(inode)
+        finally:
+            ckpt.progress = None
+
+    def _add_ingested(self, ckpt: CheckpointDir, name: str, st: os.stat_result, content: FileContent) -> None:
+        if name in ckpt.children:
+            raise FsError(errno.EEXIST, f"{name} is already in {ckpt.job}/{ckpt.id}")
+        inode = derive_inode(ckpt.inode, f"{name}\0{next(self._salt)}")
+        self._add_child(ckpt, FileNode, name, stat.S_IFREG | (st.st_mode & 0o7777), inode=inode,
+                        mtime_ns=st.st_mtime_ns, uid=st.st_uid, gid=st.st_gid,
+                        pending=PendingContent.finished_with(ckpt.data, content))
+
+    def materialize(self, inode: int, dest: str) -> None:
+        """Write sealed checkpoint `inode`'s files into `dest`, a new local directory (mode 0700)."""
+        with self._lock:
+            ckpt = self._node(inode)
+            if not isinstance(ckpt, CheckpointDir) or ckpt.state != SEALED:
+                raise FsError(errno.EINVAL, "only a sealed checkpoint can be materialized")
+        with ckpt.op_lock:
+            self._ensure_loaded(ckpt)
+        manifest = ckpt.manifest
+        try:
+            os.mkdir(dest, 0o700)
+        except OSError as exc:
+            raise FsError(exc.errno or errno.EIO, f"cannot make {dest}: {exc.strerror}") from None
+        for entry in manifest.files:  # store I/O, outside the tree lock
+            target = os.path.join(dest, entry.path)
+            if os.path.dirname(entry.path):
+                os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+            if entry.type == "symlink":
+                os.symlink(entry.target, target)
+            elif entry.type == "file":
+                try:
+                    self._data.materialize(entry.content, target, entry.mode & 0o7777)
+                except CedanaError as exc:  # a missing or corrupt chunk: restores quote user.cedana.error
+                    with self._lock:
+                        ckpt.error = f"{entry.path}: {exc}"
+                    raise FsError(errno.EIO, ckpt.error) from None
+                os.utime(target, ns=(entry.mtime_ns, entry.mtime_ns))
+
     # --- whole-mount ------------------------------------------------------------------------------
 
     def forget(self, inode: int) -> None:
@@ -969,6 +1054,21 @@ class VFS:
                 data.close()
             except Exception as exc:  # noqa: BLE001 - a lease left behind expires by itself
                 log.warning("checkpoint %s/%s: cannot end its store session: %s", ckpt.job, ckpt.id, exc)
+
+
+def _local_files(source: str) -> list[tuple[str, os.stat_result]]:
+    """The regular files of a local directory to ingest; anything else in it is refused."""
+    try:
+        names = sorted(os.listdir(source))
+    except OSError as exc:
+        raise FsError(exc.errno or errno.EIO, f"cannot read {source}: {exc.strerror}") from None
+    found = []
+    for name in names:
+        st = os.lstat(os.path.join(source, name))
+        if not stat.S_ISREG(st.st_mode):
+            raise FsError(errno.EINVAL, f"{source}/{name} is not a regular file")
+        found.append((name, st))
+    return found
 
 
 def _checkpoint_dir_name(name: str) -> bool:

@@ -9,10 +9,12 @@ criu, fuse or app.
 from .backends import Backend, ObjectInfo, open_backend
 from .cache import CacheStats, ChunkCache
 from .chunker import ChunkerSpec, FixedChunker, PageCdcChunker
-from .chunkstore import ChunkStore, PutResult, chunk_key, digest_of
+from .chunkstore import ChunkStore, PutResult, chunk_key
+from .hashing import digest_of
 from .errors import (AuthError, BackendError, CorruptChunk, MissingChunk, NoSuchBucket, NoSuchObject,
                      TemporaryFailure)
 from .files import INLINE_THRESHOLD, ByteBudget, FileReader, FileWriter, read_to, write_stream
+from .ingest import Progress, ingest_file, materialize
 from .gc import GcResult, Lease, collect_garbage, open_lease
 from .retry import RetryPolicy
 from .store import Store, StoreStats
@@ -22,6 +24,6 @@ __all__ = [
     "ChunkerSpec", "CorruptChunk", "FileReader", "FileWriter", "FixedChunker", "GcResult",
     "INLINE_THRESHOLD", "Lease", "MissingChunk", "NoSuchBucket", "NoSuchObject", "ObjectInfo",
     "PageCdcChunker", "PutResult", "RetryPolicy", "Store", "StoreStats", "TemporaryFailure",
-    "chunk_key", "collect_garbage", "digest_of", "open_backend", "open_lease", "read_to",
+    "chunk_key", "collect_garbage", "digest_of", "ingest_file", "materialize", "Progress", "open_backend", "open_lease", "read_to",
     "write_stream",
 ]

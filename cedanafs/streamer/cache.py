@@ -7,7 +7,6 @@ are re-verified when read back (a disk can rot, and we never return wrong bytes)
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -16,6 +15,8 @@ from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable
+
+from .hashing import digest_of
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,10 @@ class _Lru:
 class DiskCache:
     """Chunk files under <dir>/<2 hex>/<digest>, evicted least-recently-used past `limit` bytes."""
 
-    def __init__(self, root: str, limit: int):
+    def __init__(self, root: str, limit: int, digest: Callable[[bytes], str] = digest_of):
         self.root = root
         self.limit = limit
+        self._digest = digest
         self.size = 0
         self._lock = threading.Lock()
         self._index: OrderedDict[str, int] = OrderedDict()
@@ -100,7 +102,7 @@ class DiskCache:
         except OSError:
             self._drop(digest)
             return None
-        if hashlib.sha256(data).hexdigest() != digest:
+        if self._digest(data) != digest:
             log.warning("disk cache entry %s is corrupt; dropped", digest)
             self._drop(digest)
             return None
@@ -151,10 +153,11 @@ def _unlink(path: str) -> None:
 class ChunkCache:
     """Memory LRU + optional DiskCache, with single-flight fetches and hit/miss counters."""
 
-    def __init__(self, memory_limit: int = 64 << 20, disk_dir: str | None = None, disk_limit: int = 0):
+    def __init__(self, memory_limit: int = 64 << 20, disk_dir: str | None = None, disk_limit: int = 0,
+                 digest: Callable[[bytes], str] = digest_of):
         self._lock = threading.Lock()
         self._mem = _Lru(memory_limit)
-        self.disk = DiskCache(disk_dir, disk_limit) if disk_dir and disk_limit > 0 else None
+        self.disk = DiskCache(disk_dir, disk_limit, digest) if disk_dir and disk_limit > 0 else None
         self._inflight: dict[str, Future] = {}
         self.memory_hits = self.disk_hits = self.misses = self.fetches = 0
 

@@ -5,7 +5,8 @@ depend only on the bytes, never on how they were fed. Sizes are multiples of the
 (except a file's last chunk), matching how CRIU lays out pages-*.img.
 
 `PageCdcChunker` is content-defined at page granularity: it cuts after a page whose fingerprint
-(crc32 of the page) hits a mask, within [min, max]. When a process maps, frees or faults pages,
+(crc32 of the page, from zlib-ng: the same values as zlib's, 3.5x faster) hits a mask, within
+[min, max]. When a process maps, frees or faults pages,
 CRIU's pages image shifts by whole pages; page-granular cut points move with the content, so the
 chunks after the change are found again, where fixed chunks would all change. docs/store.md
 has the measurement behind the choice.
@@ -14,9 +15,10 @@ has the measurement behind the choice.
 from __future__ import annotations
 
 import math
-import zlib
 from collections import deque
 from dataclasses import dataclass
+
+from zlib_ng.zlib_ng import crc32
 
 from cedanafs.errors import UsageError
 
@@ -44,11 +46,37 @@ class ChunkerSpec:
             return PageCdcChunker(self.min, self.avg, self.max)
         raise UsageError(f"unknown chunker {self.kind!r} (use 'fixed' or 'cdc')")
 
+    def next_cut(self, view: memoryview, start: int, end: int, final: bool) -> int | None:
+        """Where the chunk starting at `start` ends, with view[start:end] available; None: not
+        known until more bytes come. The same cut points as make()'s incremental chunkers give
+        (tests check it), for callers that hold a whole block of a file (ingest.py)."""
+        left = end - start
+        if left <= 0:
+            return None
+        if self.kind == "fixed":
+            return start + self.avg if left >= self.avg else (end if final else None)
+        pages = left // PAGE
+        min_pages, max_pages = self.min // PAGE, self.max // PAGE
+        mask = cdc_mask(self.min, self.avg)
+        for i in range(min_pages, min(pages, max_pages) + 1):
+            off = start + (i - 1) * PAGE
+            if crc32(view[off:off + PAGE]) & mask == mask:
+                return start + i * PAGE
+        if pages >= max_pages:
+            return start + self.max
+        return end if final else None
+
     @classmethod
     def for_size(cls, kind: str, avg: int) -> "ChunkerSpec":
         """A spec around `avg` (page-aligned) with min avg/4 and max avg*4."""
         avg = max(PAGE, avg // PAGE * PAGE)
         return cls(kind=kind, avg=avg, min=max(PAGE, avg // 4), max=avg * 4)
+
+
+def cdc_mask(min_size: int, avg_size: int) -> int:
+    """A cut is due with probability 1/n per page past min, for an average of ~avg_size."""
+    n = max(1, (avg_size - min_size) // PAGE)
+    return (1 << round(math.log2(n))) - 1
 
 
 class Chunker:
@@ -138,9 +166,7 @@ class PageCdcChunker(Chunker):
         self.min_pages = min_size // PAGE
         self.max_pages = max_size // PAGE
         self.max_size = max_size
-        # A cut is due with probability 1/n per page past min, for an average of ~avg_size.
-        n = max(1, (avg_size - min_size) // PAGE)
-        self._mask = (1 << round(math.log2(n))) - 1
+        self._mask = cdc_mask(min_size, avg_size)
         self._resume = self.min_pages  # pages of the pending chunk already scanned without a cut
 
     def _boundary(self, final: bool) -> int | None:
@@ -167,7 +193,13 @@ class PageCdcChunker(Chunker):
         """The first i in [first, limit] whose page i-1 (the chunk's last page) is a cut point."""
         if first > limit:
             return None
-        mask, crc = self._mask, zlib.crc32
+        mask, crc = self._mask, crc32
+        head = self._pieces[0]
+        if limit * PAGE <= len(head):  # the common case: every page to scan lies in one piece
+            for i in range(first, limit + 1):
+                if crc(head[(i - 1) * PAGE:i * PAGE]) & mask == mask:
+                    return i
+            return None
         pieces = iter(self._pieces)
         piece = next(pieces)
         base = 0  # pending offset where `piece` starts

@@ -1,16 +1,22 @@
-"""Content-addressed chunk store over a Backend: chunks/<2 hex>/<sha256 of the plain bytes>.
+"""Content-addressed chunk store over a Backend: chunks-<scheme>/<2 hex>/<digest of the plain bytes>.
 
-Each chunk is compressed on its own (codecs.py), uploaded only if absent, and verified against
-its digest on every read; a chunk found corrupt is remembered so readers fail fast instead of
-refetching it in a loop (a later put() of the right bytes repairs it). Writers hold a lease
-(gc.py) and refresh the mtime of old chunks they reuse, which is what keeps GC safe.
+Each chunk is compressed on its own (codecs.py), uploaded only if the store does not have it,
+and verified against its digest on every read; a chunk found corrupt is remembered so readers
+fail fast instead of refetching it in a loop (a later put() of the right bytes repairs it).
+
+Which chunks the store has is kept in a local index (`known`), filled by one listing of the
+backend the first time a writer needs it and by our own puts: a dedup hit costs no request at
+all. A writer records the chunks it reuses in its lease (gc.py), and before its manifest is
+committed `prepare_commit` makes the new chunks durable, publishes that list, and checks that
+no GC ran since the index was filled (else it re-lists and verifies), which keeps GC safe
+without re-uploading or even touching reused chunks.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
@@ -18,23 +24,21 @@ from cedanafs.types import ChunkRef
 
 from . import codecs
 from .backends.base import Backend
-from .errors import CorruptChunk, MissingChunk, NoSuchObject
+from .errors import CorruptChunk, MissingChunk, NoSuchObject, StoreError
+from .hashing import SCHEME_PLAIN, chunk_prefix, digest_of, scheme_of
 
 if TYPE_CHECKING:
     from .gc import Lease
 
 log = logging.getLogger(__name__)
 
-PREFIX = "chunks/"
+GC_RUNS = "gc-runs/"  # gc.py writes a marker here while it runs and a record when it is done
+GC_WAIT = 600.0  # at most this long for a running GC before a commit that reuses chunks fails
 
 
-def digest_of(data: bytes) -> str:
-    """Hex SHA-256 of the plain bytes (SHA-NI makes it faster here than blake2b)."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def chunk_key(digest: str) -> str:
-    return f"{PREFIX}{digest[:2]}/{digest}"
+def chunk_key(digest: str, scheme: str = SCHEME_PLAIN) -> str:
+    """The backend key of a chunk: chunks-<scheme>/<2 hex>/<digest>."""
+    return f"{chunk_prefix(scheme)}{digest[:2]}/{digest}"
 
 
 @dataclass(frozen=True)
@@ -59,40 +63,105 @@ class ChunkInfo:
 class ChunkStore:
     """put/get/exists/delete of chunks by digest over one backend. Thread-safe."""
 
-    def __init__(self, backend: Backend, codec: str = "zstd"):
+    def __init__(self, backend: Backend, codec: str = "zstd", id_key: bytes | None = None):
         codecs.codec_id(codec)  # fail early on a bad name
         self.backend = backend
         self.codec = codec
+        self.id_key = id_key
+        self.scheme = scheme_of(id_key)
+        self.prefix = chunk_prefix(self.scheme)
         self._lock = threading.Lock()
         self._corrupt: set[str] = set()
+        self._known: set[str] | None = None
+        self._gc_seen: frozenset[str] = frozenset()
+        self._index_lock = threading.Lock()  # one listing at a time
+
+    def digest(self, data: bytes) -> str:
+        return digest_of(data, self.id_key)
+
+    def key(self, digest: str) -> str:
+        return chunk_key(digest, self.scheme)
+
+    # -- the index of chunks the store has ------------------------------------------------
+    def _index(self) -> set[str]:
+        known = self._known
+        if known is None:
+            with self._index_lock:
+                if self._known is None:
+                    self._sync_index()
+                known = self._known
+        return known  # type: ignore[return-value]
+
+    def _sync_index(self) -> None:
+        """List the GC records first, then the chunks: a GC after this shows as a new record."""
+        started = time.monotonic()
+        gc_seen = frozenset(self.backend.list(GC_RUNS))
+        known = set(self.list_digests())
+        with self._lock:
+            self._known, self._gc_seen = known, gc_seen
+        log.debug("chunk index of %s: %d chunks (%.2f s)", self.backend.url, len(known), time.monotonic() - started)
+
+    def revalidate(self) -> None:
+        """At the start of a writer's session: re-list if a GC ran since the index was listed, so
+        chunks it deleted are not taken as present (one LIST of gc-runs/ when nothing changed)."""
+        if self._known is not None and frozenset(self.backend.list(GC_RUNS)) != self._gc_seen:
+            with self._index_lock:
+                self._sync_index()
+
+    def _is_known(self, digest: str) -> bool:
+        return digest in self._index()
+
+    def _learn(self, digest: str) -> None:
+        with self._lock:
+            if self._known is not None:
+                self._known.add(digest)
+
+    def _forget(self, digest: str) -> None:
+        with self._lock:
+            if self._known is not None:
+                self._known.discard(digest)
 
     # -- writing --------------------------------------------------------------------------
     def put(self, data: bytes, lease: "Lease | None" = None) -> ChunkRef:
         return self.store(data, lease).ref
 
     def store(self, data: bytes, lease: "Lease | None" = None) -> PutResult:
-        """Store `data` unless present; with a lease, re-put a present chunk older than the lease."""
-        digest = digest_of(data)
+        """Store `data` unless the store has it; a reused chunk is noted in the lease."""
+        digest = self.digest(data)
         ref = ChunkRef(digest, len(data))
-        key = chunk_key(digest)
-        if digest not in self._corrupt_set():
-            try:
-                info = self.backend.stat(key)
-            except NoSuchObject:
-                info = None
-            if info is not None:
-                if lease is None or info.mtime >= lease.start:
-                    return PutResult(ref, 0, new=False)
-                # Touch on dedup hit: a re-put gives the chunk an mtime inside our lease, so a GC
-                # running now keeps it (or, if it deleted it a moment ago, the chunk is back).
-                blob = codecs.encode(data, self.codec)
-                self.backend.put(key, blob)
-                return PutResult(ref, 0, new=False, touched=True)
+        if digest not in self._corrupt and self._is_known(digest):
+            if lease is not None:
+                lease.note_reused(digest)
+            return PutResult(ref, 0, new=False)
         blob = codecs.encode(data, self.codec)
-        self.backend.put(key, blob)
+        self.backend.put_unsynced(self.key(digest), blob)
         with self._lock:
             self._corrupt.discard(digest)
+        self._learn(digest)
         return PutResult(ref, len(blob), new=True)
+
+    def prepare_commit(self, lease: "Lease | None") -> None:
+        """Before a manifest that references this lease's chunks is committed: new chunks
+        durable, reused ones published in the lease and still in the store."""
+        self.backend.sync()
+        if lease is None or not lease.reused:
+            return
+        lease.publish()
+        if frozenset(self.backend.list(GC_RUNS)) == self._gc_seen:
+            return  # no GC ran since the index was listed: every reused chunk is still there
+        self._wait_for_gc()
+        self._sync_index()
+        missing = [d for d in lease.reused if not self._is_known(d)]
+        if missing:
+            raise StoreError(f"{len(missing)} chunk(s) this checkpoint reuses were deleted by a concurrent GC "
+                             f"(first: {missing[0][:16]}); nothing was committed: dump again")
+
+    def _wait_for_gc(self) -> None:
+        deadline = time.monotonic() + GC_WAIT
+        while any(k.rsplit("/", 1)[-1].startswith("run-") for k in self.backend.list(GC_RUNS)):
+            if time.monotonic() > deadline:
+                raise StoreError("a GC of the store is still running; nothing was committed: dump again later")
+            time.sleep(0.5)
 
     # -- reading --------------------------------------------------------------------------
     def get(self, ref: ChunkRef | str) -> bytes:
@@ -101,7 +170,7 @@ class ChunkStore:
         if digest in self._corrupt_set():
             raise CorruptChunk(digest, "found corrupt earlier; not fetched again")
         try:
-            blob = self.backend.get(chunk_key(digest))
+            blob = self.backend.get(self.key(digest))
         except NoSuchObject:
             raise MissingChunk(digest) from None
         return self._verify(digest, blob, ref)
@@ -111,7 +180,7 @@ class ChunkStore:
             data = codecs.decode(blob)
         except codecs.DecodeError as exc:
             raise self._corrupted(digest, str(exc)) from None
-        if digest_of(data) != digest:
+        if self.digest(data) != digest:
             raise self._corrupted(digest, "content does not match the digest")
         if isinstance(ref, ChunkRef) and len(data) != ref.size:
             raise self._corrupted(digest, f"{len(data)} bytes where {ref.size} were expected")
@@ -127,31 +196,24 @@ class ChunkStore:
         with self._lock:
             return set(self._corrupt) if self._corrupt else self._corrupt
 
-    def forget_corrupt(self, digest: str | None = None) -> None:
-        """Allow refetching a chunk (or all) after an operator repaired the store."""
-        with self._lock:
-            if digest is None:
-                self._corrupt.clear()
-            else:
-                self._corrupt.discard(digest)
-
     # -- listing and deleting -------------------------------------------------------------
     def exists(self, digest: str) -> bool:
-        return self.backend.exists(chunk_key(digest))
+        return self.backend.exists(self.key(digest))
 
     def delete(self, digest: str) -> None:
-        self.backend.delete(chunk_key(digest))
+        self._forget(digest)
+        self.backend.delete(self.key(digest))
 
     def list_digests(self) -> Iterator[str]:
-        for key in self.backend.list(PREFIX):
+        for key in self.backend.list(self.prefix):
             name = key.rsplit("/", 1)[-1]
             if len(name) == 64:
                 yield name
 
     def stat(self, digest: str) -> ChunkInfo:
-        info = self.backend.stat(chunk_key(digest))
+        info = self.backend.stat(self.key(digest))
         return ChunkInfo(digest, info.size, info.mtime)
 
     def stored_size(self, digest: str) -> int:
         """Encoded bytes the chunk takes in the backend (for stats)."""
-        return self.backend.stat(chunk_key(digest)).size
+        return self.backend.stat(self.key(digest)).size

@@ -3,13 +3,18 @@
 The rule (docs/store.md has the reasoning):
 - A writer opens a lease: an object leases/<id> whose backend mtime is the lease start. A
   background thread re-puts it every ttl/3; a lease not refreshed for ttl is dead (crashed writer).
-- A writer that reuses an existing chunk older than its lease start re-puts that chunk
-  (ChunkStore.store), so every chunk a live writer relies on has an mtime >= its lease start.
-- GC takes its own start time from the backend clock, lists leases, then asks for the referenced
-  digests (manifests listed after the leases), then lists chunks. It deletes a chunk only if it is
-  unreferenced and older than min(GC start, oldest live lease start) - grace, re-statting it just
-  before the delete.
-All times are backend mtimes, so clocks of different machines never get compared.
+- Chunks a writer uploads have an mtime >= its lease start. Chunks it reuses (dedup hits, found
+  in the chunk store's local index without any request) are noted in the lease; before its
+  manifest is committed the writer publishes that list in the lease object, then lists gc-runs/:
+  if a GC marker or record appeared since its index was listed, it waits for the GC to end,
+  re-lists the chunks and refuses to commit if a reused chunk is gone (ChunkStore.prepare_commit).
+- GC puts a run marker in gc-runs/ first, takes its start time from the backend clock, lists
+  leases, then the referenced digests (manifests listed after the leases), then the chunks, then
+  reads the live leases' reused lists once more (after the manifests). It deletes a chunk only if
+  it is unreferenced, in no live lease's list, and older than min(GC start, oldest live lease
+  start) - grace, re-statting it just before the delete. Then it leaves a done record.
+So a writer that published before the GC's marker is seen by the GC, and one that published
+after it sees the marker. All times are backend mtimes: clocks of machines are never compared.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from .chunkstore import ChunkStore
+from .chunkstore import GC_RUNS, ChunkStore
 from .errors import BackendError, NoSuchObject
 
 log = logging.getLogger(__name__)
@@ -33,6 +38,7 @@ LEASES = "leases/"
 GC_MARKERS = "gc/"
 DEFAULT_TTL = 600.0
 DEFAULT_GRACE = 3600.0
+GC_RECORDS_KEPT = 20  # done records left in gc-runs/ (writers compare listings, not times)
 
 
 def backend_now(store: ChunkStore, tag: str = "clock") -> float:
@@ -54,6 +60,8 @@ class Lease:
         self.id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:12]}"
         self.key = LEASES + self.id
         self.start = 0.0
+        self.reused: set[str] = set()
+        self._reuse_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -61,7 +69,19 @@ class Lease:
         body = {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "ttl": self.ttl}
         if self.start:
             body["start"] = self.start  # the first put's mtime; refreshes move the mtime on
+        with self._reuse_lock:
+            if self.reused:
+                body["reused"] = sorted(self.reused)
         return json.dumps(body).encode()
+
+    def note_reused(self, digest: str) -> None:
+        """A chunk the coming manifest references without uploading it (see the module docstring)."""
+        with self._reuse_lock:
+            self.reused.add(digest)
+
+    def publish(self) -> None:
+        """Put the lease with its reused list: GC runs from now on spare those chunks."""
+        self.store.backend.put(self.key, self._body())
 
     def acquire(self) -> "Lease":
         self.store.backend.put(self.key, self._body())
@@ -100,13 +120,6 @@ def open_lease(store: ChunkStore, ttl: float = DEFAULT_TTL) -> Lease:
     return Lease(store, ttl).acquire()
 
 
-@dataclass(frozen=True)
-class LiveLease:
-    id: str
-    start: float  # mtime of the lease object (its last refresh); a lower bound is what matters
-    refreshed: float
-
-
 @dataclass
 class GcResult:
     """What a GC pass found and did."""
@@ -119,6 +132,7 @@ class GcResult:
     cutoff: float = 0.0
     live_leases: list[str] = field(default_factory=list)
     expired_leases_removed: int = 0
+    kept_reused: int = 0
 
 
 def _lease_ttl(store: ChunkStore, key: str) -> float:
@@ -164,19 +178,54 @@ def collect_garbage(store: ChunkStore, referenced: Iterable[str] | Callable[[], 
     computed after this call's start minus the grace period.
     """
     result = GcResult()
-    now = backend_now(store, "gc")
-    oldest = _scan_leases(store, now, result)
-    refs = set(referenced() if callable(referenced) else referenced)
-    result.referenced = len(refs)
-    result.cutoff = min(now, oldest) - grace_seconds
-    for digest in list(store.list_digests()):
-        result.chunks_seen += 1
-        if digest in refs:
-            continue
-        _maybe_delete(store, digest, result, dry_run)
+    run_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+    marker = f"{GC_RUNS}run-{run_id}"
+    if not dry_run:
+        store.backend.put(marker, json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode())
+    try:
+        now = backend_now(store, "gc")
+        oldest = _scan_leases(store, now, result)
+        refs = set(referenced() if callable(referenced) else referenced)
+        result.referenced = len(refs)
+        result.cutoff = min(now, oldest) - grace_seconds
+        listed = list(store.list_digests())
+        result.chunks_seen = len(listed)
+        candidates = [d for d in listed if d not in refs]
+        spared = _reused_by_leases(store)
+        for digest in candidates:
+            if digest in spared:
+                result.kept_reused += 1
+                continue
+            _maybe_delete(store, digest, result, dry_run)
+    finally:
+        if not dry_run:
+            _finish_run(store, run_id, marker)
     log.info("gc: %d chunks seen, %d referenced, %d deleted (%d bytes), %d kept as recent",
              result.chunks_seen, result.referenced, result.deleted, result.deleted_bytes, result.kept_recent)
     return result
+
+
+def _reused_by_leases(store: ChunkStore) -> set[str]:
+    """Every chunk a live writer has published as reused (read after the manifests were listed)."""
+    spared: set[str] = set()
+    for key in list(store.backend.list(LEASES)):
+        try:
+            spared.update(json.loads(store.backend.get(key)).get("reused", ()))
+        except NoSuchObject:
+            continue  # released meanwhile: its manifest was committed (and listed) or abandoned
+        except (ValueError, AttributeError):
+            log.warning("gc: lease %s is unreadable; no chunk is deleted this run", key)
+            raise BackendError(f"lease {key} is unreadable") from None
+    return spared
+
+
+def _finish_run(store: ChunkStore, run_id: str, marker: str) -> None:
+    """A done record (so writers that listed the store before this run re-check), marker removed."""
+    store.backend.put(f"{GC_RUNS}done-{run_id}", b"")
+    store.backend.delete(marker)
+    done = sorted(k for k in store.backend.list(GC_RUNS) if k.rsplit("/", 1)[-1].startswith("done-"))
+    for key in done[:-GC_RECORDS_KEPT]:
+        store.backend.delete(key)
 
 
 def _maybe_delete(store: ChunkStore, digest: str, result: GcResult, dry_run: bool) -> None:

@@ -89,6 +89,7 @@ class Store:
             return reader.read(0, content.size)
 
     def open_lease(self, ttl: float = DEFAULT_TTL) -> Lease:
+        self.chunks.revalidate()
         return open_lease(self.chunks, ttl)
 
     def collect_garbage(self, referenced: Iterable[str] | Callable[[], Iterable[str]],

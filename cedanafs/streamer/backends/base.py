@@ -49,6 +49,14 @@ class Backend(ABC):
     def put(self, key: str, data: bytes) -> None:
         """Store the object atomically: readers see the old object or the whole new one."""
 
+    def put_unsynced(self, key: str, data: bytes) -> None:
+        """Like put(), but the object need only be durable after the next sync() (chunks: many
+        puts, one sync before the manifest that references them is committed)."""
+        self.put(key, data)
+
+    def sync(self) -> None:
+        """Make every put_unsynced() object durable (object stores: already are)."""
+
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys starting with prefix, relative to the root, in no guaranteed order."""

@@ -1,0 +1,284 @@
+"""Dumps into the mount at CRIU's own speed, and eager restores out of it at local speed.
+
+A dump into `<mount>/jobs/<job>/` does not make CRIU write through FUSE (every write a round
+trip while the process is frozen): CRIU writes its images into a private spool directory on a
+local filesystem (tmpfs by default: config `spool.dir`, bounded by `spool.size`), the process is
+released as soon as CRIU is done, and the mount server then ingests the spool straight into the
+store (user.cedana.ingest on the pending checkpoint) and seals it. With --leave-running the
+process runs again at once; without, CRIU leaves it stopped until the checkpoint is committed,
+then it is killed, or resumed if the commit fails, so nothing is lost. When the spool cannot
+hold the dump (predicted from the tree's resident memory, or CRIU ran out of space there), CRIU
+writes through the mount as before.
+
+An eager restore from the mount asks the mount server to write the checkpoint's files into a
+spool directory (user.cedana.materialize: chunks fetched and decoded in parallel, no FUSE data
+path) and restores from there; it falls back to reading through the mount when that cannot be.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import psutil
+
+from .. import criu
+from ..config import Settings
+from ..errors import CheckpointError, CriuError
+from . import mount as mountapp
+
+log = logging.getLogger(__name__)
+
+XATTR_INGEST = "user.cedana.ingest"
+XATTR_MATERIALIZE = "user.cedana.materialize"
+XATTR_PROGRESS = "user.cedana.progress"
+SPOOL_MARGIN = 64 << 20  # beside the images: CRIU's log, the state file, rounding
+MEMORY_RESERVE = 1 << 30  # a tmpfs spool never takes the machine's last GiB of memory
+
+Report = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class Captured:
+    """A checkpoint committed in the mount, and when each step finished (seconds from the start)."""
+
+    path: str
+    captured_after: float
+    committed_after: float
+    via: str  # "spool" or "mount"
+
+
+def dump_into_mount(settings: Settings, binary: str, job_dir: str, name: str | None, streams: int,
+                    options: Callable[[str], criu.DumpOptions], write_state: Callable[[str], None],
+                    kind: str, meta: dict[str, str] | None = None, report: Report | None = None,
+                    began: Callable[[str], None] | None = None) -> Captured:
+    """CRIU dumps the tree of `options(dir).pid`; it is committed in the mount, or nothing is.
+
+    `options(images_dir)` gives CRIU's options for a target dir; `write_state(images_dir)` adds
+    process_state.json. Without leave_running the dumped tree is killed once committed.
+    `began(path)` hears the pending checkpoint's path before CRIU runs.
+    """
+    started = time.monotonic()
+    ckpt = str(mountapp.begin_checkpoint(job_dir, name, streams=streams))
+    try:
+        if began is not None:
+            began(ckpt)
+        with spool_dir(settings, predicted_size(options(ckpt).pid)) as spool:
+            if spool is not None:
+                try:
+                    return _capture(binary, ckpt, spool, options, write_state, kind, meta, started, report)
+                except _SpoolFull:
+                    log.warning("the spool %s ran out of space; dumping through the mount", settings.spool.dir)
+        return _capture(binary, ckpt, None, options, write_state, kind, meta, started, report)
+    except BaseException:
+        _discard_quietly(ckpt)
+        raise
+
+
+class _SpoolFull(Exception):
+    """CRIU failed for want of space in the spool (the process was resumed by CRIU)."""
+
+
+def _capture(binary: str, ckpt: str, spool: str | None, options: Callable[[str], criu.DumpOptions],
+             write_state: Callable[[str], None], kind: str, meta: dict[str, str] | None, started: float,
+             report: Report | None) -> Captured:
+    images = spool or ckpt
+    opts = options(images)
+    if not opts.leave_running:  # stopped, not killed, until the checkpoint is committed
+        opts = dataclasses.replace(opts, extra={**opts.extra, "leave_stopped": True})
+    try:
+        criu.dump(binary, opts)
+    except CriuError:
+        if spool is not None and _nearly_full(spool):
+            raise _SpoolFull() from None
+        raise
+    captured = time.monotonic() - started
+    tree = [e.pid for e in criu.read_pstree(images)] or [opts.pid]
+    try:
+        write_state(images)
+        if spool is not None:
+            _set_meta(ckpt, kind, meta)
+            _ingest(ckpt, spool, report)
+        else:
+            mountapp.seal(ckpt, kind=kind, meta=meta)
+    except BaseException:
+        if not opts.leave_running:
+            signal_tree(tree, signal.SIGCONT)
+        raise
+    committed = time.monotonic() - started
+    if not opts.leave_running:
+        signal_tree(tree, signal.SIGKILL)
+    log.info("checkpoint %s: captured after %.2f s, committed after %.2f s (via %s)",
+             ckpt, captured, committed, "spool" if spool else "mount")
+    return Captured(ckpt, captured, committed, "spool" if spool else "mount")
+
+
+def _set_meta(ckpt: str, kind: str, meta: dict[str, str] | None) -> None:
+    os.setxattr(ckpt, mountapp.XATTR_KIND, kind.encode())
+    for key, value in (meta or {}).items():
+        os.setxattr(ckpt, mountapp.XATTR_META + key, str(value).encode())
+
+
+def _ingest(ckpt: str, spool: str, report: Report | None) -> None:
+    """The mount server takes the spool into the store and seals the checkpoint (blocks until then)."""
+    done = threading.Event()
+    watcher = None
+    if report is not None:
+        watcher = threading.Thread(target=_watch_progress, args=(ckpt, done, report), daemon=True)
+        watcher.start()
+    try:
+        os.setxattr(ckpt, XATTR_INGEST, os.fsencode(spool))
+    except OSError as exc:
+        reason = mountapp.read_error(ckpt) or exc.strerror
+        raise CheckpointError(f"cannot commit {ckpt}: {reason}") from None
+    finally:
+        done.set()
+        if watcher is not None:
+            watcher.join()
+
+
+def _watch_progress(ckpt: str, done: threading.Event, report: Report) -> None:
+    while not done.wait(0.5):
+        progress = read_progress(ckpt)
+        if progress is not None:
+            report(progress)
+
+
+def read_progress(ckpt: str) -> dict | None:
+    """A running ingest's counters ({"total", "read", "done", "stored"}), None when none runs."""
+    try:
+        return json.loads(os.getxattr(ckpt, XATTR_PROGRESS))
+    except (OSError, ValueError):
+        return None
+
+
+# --- the spool ---------------------------------------------------------------------------------
+
+@contextmanager
+def spool_dir(settings: Settings, needed: int) -> Iterator[str | None]:
+    """A private directory in the spool for a dump of about `needed` bytes; None if it cannot hold it."""
+    root = settings.spool.dir
+    if not root:
+        yield None
+        return
+    try:
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        os.chmod(root, 0o700)
+        room = spool_room(root, settings.spool.size)
+    except OSError as exc:
+        log.warning("spool %s unusable (%s); dumping through the mount", root, exc.strerror)
+        yield None
+        return
+    if needed + SPOOL_MARGIN > room:
+        log.info("a dump of ~%d MiB does not fit the spool's %d MiB; dumping through the mount",
+                 needed >> 20, room >> 20)
+        yield None
+        return
+    path = tempfile.mkdtemp(prefix="dump-", dir=root)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def spool_room(root: str, limit: int) -> int:
+    """Bytes a new spool dir may take: free space, the configured limit, and (tmpfs) free memory."""
+    st = os.statvfs(root)
+    room = st.f_bavail * st.f_frsize
+    if limit > 0:
+        room = min(room, limit - _used(root))
+    if _is_tmpfs(root):
+        room = min(room, psutil.virtual_memory().available - MEMORY_RESERVE)
+    return max(0, room)
+
+
+def _used(root: str) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _is_tmpfs(path: str) -> bool:
+    best, fstype = "", ""
+    real = os.path.realpath(path)
+    for part in psutil.disk_partitions(all=True):
+        if (real == part.mountpoint or real.startswith(part.mountpoint.rstrip("/") + "/")) \
+                and len(part.mountpoint) > len(best):
+            best, fstype = part.mountpoint, part.fstype
+    return fstype == "tmpfs"
+
+
+def _nearly_full(path: str) -> bool:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize < SPOOL_MARGIN
+
+
+def predicted_size(pid: int) -> int:
+    """About what CRIU will write for the tree of `pid`: its resident memory."""
+    total = 0
+    try:
+        procs = [psutil.Process(pid)]
+        procs += procs[0].children(recursive=True)
+    except psutil.Error:
+        return 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+def signal_tree(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def _discard_quietly(ckpt: str) -> None:
+    try:
+        mountapp.discard_checkpoint(ckpt)
+    except OSError as exc:
+        log.warning("could not discard pending checkpoint %s: %s", ckpt, exc)
+
+
+# --- eager restore out of the mount --------------------------------------------------------------
+
+@contextmanager
+def materialized(settings: Settings, ckpt_dir: str) -> Iterator[str]:
+    """The checkpoint's images in a local spool dir when the mount server can put them there,
+    else the checkpoint dir in the mount itself."""
+    needed = sum(p.stat().st_size for p in mountapp.iter_files(ckpt_dir))
+    with spool_dir(settings, needed) as spool:
+        if spool is None:
+            yield ckpt_dir
+            return
+        target = os.path.join(spool, "images")
+        try:
+            os.setxattr(ckpt_dir, XATTR_MATERIALIZE, os.fsencode(target))
+        except OSError as exc:
+            if exc.errno == errno.EIO:  # the store could not give a chunk: say which, restore nothing
+                raise CheckpointError(f"cannot read the images of {ckpt_dir} from the store: "
+                                      f"{mountapp.read_error(ckpt_dir) or exc.strerror}; nothing was restored") from None
+            log.warning("cannot copy %s out of the mount (%s); restoring through it", ckpt_dir, exc.strerror)
+            yield ckpt_dir
+            return
+        yield target
