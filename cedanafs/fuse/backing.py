@@ -43,6 +43,12 @@ class StoreData:
     def materialize(self, content: FileContent, path: str, mode: int) -> int:
         return materialize(self.store, content, path, mode)
 
+    def reused_gone(self) -> set[str]:
+        """Chunks this session reused that a concurrent GC deleted (see ChunkStore.reused_gone)."""
+        with self._lock:
+            lease = self._lease
+        return set(self.store.chunks.reused_gone(lease))
+
     def prepare_commit(self) -> None:
         """Before the manifest: the chunks it references durable and safe from GC."""
         with self._lock:

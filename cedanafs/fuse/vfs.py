@@ -981,6 +981,7 @@ class VFS:
             ckpt.progress.total = sum(st.st_size for _, st in entries)
             ingested = [(name, st, ckpt.data.ingest(os.path.join(source, name), ckpt.progress))
                         for name, st in entries]  # store I/O, outside the tree lock
+            ingested = self._reingest_gone(ckpt, source, ingested)
             with self._lock:
                 self._check_pending(ckpt)
                 for name, st, content in ingested:
@@ -989,6 +990,19 @@ class VFS:
             return self.seal(inode)
         finally:
             ckpt.progress = None
+
+    @staticmethod
+    def _reingest_gone(ckpt: CheckpointDir, source: str, ingested: list) -> list:
+        """A GC that ran meanwhile may have deleted chunks the ingest found in the store: the files
+        that reuse them are taken in again (they upload now), so the commit does not fail."""
+        gone = ckpt.data.reused_gone() if hasattr(ckpt.data, "reused_gone") else set()
+        if not gone:
+            return ingested
+        log.warning("checkpoint %s/%s: %d reused chunks were deleted by a GC; storing them again",
+                    ckpt.job, ckpt.id, len(gone))
+        return [(name, st, ckpt.data.ingest(os.path.join(source, name), ckpt.progress)
+                 if gone & {c.digest for c in content.chunks} else content)
+                for name, st, content in ingested]
 
     def _add_ingested(self, ckpt: CheckpointDir, name: str, st: os.stat_result, content: FileContent) -> None:
         if name in ckpt.children:

@@ -143,18 +143,24 @@ class ChunkStore:
     def prepare_commit(self, lease: "Lease | None") -> None:
         """Before a manifest that references this lease's chunks is committed: new chunks
         durable, reused ones published in the lease and still in the store."""
-        self.backend.sync()
-        if lease is None or not lease.reused:
-            return
-        lease.publish()
-        if frozenset(self.backend.list(GC_RUNS)) == self._gc_seen:
-            return  # no GC ran since the index was listed: every reused chunk is still there
-        self._wait_for_gc()
-        self._sync_index()
-        missing = [d for d in lease.reused if not self._is_known(d)]
+        missing = self.reused_gone(lease)
         if missing:
             raise StoreError(f"{len(missing)} chunk(s) this checkpoint reuses were deleted by a concurrent GC "
                              f"(first: {missing[0][:16]}); nothing was committed: dump again")
+
+    def reused_gone(self, lease: "Lease | None") -> list[str]:
+        """New chunks made durable, the lease's reused chunks published; those of them a GC
+        deleted meanwhile (the index is re-listed then, so storing them again uploads them)."""
+        self.backend.sync()
+        if lease is None or not lease.reused:
+            return []
+        lease.publish()
+        if frozenset(self.backend.list(GC_RUNS)) == self._gc_seen:
+            return []  # no GC ran since the index was listed: every reused chunk is still there
+        self._wait_for_gc()
+        with self._index_lock:
+            self._sync_index()
+        return [d for d in lease.reused if not self._is_known(d)]
 
     def _wait_for_gc(self) -> None:
         deadline = time.monotonic() + GC_WAIT
