@@ -208,6 +208,8 @@ class Run:
             self.workload.stop()
             self.start_workload()
         self.log(f"  dump {method.key}{' (2nd)' if second else ''}")
+        self.workload.longest_gap()  # a new measurement starts now
+        cpu_before = method.server_cpu()
         start = time.perf_counter()
         try:
             art = method.dump(self.env, self.workload.pid, rep, checksum, second=second)
@@ -216,6 +218,12 @@ class Run:
             self.log(f"    failed: {err}")
             return None
         self.rec.sample(f"dump/{method.key}{suffix}", time.perf_counter() - start)
+        frozen = self.workload.longest_gap()
+        if frozen is not None and f"frozen/{method.key}{suffix}" in self.rec.specs:
+            self.rec.sample(f"frozen/{method.key}{suffix}", frozen)
+        cpu_after = method.server_cpu()
+        if cpu_before is not None and cpu_after is not None and art.image_bytes and not second:
+            self.rec.sample(f"cpu/{method.key}", (cpu_after - cpu_before) / (art.image_bytes / (1 << 30)))
         self.rec.sample(f"bytes/{method.key}{suffix}", art.nbytes)
         self.note_memory(method, art.peak_rss)
         self.artifacts.append(art)

@@ -78,6 +78,7 @@ class Artifact:
     pid: int
     nbytes: int
     peak_rss: dict[str, int] = field(default_factory=dict)
+    image_bytes: int = 0  # CRIU's images as files (what a store ingested), when known
 
 
 def tree_bytes(path: Path) -> int:
@@ -106,9 +107,12 @@ class Method:
         return ["eager"]
 
     def specs(self) -> list[Spec]:
-        specs = [Spec(f"dump/{self.key}", "dump", f"dump: {self.label}", "s", "dump/floor")]
+        specs = [Spec(f"frozen/{self.key}", "frozen", f"frozen: {self.label}", "s", "frozen/floor"),
+                 Spec(f"dump/{self.key}", "dump", f"committed: {self.label}", "s", "dump/floor")]
         if self.has_second:
-            specs.append(Spec(f"dump/{self.key}:second", "dump", f"dump: {self.label}, 2nd checkpoint",
+            specs.append(Spec(f"frozen/{self.key}:second", "frozen", f"frozen: {self.label}, 2nd checkpoint",
+                              "s", "frozen/floor"))
+            specs.append(Spec(f"dump/{self.key}:second", "dump", f"committed: {self.label}, 2nd checkpoint",
                               "s", "dump/floor"))
         for mode in self.restore_modes():
             specs += self.restore_specs(mode)
@@ -139,6 +143,10 @@ class Method:
 
     def begin_rep(self, env: Env, rep: int) -> None:
         pass
+
+    def server_cpu(self) -> float | None:
+        """CPU seconds used so far by the method's long-lived server (a mount), if it has one."""
+        return None
 
     def before_restore(self, env: Env, rep: int, mode: str) -> None:
         """Called after the dumps of a repetition, before each restore mode."""
@@ -374,7 +382,18 @@ class MountDump(Method):
 
     def specs(self):
         return super().specs() + [Spec(f"memory/{self.key}-daemon", "memory",
-                                       f"peak RSS: the mount process ({self.store_name})", "B", None)]
+                                       f"peak RSS: the mount process ({self.store_name})", "B", None),
+                                  Spec(f"cpu/{self.key}", "cpu",
+                                       f"CPU-s per GiB ingested: the mount process ({self.store_name})", "s", None)]
+
+    def server_cpu(self):
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def unavailable(self, env):
         return env.missing("mount") or env.missing("dump", "process") or env.missing("restore", "process")
@@ -463,7 +482,8 @@ class MountDump(Method):
         path = job_dir / name
         if not path.is_dir():
             raise StepError(f"cedana dump process into the mount succeeded but {path} is not there")
-        return Artifact(path, checksum, pid, self.store_bytes(env) - before, result.peak_rss)
+        return Artifact(path, checksum, pid, self.store_bytes(env) - before, result.peak_rss,
+                        image_bytes=tree_bytes(path))
 
     def store_url(self, env: Env, rep: int) -> str:
         return str(self.store)

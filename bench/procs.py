@@ -338,6 +338,7 @@ class Workload:
         self.size, self.mix, self.change_bytes = size, mix, change
         self.state_path = state_path
         self.heartbeat_path = state_path.with_name("heartbeat")
+        self.gaps_path = state_path.with_name("gaps.json")
         self.proc: subprocess.Popen | None = None
         self.pid = 0
 
@@ -346,7 +347,7 @@ class Workload:
         self.heartbeat_path.touch()
         cmd = [sys.executable, str(WORKLOAD_SCRIPT), "--size", self.size, "--mix", self.mix,
                "--state", str(self.state_path), "--change", self.change_bytes,
-               "--heartbeat", str(self.heartbeat_path)]
+               "--heartbeat", str(self.heartbeat_path), "--gaps", str(self.gaps_path)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True, cwd="/")
         self.pid = self.proc.pid
@@ -378,6 +379,26 @@ class Workload:
                 raise StepError(f"workload {pid} exited before writing its state")
             time.sleep(0.02)
         raise StepError(f"workload {pid} wrote no state within {timeout:.0f}s")
+
+    def longest_gap(self, timeout: float = 30.0) -> float | None:
+        """The longest the workload went without a tick since the last call (None: not running).
+
+        Seen from its own clock: a dump that freezes it shows as a gap, whatever the dump command
+        does before or after."""
+        if not is_running(self.pid):
+            return None
+        since = time.time()
+        os.kill(self.pid, signal.SIGWINCH)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                gaps = json.loads(self.gaps_path.read_text())
+                if gaps["time"] >= since:
+                    return float(gaps["max_gap"])
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.01)
+        return None
 
     def checksum_now(self, pid: int, timeout: float) -> tuple[dict, float]:
         """Ask a (possibly restored) workload to checksum its memory; returns (state, seconds)."""

@@ -15,6 +15,10 @@ and rewrites --state, to model a job that moved on a little between two checkpoi
 With --heartbeat FILE it also touches FILE's mtime at every tick (50 ms), so a benchmark can see
 the moment a restored copy runs again. A touch (utimensat) holds no file descriptor, so a dump
 can never catch the workload with that file open.
+
+With --gaps FILE it ticks every 10 ms and keeps the longest gap between two ticks, as its own
+monotonic clock sees it: how long it was frozen. SIGWINCH writes {"max_gap", "time"} to FILE
+and starts a new measurement, so a benchmark brackets a dump with two SIGWINCHs.
 """
 
 from __future__ import annotations
@@ -74,6 +78,9 @@ class Workload:
         self.state_path = args.state
         self.change = parse_size(args.change)
         self.heartbeat = getattr(args, "heartbeat", None)
+        self.gaps = getattr(args, "gaps", None)
+        self.tick = 0.01 if self.gaps else 0.05
+        self.max_gap = 0.0
         self.generation = 0
         self.pending: list[int] = []
         # A mapping rather than bytes: page-aligned, and CRIU dumps it as ordinary anonymous memory.
@@ -104,17 +111,33 @@ class Workload:
             except OSError:
                 pass  # the benchmark may have removed it: nobody is watching
 
+    def write_gaps(self) -> None:
+        tmp = f"{self.gaps}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"max_gap": self.max_gap, "time": time.time()}, f)
+        os.replace(tmp, self.gaps)
+        self.max_gap = 0.0
+
     def run(self) -> None:
-        signal.signal(signal.SIGUSR1, lambda *_: self.pending.append(signal.SIGUSR1))
-        signal.signal(signal.SIGUSR2, lambda *_: self.pending.append(signal.SIGUSR2))
+        for signum in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH):
+            signal.signal(signum, lambda n, _: self.pending.append(n))
         self.write_state()
+        last = time.monotonic()
         while True:
-            time.sleep(0.05)
+            time.sleep(self.tick)
+            now = time.monotonic()
+            self.max_gap, last = max(self.max_gap, now - last), now
             self.beat()
             while self.pending:
-                if self.pending.pop(0) == signal.SIGUSR2:
+                signum = self.pending.pop(0)
+                if signum == signal.SIGWINCH:
+                    if self.gaps:
+                        self.write_gaps()
+                    continue
+                if signum == signal.SIGUSR2:
                     self.change_some()
                 self.write_state()
+                last = time.monotonic()  # a checksum is work of our own, not a freeze
 
 
 def main() -> None:
@@ -125,6 +148,7 @@ def main() -> None:
     parser.add_argument("--change", default="256K", help="bytes SIGUSR2 rewrites")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--heartbeat", help="file whose mtime is touched every tick while running")
+    parser.add_argument("--gaps", help="file SIGWINCH writes the longest gap between ticks to")
     Workload(parser.parse_args()).run()
 
 
