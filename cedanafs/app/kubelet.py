@@ -64,6 +64,7 @@ class ContainerInfo:
     image: str | None = None
     container_id: str | None = None
     created: str | None = None
+    runtime: str | None = None
 
     def job_name(self) -> str:
         """`<namespace>_<pod>_<container>` for a pod's container (Kubernetes names hold no `_`),
@@ -140,6 +141,7 @@ def read_info(root: str | os.PathLike) -> ContainerInfo:
         engine=engine, container=container, namespace=_first(notes, _NAMESPACE_KEYS), pod=_first(notes, _POD_KEYS),
         image=config.get("rootfsImageName") or config.get("rootfsImage") or _first(notes, _IMAGE_KEYS),
         container_id=config.get("id"), created=config.get("createdTime"),
+        runtime=config.get("runtime") if isinstance(config.get("runtime"), str) else None,
     )
 
 
@@ -245,6 +247,9 @@ def _annotations(m: Manifest, info: ContainerInfo) -> dict[str, str]:
     if info.namespace:
         notes["org.criu.checkpoint.pod.namespace"] = info.namespace
     notes["org.criu.checkpoint.engine.name"] = info.engine
+    # Podman restores an image only when this names the OCI runtime it runs (runc: the one with CRIU).
+    for key in ("org.criu.checkpoint.runtime.name", "io.podman.annotations.checkpoint.runtime.name"):
+        notes[key] = info.runtime or "runc"
     notes["org.opencontainers.image.created"] = m.created.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     notes["dev.cedana.checkpoint"] = m.name
     return notes
