@@ -111,3 +111,59 @@ def test_oci_image_export_loads_and_restores_in_podman(mounted, podman, podman_c
     _restored_counts_on(podman, name, at_checkpoint)
     podman("rm", "-f", "-t", "0", name)
     podman("rmi", image)
+
+
+def test_watcher_imports_complete_archives_once(podman, podman_container, tmp_path):
+    from cedanafs.app.checkpoints import Checkpoints
+    from cedanafs.app.kubelet import ArchiveWatcher
+    from cedanafs.catalog import Catalog
+    from cedanafs.streamer import Store, open_backend
+
+    store = Store(open_backend(str(tmp_path / "store")))
+    catalog = Catalog(store.backend, str(tmp_path / "db" / "cedana.db"))
+    factory = lambda: _Borrowed(Checkpoints(store, catalog))  # noqa: E731
+    watched = tmp_path / "kubelet"
+    watched.mkdir()
+    data = podman.checkpoint(podman_container, tmp_path / "a.tar", "none").read_bytes()
+    growing = watched / "checkpoint-pod_ns-ctr-2026-11-30T10:00:00Z.tar"
+    try:
+        watcher = ArchiveWatcher(factory, str(watched), str(tmp_path / "state.json"))
+        growing.write_bytes(data[: len(data) // 2])  # the kubelet is still writing it
+        assert watcher.scan() == []  # first seen: wait for one more look
+        with open(growing, "ab") as f:
+            f.write(data[len(data) // 2:])
+        assert watcher.scan() == []  # grown since the last look: still being written
+        done = watcher.scan()
+        assert len(done) == 1 and done[0].checkpoint and done[0].checkpoint.startswith(podman_container + "/"), done
+        assert watcher.scan() == []
+        again = ArchiveWatcher(factory, str(watched), str(tmp_path / "state.json"))  # a restarted daemon
+        assert again.scan() == [] and again.scan() == []
+        assert [c.job for c in catalog.checkpoints()] == [podman_container]
+    finally:
+        catalog.close()
+        store.close()
+
+
+class _Borrowed:
+    """The watcher opens and closes its Checkpoints; here they are shared, so closing is a no-op."""
+
+    def __init__(self, cps):
+        self.cps = cps
+
+    def __enter__(self):
+        return self.cps
+
+    def __exit__(self, *exc):
+        return None
+
+
+def test_daemon_watches_the_kubelet_directory(daemon_env, podman, podman_container, tmp_path):
+    watched = tmp_path / "kubelet-checkpoints"
+    watched.mkdir()
+    daemon_env.env |= {"CEDANA_KUBERNETES_WATCH": "true", "CEDANA_KUBERNETES_CHECKPOINT_DIR": str(watched),
+                       "CEDANA_KUBERNETES_WATCH_INTERVAL": "1"}
+    daemon_env.start()
+    podman.checkpoint(podman_container, watched / "checkpoint-pod_ns-ctr-1.tar", "zstd")
+    images = daemon_env.mount_dir / "jobs" / podman_container / "latest" / "checkpoint"
+    until(lambda: (images / "inventory.img").exists(), timeout=60, what="the archive imported into the mount")
+    assert (images / "pstree.img").stat().st_size > 0
