@@ -391,7 +391,7 @@ class ArchiveWatcher:
                 m = import_archive(cps, path)
             result = WatchResult(path.name, checkpoint=m.name)
             log.info("imported %s as %s", path, m.name)
-        except CedanaError as exc:
+        except (CedanaError, OSError) as exc:  # a bad or unreadable archive must not stop the watcher
             result = WatchResult(path.name, error=str(exc))
             log.warning("cannot import %s: %s", path, exc)
         self._done[path.name] = [*key, result.checkpoint or f"error: {result.error}"]

@@ -135,7 +135,10 @@ class Daemon:
                                  watcher_state_path(self.settings))
         log.info("importing container checkpoints from %s every %d s", k8s.checkpoint_dir, k8s.watch_interval)
         while True:
-            await trio.to_thread.run_sync(watcher.scan)
+            try:
+                await trio.to_thread.run_sync(watcher.scan)
+            except Exception:  # noqa: BLE001 - the store may be down for a while: try again next time
+                log.exception("cannot scan %s for container checkpoints", k8s.checkpoint_dir)
             await trio.sleep(max(1, k8s.watch_interval))
 
     def health(self) -> dict:
