@@ -117,3 +117,17 @@ def test_engine_and_names_from_metadata(tmp_path, annotations, config, expected)
     assert info == expected
     assert info.job_name() == ("_".join([expected.namespace, expected.pod, expected.container])
                                if expected.pod else expected.container)
+
+
+def test_export_of_a_process_checkpoint_as_container_formats_is_refused(tmp_path, store_config):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "inventory.img").write_bytes(b"\0" * 8)
+    r = _run("checkpoint", "import", images, "--job", "proc", "--name", "c1", env_dir=store_config)
+    assert r.returncode == 0, r.stderr
+    for fmt in ("kubelet", "oci-image"):
+        r = _run("checkpoint", "export", "proc/c1", tmp_path / f"out-{fmt}", "--format", fmt, env_dir=store_config)
+        assert r.returncode == 5 and "is not a container checkpoint" in r.stderr, r
+        assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / f"out-{fmt}").exists()
+    r = _run("checkpoint", "import", "--format", "kubelet", tmp_path / "missing.tar", env_dir=store_config)
+    assert r.returncode == 3 and "no such archive" in r.stderr, r

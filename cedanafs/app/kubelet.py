@@ -190,7 +190,7 @@ def import_archive(cps: Checkpoints, archive: str | os.PathLike, job: str | None
                               images=IMAGES_DIR)
 
 
-def container_checkpoint(cps: Checkpoints, ref: str) -> Manifest:
+def find_container_checkpoint(cps: Checkpoints, ref: str) -> Manifest:
     """Checkpoint `ref`, which must be a container checkpoint (CRIU's images in `checkpoint/`)."""
     m = cps.catalog.find(ref)
     paths = {f.path for f in m.files}
@@ -204,8 +204,8 @@ def export_archive(cps: Checkpoints, ref: str, dest: str | os.PathLike, compress
     CRI-O accept; `dest` must not exist (it appears whole or not at all)."""
     if compression not in COMPRESSIONS:
         raise UsageError(f"unknown compression {compression!r} (use one of {', '.join(COMPRESSIONS)})")
-    m = container_checkpoint(cps, ref)
-    with _staging(dest) as (tmp, publish):
+    m = find_container_checkpoint(cps, ref)
+    with _Staging(dest) as (tmp, publish):
         cps.export(m.name, tmp / "ckpt")
         with open(tmp / "out", "wb") as out:
             write_archive(os.fspath(tmp / "ckpt"), out, "tar" if compression == "none" else compression)
@@ -217,9 +217,9 @@ def export_archive(cps: Checkpoints, ref: str, dest: str | os.PathLike, compress
 def export_oci_image(cps: Checkpoints, ref: str, dest: str | os.PathLike, image: str | None = None) -> tuple[Manifest, str]:
     """Write container checkpoint `ref` as an OCI image archive (one layer holding the checkpoint's
     files, the checkpoint annotations on its manifest); returns the image name it is tagged with."""
-    m = container_checkpoint(cps, ref)
+    m = find_container_checkpoint(cps, ref)
     image = image or default_image_name(m)
-    with _staging(dest) as (tmp, publish):
+    with _Staging(dest) as (tmp, publish):
         cps.export(m.name, tmp / "ckpt")
         info = read_info(tmp / "ckpt")
         layout = tmp / "layout"
@@ -312,7 +312,7 @@ class _HashingFile:
         self.digest = self._h.hexdigest()
 
 
-class _staging:
+class _Staging:
     """A private temp dir beside `dest`, and a `publish(path)` that links a finished file to `dest`
     (failing if `dest` exists); the temp dir goes whatever happens."""
 
