@@ -69,6 +69,10 @@ def test_archives_in_each_compression_import_dedup_and_show_in_mount(mounted, po
     assert inspect.returncode == 0, inspect.stderr
     assert f"container {name}, image {IMAGE}, engine podman" in inspect.stdout
     assert "CRIU images:" in inspect.stdout and "pids 1 " in inspect.stdout + " "
+    archive = mounted.cedana("checkpoint", "inspect", tmp_path / "ckpt-zstd.tar")  # before any import
+    assert archive.returncode == 0, archive.stderr
+    assert f"container {name}, image {IMAGE}, engine podman (from ckpt-zstd.tar, zstd)" in archive.stdout
+    assert "CRIU images:" in archive.stdout and "pids 1 " in archive.stdout + " "
 
 
 @pytest.mark.parametrize("compression", ["zstd", "gzip", "none"])
@@ -139,6 +143,8 @@ def test_watcher_imports_complete_archives_once(podman, podman_container, tmp_pa
         again = ArchiveWatcher(factory, str(watched), str(tmp_path / "state.json"))  # a restarted daemon
         assert again.scan() == [] and again.scan() == []
         assert [c.job for c in catalog.checkpoints()] == [podman_container]
+        growing.unlink()  # the operator cleaned the directory: the state forgets it
+        assert again.scan() == [] and json.loads((tmp_path / "state.json").read_text()) == {}
     finally:
         catalog.close()
         store.close()

@@ -155,6 +155,40 @@ def criu_contents(images_dir: str | os.PathLike) -> CriuContents:
                         pages_bytes=sum(p.stat().st_size for p in files if p.name.startswith("pages-")), pids=pids)
 
 
+def describe_archive(path: str | os.PathLike) -> dict[str, Any] | None:
+    """For `checkpoint inspect ARCHIVE`: what a container checkpoint archive holds, as an import
+    would record it (`kubelet`, `criu`), read in one pass; None for any other archive."""
+    name, wanted = os.fspath(path), {"spec.dump", "config.dump", f"{IMAGES_DIR}/pstree.img"}
+    counts = {"files": 0, "bytes": 0, "pages_bytes": 0}
+    with tempfile.TemporaryDirectory(prefix="cedana-inspect-") as tmp:
+        try:
+            with open(name, "rb") as src, open_tar_stream(src, name) as tar:
+                for member in tar:
+                    _check_member(member, name)
+                    if member.isfile() and member.name.startswith(f"{IMAGES_DIR}/"):
+                        _count_image(counts, member)
+                    if member.isfile() and member.name in wanted:
+                        with open(Path(tmp) / os.path.basename(member.name), "wb") as out:
+                            shutil.copyfileobj(tar.extractfile(member), out)  # type: ignore[arg-type]
+        except CheckpointError:
+            return None
+        if not (Path(tmp) / "spec.dump").is_file():
+            return None
+        from ..criu.images import read_pstree
+
+        pids = [e.pid for e in read_pstree(tmp)] if (Path(tmp) / "pstree.img").is_file() else []
+        return {"kubelet": {**asdict(read_info(tmp)), "archive": os.path.basename(name),
+                            "compression": _compression(name), "archive_bytes": os.path.getsize(name)},
+                "criu": {**counts, "pids": pids}}
+
+
+def _count_image(counts: dict[str, int], member: tarfile.TarInfo) -> None:
+    counts["files"] += 1
+    counts["bytes"] += member.size
+    if os.path.basename(member.name).startswith("pages-"):
+        counts["pages_bytes"] += member.size
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
@@ -364,14 +398,20 @@ class ArchiveWatcher:
 
     def scan(self) -> list[WatchResult]:
         """One pass: import every archive that was already there, unchanged, at the last pass."""
-        results = []
+        results, present = [], set()
         for path, key in self._candidates():
+            present.add(path.name)
             if self._done.get(path.name, [None, None])[:2] == list(key):
                 continue
             if self._seen.get(path.name) != key:
                 self._seen[path.name] = key  # new or still growing: look again next time
                 continue
             results.append(self._import(path, key))
+        gone = set(self._done) - present
+        if gone:  # removed from the directory (retention): forget them
+            for name in gone:
+                del self._done[name]
+            self._save()
         return results
 
     def _candidates(self) -> Iterator[tuple[Path, tuple[int, int]]]:

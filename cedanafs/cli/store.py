@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import sys
 from typing import Any, Callable
 
@@ -161,6 +163,7 @@ def _inspection_text(i: Any) -> str:
                     f" distinct, stored {_human(i.stored_bytes)} ({_human(i.exclusive_stored_bytes)} only here)"
                     + (f"; {i.missing_chunks} MISSING" if i.missing_chunks else ""))
     else:
+        head += _container_lines(i.meta)
         fmt = f" ({i.format}, {_human(i.archive_bytes)})" if i.kind == "archive" else ""
         head.append(f"{len(i.files)} entries, {_human(i.logical_bytes)}{fmt}")
     rows = [[f.path + (f" -> {f.target}" if f.target else ""), f.type, f"{f.mode:04o}", f.size,
@@ -178,6 +181,10 @@ def checkpoint_inspect(ctx: Context, ref: str, store_url: str | None, output: st
     """Show a checkpoint's files, sizes and chunks; REF may also be an archive path or URL, or a dir."""
     with _checkpoints(ctx, store_url) as cps:
         info = cps.inspect(ref)
+    if info.kind == "archive" and os.path.isfile(ref):  # a container checkpoint archive says what it holds
+        from ..app.kubelet import describe_archive
+
+        info = dataclasses.replace(info, meta=describe_archive(ref) or info.meta)
     emit(_as_record(info), output, lambda _: _inspection_text(info))
 
 
