@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 IMAGE = "localhost/cedana-test-busybox:1"
-# Holds ~21 MiB of random text in a shell variable (unchanged between checkpoints), then counts.
-COUNTER = ("big=$(head -c 16000000 /dev/urandom | base64); i=0; "
+# Holds ~43 MiB of random text in a shell variable (unchanged between checkpoints), then counts.
+COUNTER = ("big=$(head -c 32000000 /dev/urandom | base64); i=0; "
            "while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done")
 
 
