@@ -89,6 +89,15 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class KubernetesSettings:
+    """The kubelet's checkpoint archives: where they appear, and whether the daemon imports them."""
+
+    checkpoint_dir: str = "/var/lib/kubelet/checkpoints"
+    watch: bool = False
+    watch_interval: int = 5
+
+
+@dataclass(frozen=True)
 class Settings:
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     db: DbSettings = field(default_factory=DbSettings)
@@ -100,6 +109,7 @@ class Settings:
     aws: AwsSettings = field(default_factory=AwsSettings)
     gcs: GcsSettings = field(default_factory=GcsSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
     address: str = "/run/cedana.sock"
     # The name this machine goes by in manifests and job records ("" = the kernel's hostname).
     # Jobs recorded by another host show as `remote`; set it to tell apart two daemons on one host.
@@ -117,6 +127,7 @@ def _section_classes() -> dict[str, type]:
         "checkpoint": CheckpointSettings, "db": DbSettings, "criu": CriuSettings,
         "mount": MountSettings, "store": StoreSettings, "cache": CacheSettings, "spool": SpoolSettings,
         "aws": AwsSettings, "gcs": GcsSettings, "log": LogSettings,
+        "kubernetes": KubernetesSettings,
     }
     return hints
 

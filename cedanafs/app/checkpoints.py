@@ -176,15 +176,19 @@ class Checkpoints:
     # --- import ---------------------------------------------------------------------------
 
     def import_dir(self, path: str | os.PathLike, job: str, name: str | None = None, *, kind: str = "import",
-                   meta: dict[str, Any] | None = None, progress: Progress | None = None) -> Manifest:
-        """Store an images directory as a new checkpoint of `job` (named `name`, else a fresh id)."""
+                   meta: dict[str, Any] | None = None, progress: Progress | None = None,
+                   images: str = "") -> Manifest:
+        """Store an images directory as a new checkpoint of `job` (named `name`, else a fresh id).
+
+        `images` names the subdirectory holding CRIU's images when they are not at the top (a
+        container checkpoint keeps them in `checkpoint/`, beside the engine's own files)."""
         root = Path(path)
         check_job_name(job)
         if name is not None:
             check_checkpoint_name(name)
             if self.catalog.exists(job, name):
                 raise AlreadyExists(f"checkpoint {job}/{name} already exists")
-        entries = _scan(root)
+        entries = _scan(root, images)
         parent = self.catalog.latest(job)
         with self.store.open_lease() as lease:
             files, stats = self._store_entries(root, entries, lease, progress)
@@ -480,12 +484,12 @@ def _chunk_error(m: Manifest, path: str, exc: BaseException) -> CheckpointError:
         f"checkpoint {m.name}: file {path}: chunk {digest} is {what}" + (f" ({detail})" if detail else ""))
 
 
-def _scan(root: Path) -> list[_Entry]:
+def _scan(root: Path, images: str = "") -> list[_Entry]:
     """Every entry below root, in path order; refuses what a checkpoint cannot hold."""
     if not root.is_dir():
         raise NotFound(f"{root}: no such directory") if not root.exists() else UsageError(f"{root} is not a directory")
-    if not (root / "inventory.img").is_file():
-        raise CheckpointError(f"{root} holds no CRIU images (no inventory.img)")
+    if not (root / images / "inventory.img").is_file():
+        raise CheckpointError(f"{root} holds no CRIU images (no {images + '/' if images else ''}inventory.img)")
     entries = list(_walk(root, root))
     return sorted(entries, key=lambda e: e.rel)
 

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import sys
 from typing import Any, Callable
 
 import click
 
 from ..config import format_size
+from ..errors import UsageError
 from .base import Context, cli, emit, fail, format_table, handle_errors, output_option, pass_ctx
 
 _store_option = click.option("--store", "store_url", metavar="URL",
@@ -56,18 +59,29 @@ def checkpoint() -> None:
 
 @checkpoint.command("import")
 @click.argument("directory")
-@click.option("--job", required=True, help="Job the checkpoint belongs to.")
+@click.option("--job", help="Job the checkpoint belongs to (required for an images directory; for a kubelet"
+                            " archive it defaults to NAMESPACE_POD_CONTAINER, or the container's name).")
 @click.option("--name", help="Checkpoint name (default: a new id sorting by time).")
+@click.option("--format", "fmt", type=click.Choice(["dir", "kubelet"]), default="dir", show_default=True,
+              help="dir: a CRIU images DIRECTORY; kubelet: a container checkpoint archive (kubelet, CRI-O,"
+                   " containerd, Podman; tar, tar.gz or tar.zst).")
 @_store_option
 @output_option
 @pass_ctx
 @handle_errors
-def checkpoint_import(ctx: Context, directory: str, job: str, name: str | None, store_url: str | None,
-                      output: str) -> None:
-    """Store a CRIU images DIRECTORY as a new checkpoint of a job."""
+def checkpoint_import(ctx: Context, directory: str, job: str | None, name: str | None, fmt: str,
+                      store_url: str | None, output: str) -> None:
+    """Store a CRIU images DIRECTORY (or a container checkpoint archive) as a new checkpoint of a job."""
+    if fmt == "dir" and not job:
+        raise UsageError("--job is required to import an images directory")
     with _checkpoints(ctx, store_url) as cps:
-        with _Progress(cps.total_bytes(directory), f"import {job}") as progress:
-            m = cps.import_dir(directory, job, name, progress=progress)
+        if fmt == "kubelet":
+            from ..app.kubelet import import_archive
+
+            m = import_archive(cps, directory, job, name)
+        else:
+            with _Progress(cps.total_bytes(directory), f"import {job}") as progress:
+                m = cps.import_dir(directory, job, name, progress=progress)
     t = m.meta.get("transfer", {})
     data = {"job": m.job, "id": m.id, "files": len(m.files), "logical_bytes": m.size,
             "stored_bytes_added": t.get("stored_bytes"), "new_chunks": t.get("new_chunks"),
@@ -79,12 +93,31 @@ def checkpoint_import(ctx: Context, directory: str, job: str, name: str | None, 
 @checkpoint.command("export")
 @click.argument("ref")
 @click.argument("dest")
+@click.option("--format", "fmt", type=click.Choice(["dir", "kubelet", "oci-image"]), default="dir",
+              show_default=True, help="dir: a plain images directory; kubelet: a container checkpoint archive"
+                                      " (`podman container restore --import`); oci-image: an OCI image archive"
+                                      " holding the checkpoint, for CRI-O, containerd 2.1+ and Podman.")
+@click.option("--compression", type=click.Choice(["none", "gzip", "zstd"]), default="none", show_default=True,
+              help="Compression of a --format kubelet archive.")
+@click.option("--image", help="Image name of a --format oci-image archive"
+                              " (default: localhost/cedana-checkpoint/<job>:<id>).")
 @_store_option
 @pass_ctx
 @handle_errors
-def checkpoint_export(ctx: Context, ref: str, dest: str, store_url: str | None) -> None:
-    """Write checkpoint REF (id, id prefix, job/id, job) as a plain images directory DEST."""
+def checkpoint_export(ctx: Context, ref: str, dest: str, fmt: str, compression: str, image: str | None,
+                      store_url: str | None) -> None:
+    """Write checkpoint REF (id, id prefix, job/id, job) as a plain images directory DEST (or an archive)."""
     with _checkpoints(ctx, store_url) as cps:
+        if fmt != "dir":
+            from ..app import kubelet
+
+            if fmt == "kubelet":
+                m = kubelet.export_archive(cps, ref, dest, compression)
+                click.echo(f"{m.name} -> {dest} (container checkpoint archive, {compression})")
+            else:
+                m, name = kubelet.export_oci_image(cps, ref, dest, image)
+                click.echo(f"{m.name} -> {dest} (OCI image {name})")
+            return
         m = cps.catalog.find(ref)
         with _Progress(m.size, f"export {m.name}") as progress:
             cps.export(m.name, dest, progress=progress)
@@ -107,14 +140,30 @@ def checkpoint_list(ctx: Context, job: str | None, store_url: str | None, output
          lambda _: format_table(["JOB", "ID", "CREATED (UTC)", "SIZE", "FILES", "KIND", "PARENT"], rows))
 
 
+def _container_lines(meta: dict) -> list[str]:
+    """What a container checkpoint (`import --format kubelet`) says about its container."""
+    k, c = meta.get("kubelet"), meta.get("criu")
+    if not k:
+        return []
+    where = "/".join(p for p in (k.get("namespace"), k.get("pod"), k.get("container")) if p)
+    lines = [f"container {where}, image {k.get('image') or '?'}, engine {k.get('engine')}"
+             f" (from {k.get('archive')}, {k.get('compression')})"]
+    if c:
+        lines.append(f"CRIU images: {c['files']} files, {_human(c['bytes'])} ({_human(c['pages_bytes'])} of memory"
+                     f" pages), pids {' '.join(map(str, c['pids']))}")
+    return lines
+
+
 def _inspection_text(i: Any) -> str:
     head = [f"{i.kind} {i.source}"]
     if i.kind == "checkpoint":
         head.append(f"created {i.created:%Y-%m-%d %H:%M:%S} UTC on {i.host or '?'}, parent {i.parent or '-'}")
+        head += _container_lines(i.meta)
         head.append(f"{len(i.files)} entries, {_human(i.logical_bytes)}; {i.chunk_refs} chunk refs, {i.unique_chunks}"
                     f" distinct, stored {_human(i.stored_bytes)} ({_human(i.exclusive_stored_bytes)} only here)"
                     + (f"; {i.missing_chunks} MISSING" if i.missing_chunks else ""))
     else:
+        head += _container_lines(i.meta)
         fmt = f" ({i.format}, {_human(i.archive_bytes)})" if i.kind == "archive" else ""
         head.append(f"{len(i.files)} entries, {_human(i.logical_bytes)}{fmt}")
     rows = [[f.path + (f" -> {f.target}" if f.target else ""), f.type, f"{f.mode:04o}", f.size,
@@ -132,6 +181,10 @@ def checkpoint_inspect(ctx: Context, ref: str, store_url: str | None, output: st
     """Show a checkpoint's files, sizes and chunks; REF may also be an archive path or URL, or a dir."""
     with _checkpoints(ctx, store_url) as cps:
         info = cps.inspect(ref)
+    if info.kind == "archive" and os.path.isfile(ref):  # a container checkpoint archive says what it holds
+        from ..app.kubelet import describe_archive
+
+        info = dataclasses.replace(info, meta=describe_archive(ref) or info.meta)
     emit(_as_record(info), output, lambda _: _inspection_text(info))
 
 

@@ -102,6 +102,8 @@ class Daemon:
                 nursery.start_soon(self._signals, nursery.cancel_scope, name="signals")
                 nursery.start_soon(self._reaper, name="reaper")
                 nursery.start_soon(server.serve, listener, calls.dispatch, name="control socket")
+                if self.settings.kubernetes.watch:
+                    nursery.start_soon(self._watch_kubelet, name="kubelet checkpoints")
                 log.info("cedana daemon %s listening on %s (pid %d)", __version__, self.address, os.getpid())
                 _sd_notify("READY=1")
 
@@ -122,6 +124,22 @@ class Daemon:
                 await trio.to_thread.run_sync(self.jobs.reap)
                 with trio.move_on_after(REAP_PERIOD):
                     await sigchld.__anext__()
+
+    async def _watch_kubelet(self) -> None:
+        """Import the container checkpoint archives that appear in kubernetes.checkpoint_dir."""
+        from ..app.checkpoints import open_checkpoints
+        from ..app.kubelet import ArchiveWatcher, watcher_state_path
+
+        k8s = self.settings.kubernetes
+        watcher = ArchiveWatcher(lambda: open_checkpoints(self.settings), k8s.checkpoint_dir,
+                                 watcher_state_path(self.settings))
+        log.info("importing container checkpoints from %s every %d s", k8s.checkpoint_dir, k8s.watch_interval)
+        while True:
+            try:
+                await trio.to_thread.run_sync(watcher.scan)
+            except Exception:  # noqa: BLE001 - the store may be down for a while: try again next time
+                log.exception("cannot scan %s for container checkpoints", k8s.checkpoint_dir)
+            await trio.sleep(max(1, k8s.watch_interval))
 
     def health(self) -> dict:
         mounted = app_mount.is_mounted(self.mount_dir) and _answers(self.mount_dir)

@@ -277,6 +277,11 @@ class VFS:
         except KeyError:
             raise FsError(errno.ENOENT, f"no {name!r} in inode {parent.inode}") from None
 
+    def _sealed_owner(self, node: Node) -> CheckpointDir | None:
+        """The sealed (or deleted) checkpoint a subdirectory of it belongs to: `rm -r` may empty it."""
+        ckpt = self.checkpoint_of(node)
+        return ckpt if ckpt is not None and ckpt is not node and ckpt.state in (SEALED, DELETED) else None
+
     @staticmethod
     def checkpoint_of(node: Node) -> CheckpointDir | None:
         while node is not None and not isinstance(node, CheckpointDir):
@@ -375,13 +380,25 @@ class VFS:
         ckpt.mode = stat.S_IFDIR | int(mount_meta.get("dir_mode", 0o755))
         ckpt.mtime_ns = int(mount_meta.get("dir_mtime_ns", _ns(manifest.created)))
         ckpt.uid, ckpt.gid = self._owner(mount_meta.get("dir_owner"))
-        for entry in manifest.files:
-            if entry.type != "file" or "/" in entry.path:
+        ckpt_dirs: dict[str, DirNode] = {}
+        for entry in sorted(manifest.files, key=lambda e: e.path):
+            # Container checkpoints keep CRIU's images in a subdirectory: shown read-only, as stored.
+            parent, _, name = entry.path.rpartition("/")
+            where = ckpt_dirs.get(parent) if parent else ckpt
+            uid, gid = self._owner(owners.get(entry.path))
+            if not isinstance(where, DirNode) or entry.type not in ("file", "dir", "symlink"):
                 log.warning("checkpoint %s: entry %r (%s) is not shown in the mount",
                             manifest.name, entry.path, entry.type)
                 continue
-            uid, gid = self._owner(owners.get(entry.path))
-            node = self._add_child(ckpt, FileNode, entry.path, stat.S_IFREG | entry.mode,
+            if entry.type == "dir":
+                ckpt_dirs[entry.path] = self._add_child(where, DirNode, name, stat.S_IFDIR | entry.mode,
+                                                        mtime_ns=entry.mtime_ns, uid=uid, gid=gid)
+                continue
+            if entry.type == "symlink":
+                self._add_child(where, LinkNode, name, stat.S_IFLNK | 0o777, mtime_ns=entry.mtime_ns,
+                                uid=uid, gid=gid, target=entry.target or "")
+                continue
+            node = self._add_child(where, FileNode, name, stat.S_IFREG | entry.mode,
                                    mtime_ns=entry.mtime_ns, uid=uid, gid=gid, entry=entry)
             if aliases and entry.path in aliases:
                 # The kernel may still know the file by its pending inode number; keep that working.
@@ -719,10 +736,11 @@ class VFS:
 
     def unlink(self, parent: int, name: str) -> None:
         with self._lock:
-            ckpt = self._dir(parent)
-            node = self._child(ckpt, name)
+            where = self._dir(parent)
+            node = self._child(where, name)
             if isinstance(node, DirNode):
                 raise FsError(errno.EISDIR)
+            ckpt = where if isinstance(where, CheckpointDir) else self._sealed_owner(where)
             if not isinstance(ckpt, CheckpointDir):
                 raise FsError(errno.EPERM, f"{name} is maintained by the mount")
             if ckpt.state == SEALING:
@@ -731,7 +749,7 @@ class VFS:
         if state == SEALED:
             self._delete_sealed(ckpt)
         with self._lock:
-            if ckpt.children.get(name) is node:
+            if where.children.get(name) is node:
                 if ckpt.state == PENDING:
                     self._unlink_pending(node)
                     self._touch(ckpt)
@@ -786,8 +804,14 @@ class VFS:
                 if any(isinstance(c, CheckpointDir) for c in node.children.values()):
                     raise FsError(errno.ENOTEMPTY)
                 state = None
+            elif self._sealed_owner(node) is not None:
+                if node.children:
+                    raise FsError(errno.ENOTEMPTY)
+                state = "subdir"
             else:
                 raise FsError(errno.EPERM)
+        if state == "subdir":
+            self._delete_sealed(self._sealed_owner(node))
         if state == SEALED:
             self._delete_sealed(node)
         if state == PENDING:
