@@ -36,11 +36,12 @@ import psutil
 from .. import criu
 from ..config import Settings
 from ..errors import CheckpointError, CriuError
+from ..streamer.ingest import ABANDONED, COMPLETE
 from . import mount as mountapp
 
 log = logging.getLogger(__name__)
 
-XATTR_INGEST = "user.cedana.ingest"
+XATTR_INGEST_FOLLOW = "user.cedana.ingest-follow"
 XATTR_MATERIALIZE = "user.cedana.materialize"
 XATTR_PROGRESS = "user.cedana.progress"
 SPOOL_MARGIN = 64 << 20  # beside the images: CRIU's log, the state file, rounding
@@ -97,9 +98,12 @@ def _capture(binary: str, ckpt: str, spool: str | None, options: Callable[[str],
     opts = options(images)
     if not opts.leave_running:  # stopped, not killed, until the checkpoint is committed
         opts = dataclasses.replace(opts, extra={**opts.extra, "leave_stopped": True})
+    ingest = _Ingest(ckpt, spool, kind, meta, report) if spool is not None else None
     try:
         criu.dump(binary, opts)
     except CriuError:
+        if ingest is not None:
+            ingest.abandon()
         if spool is not None and _nearly_full(spool):
             raise _SpoolFull() from None
         raise
@@ -107,12 +111,13 @@ def _capture(binary: str, ckpt: str, spool: str | None, options: Callable[[str],
     tree = [e.pid for e in criu.read_pstree(images)] or [opts.pid]
     try:
         write_state(images)
-        if spool is not None:
-            _set_meta(ckpt, kind, meta)
-            _ingest(ckpt, spool, report)
+        if ingest is not None:
+            ingest.finish()
         else:
             mountapp.seal(ckpt, kind=kind, meta=meta)
     except BaseException:
+        if ingest is not None:
+            ingest.abandon()
         if not opts.leave_running:
             signal_tree(tree, signal.SIGCONT)
         raise
@@ -124,28 +129,54 @@ def _capture(binary: str, ckpt: str, spool: str | None, options: Callable[[str],
     return Captured(ckpt, captured, committed, "spool" if spool else "mount")
 
 
+class _Ingest:
+    """The mount server taking the spool in while CRIU writes it (user.cedana.ingest-follow):
+    started before CRIU, told it is complete (or abandoned) by a marker file, joined at the end."""
+
+    def __init__(self, ckpt: str, spool: str, kind: str, meta: dict[str, str] | None, report: Report | None):
+        self.ckpt, self.spool = ckpt, spool
+        self.error: OSError | None = None
+        _set_meta(ckpt, kind, meta)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
+        self._thread.start()
+        self._watcher = None
+        if report is not None:
+            self._watcher = threading.Thread(target=_watch_progress, args=(ckpt, self._done, report), daemon=True)
+            self._watcher.start()
+
+    def _run(self) -> None:
+        try:
+            os.setxattr(self.ckpt, XATTR_INGEST_FOLLOW, os.fsencode(self.spool))
+        except OSError as exc:
+            self.error = exc
+        finally:
+            self._done.set()
+
+    def _mark(self, name: str) -> None:
+        with open(os.path.join(self.spool, name), "w"):
+            pass
+
+    def abandon(self) -> None:
+        if self._thread.is_alive():
+            self._mark(ABANDONED)
+            self._thread.join()
+
+    def finish(self) -> None:
+        """Every file is final: wait until the checkpoint is committed."""
+        self._mark(COMPLETE)
+        self._thread.join()
+        if self._watcher is not None:
+            self._watcher.join()
+        if self.error is not None:
+            reason = mountapp.read_error(self.ckpt) or self.error.strerror
+            raise CheckpointError(f"cannot commit {self.ckpt}: {reason}")
+
+
 def _set_meta(ckpt: str, kind: str, meta: dict[str, str] | None) -> None:
     os.setxattr(ckpt, mountapp.XATTR_KIND, kind.encode())
     for key, value in (meta or {}).items():
         os.setxattr(ckpt, mountapp.XATTR_META + key, str(value).encode())
-
-
-def _ingest(ckpt: str, spool: str, report: Report | None) -> None:
-    """The mount server takes the spool into the store and seals the checkpoint (blocks until then)."""
-    done = threading.Event()
-    watcher = None
-    if report is not None:
-        watcher = threading.Thread(target=_watch_progress, args=(ckpt, done, report), daemon=True)
-        watcher.start()
-    try:
-        os.setxattr(ckpt, XATTR_INGEST, os.fsencode(spool))
-    except OSError as exc:
-        reason = mountapp.read_error(ckpt) or exc.strerror
-        raise CheckpointError(f"cannot commit {ckpt}: {reason}") from None
-    finally:
-        done.set()
-        if watcher is not None:
-            watcher.join()
 
 
 def _watch_progress(ckpt: str, done: threading.Event, report: Report) -> None:

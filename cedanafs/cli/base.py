@@ -200,6 +200,13 @@ class IngestProgress:
         if self._shown:
             click.echo("", err=True)
 
+    @staticmethod
+    def timing(captured_after: float, committed_after: float) -> None:
+        """On a terminal: how long the process was held, and when its checkpoint was safe."""
+        if sys.stderr.isatty():
+            click.echo(f"process released after {captured_after:.2f} s, checkpoint committed after"
+                       f" {committed_after:.2f} s", err=True)
+
     def _run(self) -> None:
         import os
         import time

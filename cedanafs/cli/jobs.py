@@ -209,9 +209,9 @@ def dump_job(ctx: Context, jid: str, leave_running: bool, streams: int) -> None:
     params = {"jid": jid, "leave_running": leave_running, **({"streams": streams} if streams else {})}
     with IngestProgress(os.path.join(ctx.settings.mount.dir, "jobs", jid)):
         result = _daemon(ctx, "job.dump", params)
-    timing = (f" (process released after {result['captured_after']:.2f} s,"
-              f" committed after {result['committed_after']:.2f} s)" if result.get("committed_after") else "")
-    click.echo(f"Dumped job {jid} to {result['path']}{timing}")
+    click.echo(f"Dumped job {jid} to {result['path']}")
+    if result.get("committed_after") is not None:
+        IngestProgress.timing(result["captured_after"], result["committed_after"])
 
 
 @restore.command("job")

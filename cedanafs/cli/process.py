@@ -64,9 +64,9 @@ def dump_process_cmd(ctx: Context, pid: int, directory: str | None, name: str | 
     if result_file:
         with open(result_file, "w") as f:
             json.dump(result.to_dict(), f, indent=2)
-    timing = (f" (process released after {result.captured_after:.2f} s, committed after {result.committed_after:.2f} s)"
-              if result.committed_after is not None else "")
-    click.echo(f"Dumped PID {pid} to {result.path}{timing}")
+    click.echo(f"Dumped PID {pid} to {result.path}")
+    if result.committed_after is not None:
+        IngestProgress.timing(result.captured_after, result.committed_after)
 
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from ..streamer import FileReader, FileWriter, Lease, Progress, Store, ingest_file, materialize
+from ..streamer import FileReader, FileWriter, Lease, Progress, Store, ingest_dir, ingest_file, materialize
 from ..types import FileContent
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,10 @@ class StoreData:
     def ingest(self, path: str, progress: Progress | None = None) -> FileContent:
         """A whole local file into the store under this session's lease."""
         return ingest_file(self.store, path, self._get_lease(), progress)[0]
+
+    def ingest_dir(self, source: str, progress: Progress | None = None, follow: bool = False) -> list:
+        """A spool directory's files into the store: [(name, stat, content)] (see streamer.ingest)."""
+        return ingest_dir(self.store, source, self._get_lease(), progress, follow)
 
     def materialize(self, content: FileContent, path: str, mode: int) -> int:
         return materialize(self.store, content, path, mode)

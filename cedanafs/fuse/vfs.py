@@ -58,6 +58,7 @@ XATTR_PID = "user.cedana.pid"
 # into the store, then is sealed; a sealed one writes its files into a new local directory (an
 # eager restore reads them there at local speed). Neither moves bytes through FUSE.
 XATTR_INGEST = "user.cedana.ingest"
+XATTR_INGEST_FOLLOW = "user.cedana.ingest-follow"  # the same while CRIU still writes (streamer.ingest)
 XATTR_MATERIALIZE = "user.cedana.materialize"
 XATTR_PROGRESS = "user.cedana.progress"  # a running ingest: {"total", "read", "done", "stored"}
 # Keys of Manifest.meta the mount owns: what a directory listing needs to be stable after sealing.
@@ -949,14 +950,14 @@ class VFS:
             return [XATTR_STATE] if isinstance(node, CheckpointDir) else []
 
     def setxattr(self, inode: int, name: str, value: bytes, uid: int = 0) -> None:
-        if name in (XATTR_INGEST, XATTR_MATERIALIZE):
+        if name in (XATTR_INGEST, XATTR_INGEST_FOLLOW, XATTR_MATERIALIZE):
             if uid != 0:
                 raise FsError(errno.EPERM, f"only root may set {name}")
             path = os.fsdecode(value)
-            if name == XATTR_INGEST:
-                self.ingest(inode, path)
-            else:
+            if name == XATTR_MATERIALIZE:
                 self.materialize(inode, path)
+            else:
+                self.ingest(inode, path, follow=name == XATTR_INGEST_FOLLOW)
             return
         with self._lock:
             ckpt = self._node(inode)
@@ -990,8 +991,9 @@ class VFS:
 
     # --- ingest and materialize: local directories in and out, no FUSE data path --------------
 
-    def ingest(self, inode: int, source: str) -> Manifest:
-        """Take the regular files of local dir `source` into pending checkpoint `inode`, then seal it."""
+    def ingest(self, inode: int, source: str, follow: bool = False) -> Manifest:
+        """Take the regular files of local dir `source` into pending checkpoint `inode`, then seal it
+        (`follow`: while CRIU still writes them, see streamer.ingest)."""
         with self._lock:
             ckpt = self._node(inode)
             if not isinstance(ckpt, CheckpointDir):
@@ -1001,10 +1003,7 @@ class VFS:
                 raise FsError(errno.EBUSY, f"checkpoint {ckpt.job}/{ckpt.id} is already ingesting")
             ckpt.progress = Progress()
         try:
-            entries = _local_files(source)
-            ckpt.progress.total = sum(st.st_size for _, st in entries)
-            ingested = [(name, st, ckpt.data.ingest(os.path.join(source, name), ckpt.progress))
-                        for name, st in entries]  # store I/O, outside the tree lock
+            ingested = ckpt.data.ingest_dir(source, ckpt.progress, follow)  # store I/O, outside the tree lock
             ingested = self._reingest_gone(ckpt, source, ingested)
             with self._lock:
                 self._check_pending(ckpt)
@@ -1012,6 +1011,10 @@ class VFS:
                     self._add_ingested(ckpt, name, st, content)
                 self._touch(ckpt)
             return self.seal(inode)
+        except CedanaError as exc:  # why, for the dump that asked (it reads user.cedana.error)
+            with self._lock:
+                ckpt.error = ckpt.error or str(exc)
+            raise
         finally:
             ckpt.progress = None
 
@@ -1092,21 +1095,6 @@ class VFS:
                 data.close()
             except Exception as exc:  # noqa: BLE001 - a lease left behind expires by itself
                 log.warning("checkpoint %s/%s: cannot end its store session: %s", ckpt.job, ckpt.id, exc)
-
-
-def _local_files(source: str) -> list[tuple[str, os.stat_result]]:
-    """The regular files of a local directory to ingest; anything else in it is refused."""
-    try:
-        names = sorted(os.listdir(source))
-    except OSError as exc:
-        raise FsError(exc.errno or errno.EIO, f"cannot read {source}: {exc.strerror}") from None
-    found = []
-    for name in names:
-        st = os.lstat(os.path.join(source, name))
-        if not stat.S_ISREG(st.st_mode):
-            raise FsError(errno.EINVAL, f"{source}/{name} is not a regular file")
-        found.append((name, st))
-    return found
 
 
 def _checkpoint_dir_name(name: str) -> bool:

@@ -14,7 +14,7 @@ from .hashing import digest_of
 from .errors import (AuthError, BackendError, CorruptChunk, MissingChunk, NoSuchBucket, NoSuchObject,
                      TemporaryFailure)
 from .files import INLINE_THRESHOLD, ByteBudget, FileReader, FileWriter, read_to, write_stream
-from .ingest import Progress, ingest_file, materialize
+from .ingest import IngestAborted, Progress, ingest_dir, ingest_file, materialize
 from .gc import GcResult, Lease, collect_garbage, open_lease
 from .retry import RetryPolicy
 from .store import Store, StoreStats
@@ -24,6 +24,6 @@ __all__ = [
     "ChunkerSpec", "CorruptChunk", "FileReader", "FileWriter", "FixedChunker", "GcResult",
     "INLINE_THRESHOLD", "Lease", "MissingChunk", "NoSuchBucket", "NoSuchObject", "ObjectInfo",
     "PageCdcChunker", "PutResult", "RetryPolicy", "Store", "StoreStats", "TemporaryFailure",
-    "chunk_key", "collect_garbage", "digest_of", "ingest_file", "materialize", "Progress", "open_backend", "open_lease", "read_to",
+    "chunk_key", "collect_garbage", "digest_of", "ingest_dir", "ingest_file", "materialize", "IngestAborted", "Progress", "open_backend", "open_lease", "read_to",
     "write_stream",
 ]

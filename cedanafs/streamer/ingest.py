@@ -8,6 +8,12 @@ code that releases the GIL. The store's byte budget bounds what is in flight, so
 flat whatever the file's size. `materialize` writes a stored file back to a local path, chunks
 fetched, verified and decoded in parallel ahead of the writes.
 
+`ingest_dir` takes a spool directory's regular files. With `follow`, CRIU is still writing into
+it: each `pages-<n>.img` is taken in while it grows (it is complete once a later pages image
+exists, as CRIU dumps one process after the other), the other files once CRIU's caller drops the
+`.complete` marker; `.abandoned`, or the directory vanishing, stops it. While following, the
+ingest's threads run at SCHED_IDLE, so CRIU, which holds the process frozen, never waits for them.
+
 `Progress` counts bytes read and bytes done (stored or found in the store) for a caller that
 reports them while the ingest runs.
 """
@@ -16,11 +22,15 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import stat
 import threading
+import time
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
+from cedanafs.errors import CheckpointError, UsageError
 from cedanafs.types import FileContent, TransferStats
 
 from .chunkstore import PutResult
@@ -33,6 +43,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BLOCK = 16 << 20
+COMPLETE = ".complete"  # the spool's writer is done: every file is final
+ABANDONED = ".abandoned"  # the spool's writer failed: stop, store nothing more
+_PAGES = re.compile(r"pages-(\d+)\.img$")
+_POLL = 0.002
+
+
+class IngestAborted(CheckpointError):
+    """The spool's writer gave up (CRIU failed) while its files were being taken in."""
 
 
 @dataclass
@@ -45,9 +63,12 @@ class Progress:
     stored: int = 0
 
 
-def ingest_file(store: "Store", path: str, lease: "Lease | None" = None,
-                progress: Progress | None = None) -> tuple[FileContent, TransferStats]:
+def ingest_file(store: "Store", path: str, lease: "Lease | None" = None, progress: Progress | None = None,
+                growing: "_Growing | None" = None) -> tuple[FileContent, TransferStats]:
     """Store the file at `path`; its content and what storing it cost."""
+    if growing is not None:
+        with growing:
+            return _Ingest(store, lease, progress, background=True).run(growing)
     with open(path, "rb", buffering=0) as src:
         size = os.fstat(src.fileno()).st_size
         if size < store.inline_threshold:
@@ -59,16 +80,120 @@ def ingest_file(store: "Store", path: str, lease: "Lease | None" = None,
         return _Ingest(store, lease, progress).run(src)
 
 
+def ingest_dir(store: "Store", source: str, lease: "Lease | None" = None, progress: Progress | None = None,
+               follow: bool = False) -> list[tuple[str, os.stat_result, FileContent]]:
+    """Every regular file of local dir `source` (hidden names aside): (name, stat, content), by name."""
+    progress = progress or Progress()
+    done: dict[str, tuple[os.stat_result, FileContent]] = {}
+    try:
+        while follow and not _final(source):
+            pending = [n for n in _pages(source) if n not in done]
+            if not pending:
+                time.sleep(_POLL)
+                continue
+            name = pending[0]
+            growing = _Growing(os.path.join(source, name), lambda n=name: _later_pages(source, n))
+            progress.total = max(progress.total, progress.read)
+            content, _ = ingest_file(store, "", lease, progress, growing=growing)
+            done[name] = (os.lstat(os.path.join(source, name)), content)
+    finally:
+        _set_background(False)
+    entries = _regular_files(source)
+    progress.total = progress.read + sum(st.st_size for name, st in entries if name not in done)
+    for name, st in entries:
+        if name not in done:
+            done[name] = (st, ingest_file(store, os.path.join(source, name), lease, progress)[0])
+    return [(name, *done[name]) for name in sorted(done)]
+
+
+def _final(source: str) -> bool:
+    """True once the writer is done; IngestAborted once it gave up (or its directory is gone)."""
+    if os.path.exists(os.path.join(source, COMPLETE)):
+        return True
+    if os.path.exists(os.path.join(source, ABANDONED)) or not os.path.isdir(source):
+        raise IngestAborted(f"the dump writing {source} failed; nothing was stored")
+    return False
+
+
+def _pages(source: str) -> list[str]:
+    found = [(int(m.group(1)), n) for n in os.listdir(source) if (m := _PAGES.match(n))]
+    return [n for _, n in sorted(found)]
+
+
+def _later_pages(source: str, name: str) -> bool:
+    """`name` is final: the writer is done, or has begun a later pages image."""
+    if _final(source):
+        return True
+    pages = _pages(source)
+    return name in pages and pages.index(name) < len(pages) - 1
+
+
+def _regular_files(source: str) -> list[tuple[str, os.stat_result]]:
+    """The regular files of a local directory, hidden names aside; anything else is refused."""
+    found = []
+    for name in sorted(os.listdir(source)):
+        if name.startswith("."):
+            continue
+        st = os.lstat(os.path.join(source, name))
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(f"{source}/{name} is not a regular file")
+        found.append((name, st))
+    return found
+
+
+class _Growing:
+    """A file still being appended to: a read at its end waits for more until `final()` says it
+    is complete (checked before reading, so the last bytes are never missed)."""
+
+    def __init__(self, path: str, final: Callable[[], bool]):
+        self._file = open(path, "rb", buffering=0)
+        self._final = final
+
+    def readinto(self, view: memoryview) -> int:
+        while True:
+            final = self._final()
+            n = self._file.readinto(view)
+            if n or final:
+                return n
+            time.sleep(_POLL)
+
+    def __enter__(self) -> "_Growing":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+
+_thread_state = threading.local()
+
+
+def _set_background(on: bool) -> None:
+    """This thread at SCHED_IDLE (on) or back to normal: only once CRIU is done may it compete."""
+    if getattr(_thread_state, "background", False) == on:
+        return
+    try:
+        policy = os.SCHED_IDLE if on else os.SCHED_OTHER
+        os.sched_setscheduler(0, policy, os.sched_param(0))
+        _thread_state.background = on
+    except (OSError, AttributeError) as exc:
+        log.debug("cannot change this thread's scheduling: %s", exc)
+
+
 class _Ingest:
-    def __init__(self, store: "Store", lease: "Lease | None", progress: Progress | None):
+    def __init__(self, store: "Store", lease: "Lease | None", progress: Progress | None, background: bool = False):
         self.store = store
         self.lease = lease
+        self.background = background
         self.progress = progress or Progress()
         self.futures: list[Future] = []
         self.error: BaseException | None = None
         self._lock = threading.Lock()
+        # Chunks in flight: enough to keep every pool thread busy, few enough that the blocks
+        # they pin stay a few tens of MiB (the mount server's memory stays flat).
+        self._slots = threading.BoundedSemaphore(2 * store.streams)
 
     def run(self, src) -> tuple[FileContent, TransferStats]:
+        _set_background(self.background)
         try:
             size = self._feed(src)
         except BaseException:
@@ -110,15 +235,18 @@ class _Ingest:
         if self.error is not None:
             raise self.error
         budget = self.store.budget
+        self._slots.acquire()
         reserved = budget.acquire(len(chunk))
         try:
             fut = self.store.upload_pool.submit(self._store_chunk, chunk, reserved)
         except BaseException:
             budget.release(reserved)
+            self._slots.release()
             raise
         self.futures.append(fut)
 
     def _store_chunk(self, chunk: memoryview, reserved: int) -> PutResult:
+        _set_background(self.background)  # a pool thread: back to normal below, whatever it does next
         try:
             result = self.store.chunks.store(chunk, self.lease)
             with self._lock:
@@ -131,6 +259,8 @@ class _Ingest:
             raise
         finally:
             self.store.budget.release(reserved)
+            self._slots.release()
+            _set_background(False)
 
 
 def _read_into(src, view: memoryview) -> int:
