@@ -5,8 +5,10 @@ depend only on the bytes, never on how they were fed. Sizes are multiples of the
 (except a file's last chunk), matching how CRIU lays out pages-*.img.
 
 `PageCdcChunker` is content-defined at page granularity: it cuts after a page whose fingerprint
-(crc32 of the page, from zlib-ng: the same values as zlib's, 3.5x faster) hits a mask, within
-[min, max]. When a process maps, frees or faults pages,
+hits a mask, within [min, max]. A page's fingerprint is a multiply-sum of every 8th 64-bit word of
+it with fixed odd keys (`page_fingerprints`), computed by numpy for a whole run of pages in one
+call that releases the GIL: a Python loop over pages (crc32 each) held the GIL for ~0.4 s per
+GiB and starved the threads that hash and compress. When a process maps, frees or faults pages,
 CRIU's pages image shifts by whole pages; page-granular cut points move with the content, so the
 chunks after the change are found again, where fixed chunks would all change. docs/store.md
 has the measurement behind the choice.
@@ -18,11 +20,34 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from zlib_ng.zlib_ng import crc32
+import blake3
+import numpy as np
 
 from cedanafs.errors import UsageError
 
 PAGE = 4096
+_WORDS = PAGE // 8
+_STRIDE = 8  # every 8th word of a page goes into its fingerprint
+# Fixed keys (from a fixed string, not a random generator whose stream could change between numpy
+# releases): the cut points, and with them dedup against older checkpoints, must never change.
+_KEYS = np.frombuffer(blake3.blake3(b"cedanafs page fingerprint v1").digest(length=8 * _WORDS // _STRIDE),
+                      dtype="<u8") | np.uint64(1)
+_SHIFT = np.uint64(40)
+
+
+def page_fingerprints(buf, offset: int, pages: int) -> np.ndarray:
+    """The fingerprints of `pages` whole pages of `buf` from byte `offset` (uint64 each)."""
+    words = np.frombuffer(buf, dtype="<u8", count=pages * _WORDS, offset=offset).reshape(pages, _WORDS)
+    return (words[:, ::_STRIDE] * _KEYS).sum(axis=1, dtype=np.uint64) >> _SHIFT
+
+
+def first_cut(buf, offset: int, first: int, limit: int, mask: int) -> int | None:
+    """The first i in [first, limit] whose page i-1 (counted from `offset`) is a cut point."""
+    if first > limit:
+        return None
+    fp = page_fingerprints(buf, offset + (first - 1) * PAGE, limit - first + 1)
+    hits = np.flatnonzero((fp & np.uint64(mask)) == np.uint64(mask))
+    return first + int(hits[0]) if hits.size else None
 
 
 @dataclass(frozen=True)
@@ -57,11 +82,9 @@ class ChunkerSpec:
             return start + self.avg if left >= self.avg else (end if final else None)
         pages = left // PAGE
         min_pages, max_pages = self.min // PAGE, self.max // PAGE
-        mask = cdc_mask(self.min, self.avg)
-        for i in range(min_pages, min(pages, max_pages) + 1):
-            off = start + (i - 1) * PAGE
-            if crc32(view[off:off + PAGE]) & mask == mask:
-                return start + i * PAGE
+        cut = first_cut(view, start, min_pages, min(pages, max_pages), cdc_mask(self.min, self.avg))
+        if cut is not None:
+            return start + cut * PAGE
         if pages >= max_pages:
             return start + self.max
         return end if final else None
@@ -193,32 +216,15 @@ class PageCdcChunker(Chunker):
         """The first i in [first, limit] whose page i-1 (the chunk's last page) is a cut point."""
         if first > limit:
             return None
-        mask, crc = self._mask, crc32
         head = self._pieces[0]
         if limit * PAGE <= len(head):  # the common case: every page to scan lies in one piece
-            for i in range(first, limit + 1):
-                if crc(head[(i - 1) * PAGE:i * PAGE]) & mask == mask:
-                    return i
-            return None
-        pieces = iter(self._pieces)
-        piece = next(pieces)
-        base = 0  # pending offset where `piece` starts
-        for i in range(first, limit + 1):
-            off = (i - 1) * PAGE
-            while off >= base + len(piece):
-                base += len(piece)
-                piece = next(pieces)
-            rel = off - base
-            if rel + PAGE <= len(piece):
-                page = piece[rel:rel + PAGE]
-            else:  # the page straddles pieces (writes not page-aligned): gather it
-                page = self._gather(off)
-            if crc(page) & mask == mask:
-                return i
-        return None
+            return first_cut(head, 0, first, limit, self._mask)
+        lo, hi = (first - 1) * PAGE, limit * PAGE  # pages straddle pieces: gather them once
+        cut = first_cut(self._gather(lo, hi - lo), 0, 1, limit - first + 1, self._mask)
+        return None if cut is None else cut + first - 1
 
-    def _gather(self, off: int) -> bytes:
-        parts, base, need = [], 0, PAGE
+    def _gather(self, off: int, length: int) -> bytes:
+        parts, base, need = [], 0, length
         for piece in self._pieces:
             end = base + len(piece)
             if end > off and need:
