@@ -32,7 +32,7 @@ def fuse_errno(coro_fn, *args) -> int:
 
 @pytest.fixture
 def ops(fs_tree):
-    return Operations(fs_tree.vfs, threads=4)
+    return Operations(fs_tree.tree, threads=4)
 
 
 def fields(**kw):
@@ -121,14 +121,14 @@ def test_unexpected_exceptions_become_eio(ops, fs_tree, monkeypatch, caplog):
     def broken(*args, **kw):
         raise RuntimeError("bug in the tree")
 
-    monkeypatch.setattr(fs_tree.vfs, "getattr", broken)
+    monkeypatch.setattr(fs_tree.tree, "getattr", broken)
     assert fuse_errno(ops.getattr, pyfuse3.ROOT_INODE, CTX) == errno.EIO
     assert "bug in the tree" in caplog.text
 
     def store_down(*args, **kw):
         raise StoreError("bucket unreachable")
 
-    monkeypatch.setattr(fs_tree.vfs, "read", store_down)
+    monkeypatch.setattr(fs_tree.tree, "read", store_down)
     assert fuse_errno(ops.read, 1, 0, 10) == errno.EIO
     assert "bucket unreachable" in caplog.text
 

@@ -19,8 +19,9 @@ from collections import deque
 from dataclasses import dataclass
 
 from cedanafs.errors import UsageError
+from cedanafs.types import PAGE_SIZE
 
-PAGE = 4096
+PAGE = PAGE_SIZE
 
 
 @dataclass(frozen=True)

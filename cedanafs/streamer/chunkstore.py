@@ -12,7 +12,7 @@ import hashlib
 import logging
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator, Protocol
 
 from cedanafs.types import ChunkRef
 
@@ -20,8 +20,13 @@ from . import codecs
 from .backends.base import Backend
 from .errors import CorruptChunk, MissingChunk, NoSuchObject
 
-if TYPE_CHECKING:
-    from .gc import Lease
+
+
+class Lease(Protocol):
+    """What storing needs of a writer's lease (gc.Lease): when it started, in backend time."""
+
+    start: float
+
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +131,6 @@ class ChunkStore:
     def _corrupt_set(self) -> set[str]:
         with self._lock:
             return set(self._corrupt) if self._corrupt else self._corrupt
-
-    def forget_corrupt(self, digest: str | None = None) -> None:
-        """Allow refetching a chunk (or all) after an operator repaired the store."""
-        with self._lock:
-            if digest is None:
-                self._corrupt.clear()
-            else:
-                self._corrupt.discard(digest)
 
     # -- listing and deleting -------------------------------------------------------------
     def exists(self, digest: str) -> bool:

@@ -10,15 +10,10 @@ import asyncio
 import errno
 import socket
 
-from cedanafs.errors import StoreError
+from cedanafs.errors import BackendError, NoSuchObject, ObjectExists, StoreError
 
-
-class BackendError(StoreError):
-    """The object store failed."""
-
-
-class NoSuchObject(BackendError):
-    """The object does not exist."""
+__all__ = ["AuthError", "BackendError", "CorruptChunk", "MissingChunk", "NoSuchBucket", "NoSuchObject",
+           "ObjectExists", "TemporaryFailure", "classify", "classify_status", "translate"]
 
 
 class NoSuchBucket(BackendError):
@@ -56,6 +51,8 @@ _S3_CODES: dict[str, type[BackendError]] = {
     "404": NoSuchObject,
     "NotFound": NoSuchObject,
     "NoSuchBucket": NoSuchBucket,
+    "PreconditionFailed": ObjectExists,  # a conditional create (If-None-Match: *) lost
+    "412": ObjectExists,
     "AccessDenied": AuthError,
     "InvalidAccessKeyId": AuthError,
     "SignatureDoesNotMatch": AuthError,
@@ -96,6 +93,8 @@ def classify_status(status: int) -> type[BackendError]:
     """HTTP status -> error class (the GCS JSON API and S3 agree on these)."""
     if status == 404:
         return NoSuchObject
+    if status == 412:
+        return ObjectExists  # a conditional create (ifGenerationMatch=0) lost
     if status in (401, 403):
         return AuthError
     if status in (408, 429) or status >= 500:
@@ -122,6 +121,8 @@ def _s3_code(exc: BaseException) -> str | None:
 def _from_one(exc: BaseException) -> type[BackendError] | None:
     if isinstance(exc, BackendError):
         return type(exc)
+    if isinstance(exc, FileExistsError):
+        return ObjectExists  # s3fs and gcsfs raise it for a lost conditional create
     code = _s3_code(exc)
     if code is not None:
         return _S3_CODES.get(code) or classify_status(_int_or(code, 0))
@@ -177,6 +178,7 @@ def translate(exc: BaseException, where: str) -> BackendError:
     messages = {
         NoSuchObject: f"{where}: no such object",
         NoSuchBucket: f"{where}: bucket does not exist",
+        ObjectExists: f"{where}: already exists",
         AuthError: f"{where}: access denied (check the credentials): {detail}",
         TemporaryFailure: f"{where}: temporary failure: {detail}",
     }

@@ -100,13 +100,6 @@ def open_lease(store: ChunkStore, ttl: float = DEFAULT_TTL) -> Lease:
     return Lease(store, ttl).acquire()
 
 
-@dataclass(frozen=True)
-class LiveLease:
-    id: str
-    start: float  # mtime of the lease object (its last refresh); a lower bound is what matters
-    refreshed: float
-
-
 @dataclass
 class GcResult:
     """What a GC pass found and did."""

@@ -2,7 +2,8 @@
 
 Writes go to a temporary file in <root>/.tmp/ (same filesystem), are fsynced, then renamed over
 the final name and the directory fsynced, so readers see the old or the whole new object and a
-crash leaves at most a stray temp file (which list() never shows).
+crash leaves at most a stray temp file (which list() never shows). A conditional create links
+the temporary file to the final name instead, which fails if the name exists.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import tempfile
 from typing import BinaryIO, Iterator
 
-from ..errors import BackendError, NoSuchObject
+from ..errors import BackendError, NoSuchObject, ObjectExists
 from .base import AtomicWriter, Backend, ObjectInfo, check_key
 
 TMP_DIR = ".tmp"
@@ -56,6 +57,12 @@ class LocalBackend(Backend):
         with self.open_write(key) as f:
             f.write(data)
 
+    def create(self, key: str, data: bytes) -> None:
+        final = self._path(key)
+        writer = _LocalWriter(self, key, final, exclusive=True)
+        with writer:
+            writer.write(data)
+
     def list(self, prefix: str = "") -> Iterator[str]:
         start = self.root
         head = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
@@ -98,10 +105,11 @@ class LocalBackend(Backend):
 
 
 class _LocalWriter(AtomicWriter):
-    def __init__(self, backend: LocalBackend, key: str, final: str):
+    def __init__(self, backend: LocalBackend, key: str, final: str, exclusive: bool = False):
         super().__init__(key)
         self._backend = backend
         self._final = final
+        self._exclusive = exclusive  # link(2), not rename(2): EEXIST instead of replacing
         fd, self._tmp = tempfile.mkstemp(dir=os.path.join(backend.root, TMP_DIR), prefix="put-")
         self._file = os.fdopen(fd, "wb")
 
@@ -115,8 +123,14 @@ class _LocalWriter(AtomicWriter):
             self._file.close()
             parent = os.path.dirname(self._final)
             os.makedirs(parent, exist_ok=True)
-            os.rename(self._tmp, self._final)
+            if self._exclusive:
+                os.link(self._tmp, self._final)
+                os.unlink(self._tmp)
+            else:
+                os.rename(self._tmp, self._final)
             _fsync_dir(parent)
+        except FileExistsError:
+            raise ObjectExists(f"{self._backend.url}/{self.key}: already exists") from None
         except OSError as exc:
             raise self._backend._fail(self.key, exc) from None
 

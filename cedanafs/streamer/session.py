@@ -1,8 +1,10 @@
-"""What the tree's files are made of: streaming writers and cached readers of a streamer Store.
+"""The store session of the mount: streaming writers and cached readers of a Store, with a lease.
 
 A pending checkpoint gets its own `session()`: its writers share one GC lease, taken at the first
 write and released when the checkpoint is sealed or discarded, so GC running meanwhile never
 deletes a chunk that the coming manifest will reference (the lease rule of cedanafs.streamer.gc).
+`new_file()` gives the PendingContent of one file written into it (cedanafs.streamer.pending).
+The mount's tree (cedanafs.catalog.tree) holds these through its `Data` protocol only.
 """
 
 from __future__ import annotations
@@ -10,25 +12,34 @@ from __future__ import annotations
 import logging
 import threading
 
-from ..streamer import FileReader, FileWriter, Lease, Store
-from ..types import FileContent
+from cedanafs.types import FileContent
+
+from .files import FileReader, FileWriter
+from .gc import Lease
+from .pending import PendingContent
+from .store import Store
 
 log = logging.getLogger(__name__)
 
 
-class StoreData:
-    """vfs Data over a Store: `writer()`, `reader(content)`, `session()`, `close()`."""
+class StoreSession:
+    """The tree's Data over a Store: `writer()`, `reader(content)`, `session()`, `new_file()`, `close()`."""
 
-    def __init__(self, store: Store, leased: bool = False):
+    def __init__(self, store: Store, leased: bool = False, spill_dir: str | None = None):
         self.store = store
+        self.spill_dir = spill_dir  # where files written out of order are kept until finished
         self.streams: int | None = None  # chunks of one file in flight (user.cedana.streams), None: the pool's
         self._leased = leased
         self._lease: Lease | None = None
         self._lock = threading.Lock()
 
-    def session(self) -> "StoreData":
+    def session(self) -> "StoreSession":
         """The Data of one pending checkpoint: writers under one lease."""
-        return StoreData(self.store, leased=True)
+        return StoreSession(self.store, leased=True, spill_dir=self.spill_dir)
+
+    def new_file(self) -> PendingContent:
+        """The bytes of one new file of this session's checkpoint."""
+        return PendingContent(self, self.spill_dir)
 
     def writer(self) -> FileWriter:
         return self.store.writer(self._get_lease(), streams=self.streams)

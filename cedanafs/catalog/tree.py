@@ -1,26 +1,30 @@
-"""The mount's tree: jobs, their checkpoints and the files in them, over the catalog and the store.
+"""The mount's tree: jobs, their checkpoints and the files in them, and the checkpoint lifecycle.
 
-This module is what the filesystem *is*; cedanafs.fuse.operations only translates FUSE requests
-into calls here (the split of borg's fuse.py/vfs.py). Nothing here imports pyfuse3, so the whole
-tree is tested by calling these methods.
+This module is what the filesystem *is*; cedanafs.fuse only translates FUSE requests into calls
+here (the split of borg's fuse.py/vfs.py). It owns the tree synced from the catalog, `latest`,
+the pending -> sealing -> sealed -> deleted lifecycle, the seal (through the catalog's one
+manifest builder, `Catalog.commit_files`) and the autoseal rule. The bytes come from the
+streamer through the `Data` protocol (cedanafs.streamer.session.StoreSession has it); this
+module imports neither the streamer nor pyfuse3, so the whole tree is tested by calling it.
 
     /jobs/<job>/<checkpoint>/<files>     sealed checkpoints come from the catalog (read-only)
     /jobs/<job>/latest -> <checkpoint>   the newest sealed checkpoint
     mkdir /jobs/<job>/<name>             a pending checkpoint: files stream into the store as written
-    setxattr user.cedana.seal            seals it: the manifest is committed through the catalog
+    seal(inode)                          commits it: the manifest is committed through the catalog
 
-Inode numbers of catalog nodes are derived from (parent inode, name), like restic's, so they are
-the same after a remount; attributes come from the manifest, so they are stable too. The tree is
-refreshed from the catalog at most every `refresh_interval` seconds and rebuilt only on change.
+Inode numbers are derived from (parent inode, name), like restic's, so they are the same after a
+remount and on every machine; a sealed checkpoint's also from its commit, so a name deleted and
+committed again is a new directory with new files to the kernel, never old cached bytes.
+Attributes come from the manifest, so they are stable too. The tree is refreshed from the
+catalog at most every `refresh_interval` seconds and rebuilt only on change.
 
-Thread-safe: one lock guards the tree and is never held across store I/O, except for the rare
-metadata commits (seal, delete), which take a per-checkpoint lock instead.
+Thread-safe: one lock guards the tree and is never held across store I/O (writer closes and
+aborts, manifest loads and commits, listings); a seal or delete takes its checkpoint's own lock.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import itertools
 import logging
 import os
@@ -28,54 +32,25 @@ import socket
 import stat
 import threading
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator, NamedTuple, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
-from ..catalog import FileEntry, Manifest, is_valid_checkpoint_name, is_valid_job_name, make_manifest
-from ..errors import AlreadyExists, CedanaError, CheckpointError, NotFound
+from ..errors import CedanaError, FsError, NotFound
 from ..types import FileContent
-from .pending import Data, PendingContent, read_content
+from .ids import is_valid_checkpoint_name, is_valid_job_name
+from .manifest import FileEntry, Manifest
+from .nodes import (DELETED, LATEST, PENDING, ROOT_INODE, SEALED, SEALING, Attr, CheckpointDir, DirNode,
+                    FileNode, Handle, JobDir, LinkNode, Node, PendingFile, Status, checkpoint_of, derive_inode,
+                    ns_of)
 
 log = logging.getLogger(__name__)
 
-ROOT_INODE = 1
-LATEST = "latest"
 INVENTORY = "inventory.img"
-XATTR_PREFIX = "user.cedana."
-XATTR_SEAL = "user.cedana.seal"
-XATTR_STATE = "user.cedana.state"
-XATTR_ERROR = "user.cedana.error"
-XATTR_AUTOSEAL = "user.cedana.autoseal"
-XATTR_STREAMS = "user.cedana.streams"  # pending checkpoint: uploads in flight per file (--streams)
-XATTR_KIND = "user.cedana.kind"
-XATTR_META = "user.cedana.meta."
-XATTR_PID = "user.cedana.pid"
 # Keys of Manifest.meta the mount owns: what a directory listing needs to be stable after sealing.
 META_MOUNT = "mount"
-
-PENDING, SEALING, SEALED, DELETED = "pending", "sealing", "sealed", "deleted"
-
-
-class FsError(Exception):
-    """A request the tree refuses: an errno for the kernel and a sentence for the log."""
-
-    def __init__(self, err: int, message: str = ""):
-        self.errno = err
-        super().__init__(message or os.strerror(err))
-
-
-class Attr(NamedTuple):
-    """What stat shows of a node, independent of FUSE."""
-
-    inode: int
-    mode: int  # including the S_IF* type bits
-    size: int
-    mtime_ns: int
-    nlink: int = 1
-    uid: int = 0
-    gid: int = 0
-    immutable: bool = False  # sealed content: the kernel may cache it for long
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+Listing = dict[str, list[tuple[str, int, str]]]  # job -> [(id, created ns, commit)], newest first
 
 
 class CatalogView(Protocol):
@@ -84,132 +59,34 @@ class CatalogView(Protocol):
     def refresh(self, max_age: float = 0.0) -> Any: ...
     def checkpoints(self, job: str | None = None) -> list[Any]: ...
     def load(self, job: str, checkpoint_id: str) -> Manifest: ...
-    def commit(self, manifest: Manifest) -> Manifest: ...
+    def commit_files(self, job: str, files: Iterable[FileEntry], **kw: Any) -> Manifest: ...
     def delete(self, job: str, checkpoint_id: str) -> None: ...
 
 
-def derive_inode(parent: int, name: str) -> int:
-    """A stable inode number for `name` in `parent`: 63 bits of a hash, never 0 or the root's."""
-    digest = hashlib.blake2b(parent.to_bytes(8, "little") + os.fsencode(name), digest_size=8).digest()
-    ino = int.from_bytes(digest, "little") >> 1  # 63 bits: some tools read inode numbers as signed
-    return ino if ino > ROOT_INODE else ino + 2
+class Session(Protocol):
+    """The store session of one pending checkpoint."""
+
+    streams: int | None
+
+    def new_file(self) -> PendingFile: ...
+    def close(self) -> None: ...
 
 
-def _ns(when: datetime) -> int:
-    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
+class Data(Protocol):
+    """What the tree needs of the streamer: sessions for pending checkpoints, readers for sealed files."""
+
+    def session(self) -> Session: ...
+    def reader(self, content: FileContent) -> Any: ...
 
 
-# --- nodes ------------------------------------------------------------------------------------
-
-class Node:
-    __slots__ = ("inode", "name", "parent", "mode", "mtime_ns", "uid", "gid")
-
-    def __init__(self, inode: int, name: str, parent: "DirNode | None", mode: int, mtime_ns: int = 0,
-                 uid: int = 0, gid: int = 0):
-        self.inode, self.name, self.parent = inode, name, parent
-        self.mode, self.mtime_ns, self.uid, self.gid = mode, mtime_ns, uid, gid
-
-    def attr(self) -> Attr:
-        return Attr(self.inode, self.mode, 0, self.mtime_ns, 1, self.uid, self.gid)
-
-
-class DirNode(Node):
-    __slots__ = ("children",)
-
-    def __init__(self, *args: Any, **kw: Any):
-        super().__init__(*args, **kw)
-        self.children: dict[str, Node] = {}
-
-    def attr(self) -> Attr:
-        subdirs = sum(1 for c in self.children.values() if isinstance(c, DirNode))
-        return Attr(self.inode, self.mode, 0, self.mtime_ns, 2 + subdirs, self.uid, self.gid)
-
-
-class JobDir(DirNode):
-    __slots__ = ("local",)
-
-    def __init__(self, *args: Any, local: bool, **kw: Any):
-        super().__init__(*args, **kw)
-        self.local = local  # made by mkdir here, not (yet) known to the catalog
-
-
-class CheckpointDir(DirNode):
-    """A checkpoint: sealed (from a manifest, loaded on first use) or pending (being written)."""
-
-    __slots__ = ("job", "state", "manifest", "loaded", "op_lock", "last_change", "changes",
-                 "autoseal", "kind", "meta", "error", "failed_change", "data")
-
-    def __init__(self, *args: Any, job: str, state: str, **kw: Any):
-        super().__init__(*args, **kw)
-        self.job, self.state = job, state
-        self.manifest: Manifest | None = None
-        self.loaded = state != SEALED
-        self.op_lock = threading.Lock()  # one seal or delete at a time
-        self.last_change = 0.0
-        self.changes = 0
-        self.autoseal = True
-        self.kind = "process"
-        self.meta: dict[str, Any] = {}
-        self.error = ""
-        self.failed_change = -1
-        self.data: Any = None  # pending: the store session its files are written through
-
-    @property
-    def id(self) -> str:
-        return self.name
-
-
-class FileNode(Node):
-    __slots__ = ("entry", "pending", "opens", "unlinked")
-
-    def __init__(self, *args: Any, entry: FileEntry | None = None, pending: PendingContent | None = None,
-                 **kw: Any):
-        super().__init__(*args, **kw)
-        self.entry, self.pending = entry, pending
-        self.opens = 0
-        self.unlinked = False
-
-    @property
-    def size(self) -> int:
-        return self.pending.size if self.pending is not None else self.entry.size
-
-    def attr(self) -> Attr:
-        return Attr(self.inode, self.mode, self.size, self.mtime_ns, 1, self.uid, self.gid,
-                    immutable=self.pending is None)
-
-
-class LinkNode(Node):
-    __slots__ = ("target",)
-
-    def __init__(self, *args: Any, target: str, **kw: Any):
-        super().__init__(*args, **kw)
-        self.target = target
-
-    def attr(self) -> Attr:
-        return Attr(self.inode, self.mode, len(os.fsencode(self.target)), self.mtime_ns, 1, self.uid, self.gid)
-
-
-@dataclass
-class Handle:
-    """An open file: its node and, for sealed files, the store reader (with its readahead state)."""
-
-    fh: int
-    node: FileNode
-    writable: bool
-    reader: Any = None
-
-
-# --- the tree ---------------------------------------------------------------------------------
-
-class VFS:
+class Tree:
     """The mount's tree over a catalog (which checkpoints exist) and the store (their bytes)."""
 
-    def __init__(self, catalog: CatalogView, data: Data, *, spill_dir: str | None = None,
-                 refresh_interval: float = 2.0, autoseal_after: float = 10.0, uid: int | None = None,
-                 gid: int | None = None, clock: Callable[[], float] = time.monotonic, host: str = ""):
+    def __init__(self, catalog: CatalogView, data: Data, *, refresh_interval: float = 2.0,
+                 autoseal_after: float = 10.0, uid: int | None = None, gid: int | None = None,
+                 clock: Callable[[], float] = time.monotonic, host: str = ""):
         self._catalog, self._data = catalog, data
         self.host = host or socket.gethostname()  # recorded in the manifests this mount commits
-        self._spill_dir = spill_dir
         self.refresh_interval = refresh_interval
         self.autoseal_after = autoseal_after
         self._uid = os.getuid() if uid is None else uid
@@ -218,16 +95,15 @@ class VFS:
         self._lock = threading.RLock()
         self._refresh_lock = threading.Lock()
         self._refreshed_at: float | None = None
-        self._listing: dict[str, list[tuple[str, int]]] | None = None
+        self._listing: Listing | None = None
         self._nodes: dict[int, Node] = {}
         self._handles: dict[int, Handle] = {}
         self._fh = itertools.count(1)
         self._salt = itertools.count(1)
-        self._broken: dict[str, str] = {}  # chunk digest -> why it cannot be read
         self.root = self._add(DirNode(ROOT_INODE, "", None, stat.S_IFDIR | 0o755, 0, self._uid, self._gid))
         self.jobs = self._add_child(self.root, DirNode, "jobs", stat.S_IFDIR | 0o755)
 
-    # --- node bookkeeping -------------------------------------------------------------------
+    # --- node bookkeeping (callers hold the lock) ---------------------------------------------
 
     def _add(self, node: Node) -> Any:
         self._nodes[node.inode] = node
@@ -261,17 +137,12 @@ class VFS:
             raise FsError(errno.ENOTDIR)
         return node
 
-    def _child(self, parent: DirNode, name: str) -> Node:
+    @staticmethod
+    def _child(parent: DirNode, name: str) -> Node:
         try:
             return parent.children[name]
         except KeyError:
             raise FsError(errno.ENOENT, f"no {name!r} in inode {parent.inode}") from None
-
-    @staticmethod
-    def checkpoint_of(node: Node) -> CheckpointDir | None:
-        while node is not None and not isinstance(node, CheckpointDir):
-            node = node.parent
-        return node
 
     # --- refresh from the catalog --------------------------------------------------------------
 
@@ -287,40 +158,49 @@ class VFS:
             return False  # another thread is refreshing right now; its answer is fresh enough
         try:
             self._catalog.refresh()
-            listing: dict[str, list[tuple[str, int]]] = {}
+            listing: Listing = {}
             for info in self._catalog.checkpoints():  # newest first
-                listing.setdefault(info.job, []).append((info.id, _ns(info.created)))
+                listing.setdefault(info.job, []).append((info.id, ns_of(info.created), info.commit))
             self._refreshed_at = now
-            if listing == self._listing:
-                return False
             with self._lock:
+                if listing == self._listing:
+                    return False
                 self._apply_listing(listing)
                 self._listing = listing
             return True
         finally:
             self._refresh_lock.release()
 
-    def _apply_listing(self, listing: dict[str, list[tuple[str, int]]]) -> None:
+    def _apply_listing(self, listing: Listing) -> None:
         for job, entries in listing.items():
             jobdir = self.jobs.children.get(job)
             if not isinstance(jobdir, JobDir):
                 jobdir = self._add_child(self.jobs, JobDir, job, stat.S_IFDIR | 0o755, local=False)
-            for cid, created_ns in entries:
-                if cid not in jobdir.children:
-                    self._add_child(jobdir, CheckpointDir, cid, stat.S_IFDIR | 0o755, mtime_ns=created_ns,
-                                    job=job, state=SEALED)
+            for cid, created_ns, commit in entries:
+                known = jobdir.children.get(cid)
+                if isinstance(known, CheckpointDir) and known.state == SEALED and known.commit != commit:
+                    log.info("checkpoint %s/%s was committed again elsewhere: showing the new one", job, cid)
+                    self._drop(known)
+                    known = None
+                if known is None:
+                    self._add_sealed(jobdir, cid, commit, created_ns)
         for job, jobdir in list(self.jobs.children.items()):
-            listed = {cid for cid, _ in listing.get(job, [])}
+            listed = {cid for cid, _, _ in listing.get(job, [])}
             for name, child in list(jobdir.children.items()):
                 if isinstance(child, CheckpointDir) and child.state == SEALED and name not in listed:
                     log.info("checkpoint %s/%s is gone from the store", job, name)
                     self._drop(child)
             self._update_job(jobdir, listing.get(job, []))
 
-    def _update_job(self, jobdir: JobDir, entries: list[tuple[str, int]]) -> None:
+    def _add_sealed(self, jobdir: JobDir, cid: str, commit: str, created_ns: int) -> CheckpointDir:
+        return self._add_child(jobdir, CheckpointDir, cid, stat.S_IFDIR | 0o755,
+                               inode=derive_inode(jobdir.inode, f"{cid}\0{commit}"), mtime_ns=created_ns,
+                               job=jobdir.name, state=SEALED, commit=commit)
+
+    def _update_job(self, jobdir: JobDir, entries: list[tuple[str, int, str]]) -> None:
         """Point `latest` at the newest sealed checkpoint; drop a job left with nothing in it."""
         link = jobdir.children.get(LATEST)
-        sealed = [(cid, ns) for cid, ns in entries
+        sealed = [(cid, ns) for cid, ns, _ in entries
                   if isinstance(jobdir.children.get(cid), CheckpointDir) and jobdir.children[cid].state == SEALED]
         if link is not None and (not sealed or link.target != sealed[0][0]):
             self._drop(link)
@@ -328,19 +208,19 @@ class VFS:
         if sealed and link is None:
             self._add_child(jobdir, LinkNode, LATEST, stat.S_IFLNK | 0o777, mtime_ns=sealed[0][1],
                             target=sealed[0][0])
-        jobdir.mtime_ns = max([ns for _, ns in entries] + [jobdir.mtime_ns])
+        jobdir.mtime_ns = max([ns for _, ns, _ in entries] + [jobdir.mtime_ns])
         self.jobs.mtime_ns = self.root.mtime_ns = max(self.jobs.mtime_ns, jobdir.mtime_ns)
         if not jobdir.children and not jobdir.local:
             self._drop(jobdir)
 
     def _relink(self, jobdir: JobDir) -> None:
         """Recompute `latest` after a local seal or delete, from the checkpoints in the tree."""
-        entries = [(c.name, c.mtime_ns) for c in jobdir.children.values()
+        listed = {cid: ns for cid, ns, _ in (self._listing or {}).get(jobdir.name, [])}
+        entries = [(c.name, listed.get(c.name, c.mtime_ns), c.commit) for c in jobdir.children.values()
                    if isinstance(c, CheckpointDir) and c.state == SEALED]
-        listed = dict((self._listing or {}).get(jobdir.name, []))
         # Newest first, as the catalog orders them: by creation time, then by id.
-        entries.sort(key=lambda e: (listed.get(e[0], e[1]), e[0]), reverse=True)
-        self._update_job(jobdir, [(cid, listed.get(cid, ns)) for cid, ns in entries])
+        entries.sort(key=lambda e: (e[1], e[0]), reverse=True)
+        self._update_job(jobdir, entries)
 
     # --- loading sealed checkpoints --------------------------------------------------------------
 
@@ -357,13 +237,12 @@ class VFS:
             if not ckpt.loaded:
                 self._fill_sealed(ckpt, manifest)
 
-    def _fill_sealed(self, ckpt: CheckpointDir, manifest: Manifest,
-                     aliases: dict[str, FileNode] | None = None) -> None:
+    def _fill_sealed(self, ckpt: CheckpointDir, manifest: Manifest) -> None:
         mount_meta = manifest.meta.get(META_MOUNT, {}) if isinstance(manifest.meta.get(META_MOUNT), dict) else {}
         owners = mount_meta.get("owners", {})
         ckpt.manifest, ckpt.loaded, ckpt.state = manifest, True, SEALED
         ckpt.mode = stat.S_IFDIR | int(mount_meta.get("dir_mode", 0o755))
-        ckpt.mtime_ns = int(mount_meta.get("dir_mtime_ns", _ns(manifest.created)))
+        ckpt.mtime_ns = int(mount_meta.get("dir_mtime_ns", ns_of(manifest.created)))
         ckpt.uid, ckpt.gid = self._owner(mount_meta.get("dir_owner"))
         for entry in manifest.files:
             if entry.type != "file" or "/" in entry.path:
@@ -371,11 +250,8 @@ class VFS:
                             manifest.name, entry.path, entry.type)
                 continue
             uid, gid = self._owner(owners.get(entry.path))
-            node = self._add_child(ckpt, FileNode, entry.path, stat.S_IFREG | entry.mode,
-                                   mtime_ns=entry.mtime_ns, uid=uid, gid=gid, entry=entry)
-            if aliases and entry.path in aliases:
-                # The kernel may still know the file by its pending inode number; keep that working.
-                self._nodes[aliases[entry.path].inode] = node
+            self._add_child(ckpt, FileNode, entry.path, stat.S_IFREG | entry.mode,
+                            mtime_ns=entry.mtime_ns, uid=uid, gid=gid, entry=entry)
 
     def _owner(self, pair: Any) -> tuple[int, int]:
         if isinstance(pair, list) and len(pair) == 2:
@@ -437,11 +313,7 @@ class VFS:
     def path_of(self, inode: int) -> str:
         """`/jobs/j/c/file` of an inode, for messages."""
         with self._lock:
-            node, parts = self._node(inode), []
-            while node is not None and node.parent is not None:
-                parts.append(node.name)
-                node = node.parent
-        return "/" + "/".join(reversed(parts))
+            return _path(self._node(inode))
 
     # --- making things --------------------------------------------------------------------------
 
@@ -461,7 +333,7 @@ class VFS:
                     raise FsError(errno.EINVAL, f"invalid checkpoint name {name!r}")
                 child = self._add_child(node, CheckpointDir, name, stat.S_IFDIR | (mode & 0o7777),
                                         mtime_ns=now, uid=uid, gid=gid, job=node.name, state=PENDING)
-                child.data = self._data.session() if hasattr(self._data, "session") else self._data
+                child.data = self._data.session()  # no I/O: its lease is taken at the first write
                 self._touch(child)
                 log.info("pending checkpoint %s/%s created", node.name, name)
             elif isinstance(node, CheckpointDir):
@@ -484,8 +356,7 @@ class VFS:
                 # Pending files get a fresh number each: a name can be reused after a rename.
                 inode = derive_inode(ckpt.inode, f"{name}\0{next(self._salt)}")
                 node = self._add_child(ckpt, FileNode, name, stat.S_IFREG | (mode & 0o7777), inode=inode,
-                                       mtime_ns=time.time_ns(), uid=uid, gid=gid,
-                                       pending=PendingContent(ckpt.data, self._spill_dir))
+                                       mtime_ns=time.time_ns(), uid=uid, gid=gid, pending=ckpt.data.new_file())
             self._touch(ckpt)
         return self._open_node(node, flags | os.O_WRONLY), node.attr()
 
@@ -493,15 +364,8 @@ class VFS:
         node = self._dir(inode)
         if not isinstance(node, CheckpointDir):
             raise FsError(errno.EPERM, "files go in a checkpoint directory: jobs/<job>/<checkpoint>/")
-        self._check_pending(node)
+        _check_pending(node)
         return node
-
-    @staticmethod
-    def _check_pending(ckpt: CheckpointDir) -> None:
-        if ckpt.state == SEALING:
-            raise FsError(errno.EBUSY, f"checkpoint {ckpt.job}/{ckpt.id} is being sealed")
-        if ckpt.state != PENDING:
-            raise FsError(errno.EROFS, f"checkpoint {ckpt.job}/{ckpt.id} is sealed and read-only")
 
     def _touch(self, ckpt: CheckpointDir) -> None:
         ckpt.last_change = self._clock()
@@ -521,20 +385,25 @@ class VFS:
 
     def _open_node(self, node: FileNode, flags: int) -> int:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        truncate = bool(flags & os.O_TRUNC)
         with self._lock:
-            if writable or flags & os.O_TRUNC:
-                ckpt = self.checkpoint_of(node)
-                self._check_pending(ckpt)
+            if writable or truncate:
+                _check_pending(checkpoint_of(node))
                 if node.pending is None:
                     raise FsError(errno.EROFS)
-                if flags & os.O_TRUNC:
-                    node.pending.truncate(0)
-                    node.mtime_ns = time.time_ns()
-                    self._touch(ckpt)
             handle = Handle(next(self._fh), node, writable)
-            node.opens += 1
+            node.opens += 1  # counted before the truncate: a seal meanwhile sees the file busy
             self._handles[handle.fh] = handle
-            return handle.fh
+        if truncate:
+            try:
+                node.pending.truncate(0)  # store I/O (a streaming writer is aborted): not under the lock
+            except BaseException:
+                self.release(handle.fh)
+                raise
+            with self._lock:
+                node.mtime_ns = time.time_ns()
+                self._touch(checkpoint_of(node))
+        return handle.fh
 
     def _handle(self, fh: int) -> Handle:
         try:
@@ -552,42 +421,17 @@ class VFS:
         if node.pending is not None:
             return node.pending.read(offset, size)
         content = node.entry.content or FileContent(size=0, inline=b"")
-        self._check_broken(content, offset, size)
-        if handle.reader is None and content.inline is None:
+        if offset >= content.size or size <= 0:
+            return b""
+        if handle.reader is None:
             handle.reader = self._data.reader(content)
         try:
-            return read_content(self._data, content, offset, size, lambda _c: handle.reader)
+            return handle.reader.read(offset, min(size, content.size - offset))
         except CedanaError as exc:
-            self._remember_broken(exc, node)
-            ckpt = self.checkpoint_of(node)
+            ckpt = checkpoint_of(node)
             if ckpt is not None:  # why reads of it fail, for its user.cedana.error (restores name it)
                 ckpt.error = f"{node.name}: {exc}"
             raise
-
-    def _check_broken(self, content: FileContent, offset: int, size: int) -> None:
-        """Refuse at once a read that needs a chunk already found corrupt: never refetch it in a loop."""
-        if not self._broken or content.inline is not None:
-            return
-        pos = 0
-        for ref in content.chunks:
-            if pos >= offset + size:
-                break
-            if pos + ref.size > offset and ref.digest in self._broken:
-                raise FsError(errno.EIO, self._broken[ref.digest])
-            pos += ref.size
-
-    def _remember_broken(self, exc: Exception, node: FileNode) -> None:
-        digest = getattr(exc, "digest", None)
-        if digest and digest not in self._broken:
-            self._broken[digest] = str(exc)
-            log.error("%s: %s (further reads of this chunk fail at once)", self._path_locked(node), exc)
-
-    def _path_locked(self, node: Node) -> str:
-        parts = []
-        while node is not None and node.parent is not None:
-            parts.append(node.name)
-            node = node.parent
-        return "/" + "/".join(reversed(parts))
 
     def write(self, fh: int, offset: int, data: bytes) -> int:
         handle = self._handle(fh)
@@ -595,8 +439,8 @@ class VFS:
         if not handle.writable:
             raise FsError(errno.EBADF)
         with self._lock:
-            ckpt = self.checkpoint_of(node)
-            self._check_pending(ckpt)
+            ckpt = checkpoint_of(node)
+            _check_pending(ckpt)
             node.mtime_ns = time.time_ns()
             ckpt.last_change = self._clock()
         return node.pending.write(offset, data)
@@ -618,11 +462,12 @@ class VFS:
             handle = self._handles.pop(fh, None)
             if handle is None:
                 return
-            if handle.reader is not None:
-                handle.reader.close()  # cancels its readahead
+            reader, handle.reader = handle.reader, None
             node = handle.node
             node.opens -= 1
             last = node.opens == 0
+        if reader is not None:
+            reader.close()  # cancels its readahead
         if not last or node.pending is None:
             return
         if node.unlinked:
@@ -631,9 +476,9 @@ class VFS:
         try:
             node.pending.finish()
         except Exception as exc:  # noqa: BLE001 - release cannot report; sealing will fail on it
-            ckpt = self.checkpoint_of(node)
+            ckpt = checkpoint_of(node)
             ckpt.error = f"{node.name}: {exc}"
-            log.error("cannot store %s: %s", self.path_of(node.inode), exc)
+            log.error("cannot store %s: %s", _path(node), exc)
 
     # --- changing things ------------------------------------------------------------------------
 
@@ -650,14 +495,17 @@ class VFS:
             resize = size is not None and not (isinstance(node, FileNode) and node.size == size)
             if not changes and not resize:
                 return node.attr()  # a no-op is fine anywhere, even on sealed checkpoints
-            ckpt = self.checkpoint_of(node)
+            ckpt = checkpoint_of(node)
             if ckpt is None:
                 raise FsError(errno.EPERM, "only files and checkpoint directories can be changed")
-            self._check_pending(ckpt)
+            _check_pending(ckpt)
+            if resize and not isinstance(node, FileNode):
+                raise FsError(errno.EISDIR)
+        if resize:
+            node.pending.truncate(size)  # store I/O (the writer finishes into a spill file): unlocked
+        with self._lock:
+            _check_pending(ckpt)
             if resize:
-                if not isinstance(node, FileNode):
-                    raise FsError(errno.EISDIR)
-                node.pending.truncate(size)
                 node.mtime_ns = time.time_ns()
             for key, value in changes.items():
                 setattr(node, key, value)
@@ -675,24 +523,27 @@ class VFS:
             node = self._child(src, old_name)
             for d in (src, dst):
                 if isinstance(d, CheckpointDir):
-                    self._check_pending(d)
+                    _check_pending(d)
             if flags & RENAME_EXCHANGE:
                 raise FsError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
             if src is not dst:
                 raise FsError(errno.EXDEV, "files move only within one checkpoint")
             if isinstance(node, FileNode) and isinstance(src, CheckpointDir):
-                self._rename_file(src, node, new_name, flags)
+                replaced = self._rename_in(src, node, new_name, flags)
             elif isinstance(node, CheckpointDir) and node.state == PENDING:
-                self._rename_file(src, node, new_name, flags)
+                replaced = self._rename_in(src, node, new_name, flags)
             else:
                 raise FsError(errno.EPERM if not isinstance(node, CheckpointDir) else errno.EROFS)
+        _discard(replaced)
 
-    def _rename_file(self, parent: DirNode, node: Node, new_name: str, flags: int) -> None:
+    def _rename_in(self, parent: DirNode, node: Node, new_name: str, flags: int) -> list[PendingFile]:
+        """Move `node` to `new_name` in its directory; returns the replaced bytes to discard, unlocked."""
         if isinstance(node, CheckpointDir) and not _checkpoint_dir_name(new_name):
             raise FsError(errno.EINVAL, f"invalid checkpoint name {new_name!r}")
         target = parent.children.get(new_name)
         if target is node:
-            return
+            return []
+        replaced: list[PendingFile] = []
         if target is not None:
             if flags & RENAME_NOREPLACE:
                 raise FsError(errno.EEXIST)
@@ -700,12 +551,13 @@ class VFS:
                 raise FsError(errno.EEXIST)
             if type(target) is not type(node) or (isinstance(target, DirNode) and target.children):
                 raise FsError(errno.EEXIST if isinstance(target, DirNode) else errno.EISDIR)
-            self._unlink_pending(target)
+            replaced = self._unlink_pending(target)
         del parent.children[node.name]
         node.name = new_name
         parent.children[new_name] = node
         if isinstance(parent, CheckpointDir):
             self._touch(parent)
+        return replaced
 
     def unlink(self, parent: int, name: str) -> None:
         with self._lock:
@@ -720,20 +572,24 @@ class VFS:
             state = ckpt.state
         if state == SEALED:
             self._delete_sealed(ckpt)
+        replaced: list[PendingFile] = []
         with self._lock:
             if ckpt.children.get(name) is node:
                 if ckpt.state == PENDING:
-                    self._unlink_pending(node)
+                    replaced = self._unlink_pending(node)
                     self._touch(ckpt)
                 else:
                     self._drop(node)
+        _discard(replaced)
 
-    def _unlink_pending(self, node: Node) -> None:
+    def _unlink_pending(self, node: Node) -> list[PendingFile]:
+        """Take a pending file out of the tree (lock held); its bytes, unless open, to discard unlocked."""
+        self._drop(node)
         if isinstance(node, FileNode) and node.pending is not None:
             node.unlinked = True
             if node.opens == 0:
-                node.pending.discard()
-        self._drop(node)
+                return [node.pending]
+        return []
 
     def _delete_sealed(self, ckpt: CheckpointDir) -> None:
         """Remove a sealed checkpoint from the catalog (its chunks go at the next GC).
@@ -781,13 +637,13 @@ class VFS:
         if state == SEALED:
             self._delete_sealed(node)
         if state == PENDING:
-            self._end_session(node)
+            _end_session(node)
         with self._lock:
             self._drop(node)
             if isinstance(node, JobDir) and self._listing:
                 self._listing.pop(node.name, None)
 
-    # --- sealing ----------------------------------------------------------------------------------
+    # --- the lifecycle: seal, autoseal, controls -------------------------------------------------
 
     def seal(self, inode: int, kind: str | None = None) -> Manifest:
         """Commit a pending checkpoint: finish its files, write its manifest; it turns read-only."""
@@ -801,7 +657,7 @@ class VFS:
                 return ckpt.manifest  # sealing twice is harmless
             files = self._begin_seal(ckpt)
             try:
-                manifest = self._commit(ckpt, files, kind or ckpt.kind)
+                manifest = self._commit(ckpt, files, kind or ckpt.kind)  # store I/O, tree unlocked
             except BaseException as exc:
                 with self._lock:
                     ckpt.state = PENDING
@@ -809,17 +665,8 @@ class VFS:
                     ckpt.failed_change = ckpt.changes
                 raise
             with self._lock:
-                aliases = {n.name: n for n in files}
-                for node in files:
-                    self._drop(node)
-                self._fill_sealed(ckpt, manifest, aliases)
-                ckpt.error = ""
-                if self._listing is not None:
-                    self._listing.setdefault(ckpt.job, []).insert(0, (ckpt.id, _ns(manifest.created)))
-                jobdir = ckpt.parent
-                jobdir.local = False
-                self._relink(jobdir)
-            self._end_session(ckpt)
+                self._finish_seal(ckpt, files, manifest)
+            _end_session(ckpt)
         log.info("checkpoint %s sealed: %d files, %d bytes", manifest.name, len(manifest.files), manifest.size)
         return manifest
 
@@ -852,10 +699,31 @@ class VFS:
             mount_meta["owners"] = owners
         if (ckpt.uid, ckpt.gid) != (self._uid, self._gid):
             mount_meta["dir_owner"] = [ckpt.uid, ckpt.gid]
-        manifest = make_manifest(ckpt.job, ckpt.id, entries, kind=kind, host=self.host,
-                                 meta={**ckpt.meta, META_MOUNT: mount_meta},
-                                 created=datetime.now(timezone.utc))
-        return self._catalog.commit(manifest)
+        return self._catalog.commit_files(ckpt.job, entries, name=ckpt.id, kind=kind, host=self.host,
+                                          meta={**ckpt.meta, META_MOUNT: mount_meta},
+                                          created=datetime.now(timezone.utc))
+
+    def _finish_seal(self, ckpt: CheckpointDir, files: list[FileNode], manifest: Manifest) -> None:
+        """Swap the pending directory for the sealed one (lock held); the kernel may still know the
+        pending inode numbers, so they stay aliases of the sealed nodes until it forgets them."""
+        jobdir = ckpt.parent
+        commit = getattr(manifest, "commit", "") or ""
+        for node in files:
+            self._drop(node)
+        self._drop(ckpt)
+        sealed = self._add_sealed(jobdir, ckpt.id, commit, ns_of(manifest.created))
+        self._fill_sealed(sealed, manifest)
+        self._nodes[ckpt.inode] = sealed
+        for node in files:
+            alias = sealed.children.get(node.name)
+            if alias is not None:
+                self._nodes[node.inode] = alias
+        ckpt.state, ckpt.manifest = SEALED, manifest  # for handles that still hold the old node
+        if self._listing is not None:
+            entries = [e for e in self._listing.get(ckpt.job, []) if e[0] != ckpt.id]
+            self._listing[ckpt.job] = [(ckpt.id, ns_of(manifest.created), commit)] + entries
+        jobdir.local = False
+        self._relink(jobdir)
 
     def autoseal_due(self) -> list[int]:
         """Pending checkpoints the import rule seals now (see docs/mount.md).
@@ -880,66 +748,40 @@ class VFS:
                 if isinstance(child, CheckpointDir) and child.state == PENDING:
                     yield child
 
-    # --- extended attributes: the control surface ---------------------------------------------
-
-    def getxattr(self, inode: int, name: str) -> bytes:
+    def status(self, inode: int) -> Status:
+        """The state of the checkpoint that holds `inode` (ENODATA outside checkpoints)."""
         with self._lock:
-            node = self._node(inode)
-            if node is self.root and name == XATTR_PID:
-                return str(os.getpid()).encode()  # how `cedana umount` finds the server to wait for
-            ckpt = self.checkpoint_of(node)
-            if ckpt is None or not name.startswith(XATTR_PREFIX):
+            ckpt = checkpoint_of(self._node(inode))
+            if ckpt is None:
                 raise FsError(errno.ENODATA)
-            if name == XATTR_STATE:
-                return ckpt.state.encode()
-            if name == XATTR_ERROR and ckpt.error:
-                return ckpt.error.encode()
-            if name == XATTR_AUTOSEAL:
-                return b"1" if ckpt.autoseal else b"0"
-            if name == XATTR_KIND:
-                return (ckpt.manifest.kind if ckpt.manifest else ckpt.kind).encode()
-            if name.startswith(XATTR_META):
-                meta = ckpt.manifest.meta if ckpt.manifest else ckpt.meta
-                value = meta.get(name[len(XATTR_META):])
-                if isinstance(value, str):
-                    return value.encode()
-            raise FsError(errno.ENODATA)
+            manifest = ckpt.manifest
+            return Status(state=ckpt.state, error=ckpt.error, autoseal=ckpt.autoseal,
+                          kind=manifest.kind if manifest else ckpt.kind,
+                          meta=dict(manifest.meta if manifest else ckpt.meta))
 
-    def listxattr(self, inode: int) -> list[str]:
+    def is_checkpoint(self, inode: int) -> bool:
         with self._lock:
-            node = self._node(inode)
-            return [XATTR_STATE] if isinstance(node, CheckpointDir) else []
+            return isinstance(self._node(inode), CheckpointDir)
 
-    def setxattr(self, inode: int, name: str, value: bytes) -> None:
+    def configure(self, inode: int, *, autoseal: bool | None = None, streams: int | None = None,
+                  kind: str | None = None, meta: tuple[str, str] | None = None) -> None:
+        """Change how a pending checkpoint is written or sealed (EROFS once it is not pending)."""
         with self._lock:
             ckpt = self._node(inode)
-            if not isinstance(ckpt, CheckpointDir) or not name.startswith(XATTR_PREFIX):
+            if not isinstance(ckpt, CheckpointDir):
                 raise FsError(errno.ENOTSUP)
-            if name == XATTR_SEAL:
-                pass
-            elif ckpt.state != PENDING:
+            if ckpt.state != PENDING:
                 raise FsError(errno.EROFS)
-            elif name == XATTR_AUTOSEAL:
-                ckpt.autoseal = value.strip() not in (b"0", b"no", b"false", b"off")
-                return
-            elif name == XATTR_STREAMS:
-                try:
-                    streams = int(value)
-                except ValueError:
-                    raise FsError(errno.EINVAL, f"{name} must be a number") from None
-                if streams < 0 or not hasattr(ckpt.data, "streams"):
-                    raise FsError(errno.EINVAL, f"{name} must be >= 0")
+            if streams is not None:
+                if streams < 0:
+                    raise FsError(errno.EINVAL, "streams must be >= 0")
                 ckpt.data.streams = streams or None
-                return
-            elif name == XATTR_KIND and value:
-                ckpt.kind = value.decode(errors="replace")
-                return
-            elif name.startswith(XATTR_META) and len(name) > len(XATTR_META):
-                ckpt.meta[name[len(XATTR_META):]] = value.decode(errors="replace")
-                return
-            else:
-                raise FsError(errno.ENOTSUP)
-        self.seal(inode)
+            if autoseal is not None:
+                ckpt.autoseal = autoseal
+            if kind:
+                ckpt.kind = kind
+            if meta is not None:
+                ckpt.meta[meta[0]] = meta[1]
 
     # --- whole-mount ------------------------------------------------------------------------------
 
@@ -954,43 +796,44 @@ class VFS:
         """At unmount: discard what was never sealed (it must not survive, see docs/mount.md)."""
         with self._lock:
             pending = list(self._pending_checkpoints())
+            files = {c.inode: [n.pending for n in c.children.values()
+                               if isinstance(n, FileNode) and n.pending is not None] for c in pending}
         for ckpt in pending:
             log.warning("discarding unsealed checkpoint %s/%s", ckpt.job, ckpt.id)
-            for node in list(ckpt.children.values()):
-                if isinstance(node, FileNode) and node.pending is not None:
-                    node.pending.discard()
-            self._end_session(ckpt)
+            _discard(files[ckpt.inode])
+            _end_session(ckpt)
 
-    @staticmethod
-    def _end_session(ckpt: CheckpointDir) -> None:
-        data, ckpt.data = ckpt.data, None
-        if data is not None and hasattr(data, "close"):
-            try:
-                data.close()
-            except Exception as exc:  # noqa: BLE001 - a lease left behind expires by itself
-                log.warning("checkpoint %s/%s: cannot end its store session: %s", ckpt.job, ckpt.id, exc)
+
+def _check_pending(ckpt: CheckpointDir) -> None:
+    if ckpt.state == SEALING:
+        raise FsError(errno.EBUSY, f"checkpoint {ckpt.job}/{ckpt.id} is being sealed")
+    if ckpt.state != PENDING:
+        raise FsError(errno.EROFS, f"checkpoint {ckpt.job}/{ckpt.id} is sealed and read-only")
+
+
+def _discard(files: list[PendingFile]) -> None:
+    for pending in files:
+        pending.discard()
+
+
+def _end_session(ckpt: CheckpointDir) -> None:
+    data, ckpt.data = ckpt.data, None
+    if data is not None:
+        try:
+            data.close()
+        except CedanaError as exc:  # a lease left behind expires by itself
+            log.warning("checkpoint %s/%s: cannot end its store session: %s", ckpt.job, ckpt.id, exc)
+
+
+def _path(node: Node | None) -> str:
+    parts = []
+    while node is not None and node.parent is not None:
+        parts.append(node.name)
+        node = node.parent
+    return "/" + "/".join(reversed(parts))
 
 
 def _checkpoint_dir_name(name: str) -> bool:
     """A checkpoint name, or a hidden temporary one (`.name.partial`, as mkdtemp makes) that a
     writer renames to its final name before sealing; hidden names are never sealed."""
     return is_valid_checkpoint_name(name[1:] if name.startswith(".") else name)
-
-
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
-
-
-def errno_of(exc: BaseException) -> int:
-    """The errno a failure means to a FUSE caller: the one place domain errors become errnos."""
-    if isinstance(exc, FsError):
-        return exc.errno
-    if isinstance(exc, NotFound):
-        return errno.ENOENT
-    if isinstance(exc, AlreadyExists):
-        return errno.EEXIST
-    if isinstance(exc, CheckpointError) and "invalid manifest" in str(exc):
-        return errno.EINVAL
-    if isinstance(exc, OSError) and exc.errno:
-        return exc.errno
-    return errno.EIO
