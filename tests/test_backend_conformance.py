@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from cedanafs.errors import ObjectExists
 from cedanafs.streamer import NoSuchObject, open_backend
 from cedanafs.streamer.backends.remote import WRITE_BLOCK
 
@@ -30,6 +31,18 @@ def test_put_get_overwrite(backend):
     assert backend.get("a/b/c") == b"second, longer"
     backend.put("empty", b"")
     assert backend.get("empty") == b""
+
+
+def test_create_is_conditional(backend):
+    """A commit's create never replaces an object (S3 If-None-Match, GCS ifGenerationMatch=0, link)."""
+    backend.create("m/j/c/0123.json", b"first")
+    with pytest.raises(ObjectExists):
+        backend.create("m/j/c/0123.json", b"second")
+    assert backend.get("m/j/c/0123.json") == b"first"
+    backend.delete("m/j/c/0123.json")
+    backend.create("m/j/c/0123.json", b"again")
+    assert backend.get("m/j/c/0123.json") == b"again"
+    assert [k for k in backend.list("m/") if k != "m/j/c/0123.json"] == []  # no temp object left
 
 
 def test_get_range(backend):

@@ -6,12 +6,15 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
+import time
 
 import pytest
 
 from cedanafs.catalog import ROOT_INODE, derive_inode
 from cedanafs.errors import FsError
 from cedanafs.fuse import xattrs
+from tests.fixtures_procs import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -436,3 +439,117 @@ def test_store_down_during_refresh_serves_the_known_tree(fs_tree, caplog):
     fs_tree.catalog.refresh = down
     assert "j1" in dict(v.readdir(jobs(v)))
     assert "store unreachable" in caplog.text
+
+
+# --- no store I/O under the tree lock ---------------------------------------------------------
+
+class GatedBackend:
+    """A memory store whose chunk and manifest writes wait at a gate: a store as slow as we like."""
+
+    def __init__(self, name):
+        from cedanafs.streamer.backends.memory import MemoryBackend
+
+        class _Gated(MemoryBackend):
+            def put(inner, key, data):
+                self.wait(key)
+                super().put(key, data)
+
+            def create(inner, key, data):
+                self.wait(key)
+                super().create(key, data)
+
+        self.gate = threading.Event()
+        self.gate.set()
+        self.blocked = 0
+        self._lock = threading.Lock()
+        self.backend = _Gated(name)
+
+    def wait(self, key):
+        if key.startswith(("chunks/", "manifests/")) and not self.gate.is_set():
+            with self._lock:
+                self.blocked += 1
+            assert self.gate.wait(60), "the gate was never opened"
+
+
+def _in_thread(fn, *args):
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box
+
+
+def _stream(v, ckpt, name, size):
+    """Open a file and write `size` bytes in order: its chunks go to the store as they come."""
+    fh, _ = v.create(ckpt, name, 0o600, W)
+    for off in range(0, size, 1 << 16):
+        v.write(fh, off, os.urandom(1 << 16))
+    return fh
+
+
+def test_tree_answers_while_the_store_is_slow(tmp_path):
+    """`ls` and getxattr on other paths answer at once while a big file is being finished and
+    sealed, and other big files are truncated, over a store that does not answer meanwhile."""
+    from cedanafs.catalog import Catalog, Tree
+    from cedanafs.streamer import ChunkerSpec, Store, StoreSession
+
+    gated = GatedBackend(f"slow-{os.getpid()}-{id(tmp_path)}")
+    store = Store(gated.backend, chunker=ChunkerSpec.for_size("fixed", 64 << 10), memory_limit=16 << 20)
+    v = Tree(Catalog(store.backend), StoreSession(store, spill_dir=str(tmp_path)), refresh_interval=0)
+    threads = []
+    try:
+        v.refresh(force=True)
+        c0 = sealed_checkpoint(v, "other", "c0")
+        c1, c3 = pending(v, "j1", "c1"), pending(v, "j2", "c3")
+        put(v, c1, "inventory.img", b"inv")
+        gated.gate.clear()  # from here on the store does not answer writes
+        big = _stream(v, c1, "pages-1.img", 1 << 20)
+        first, second = _stream(v, c3, "pages-1.img", 1 << 20), _stream(v, c3, "pages-2.img", 1 << 20)
+
+        def release_and_seal():
+            v.release(big)
+            return v.seal(c1)
+
+        threads.append(_in_thread(release_and_seal))
+        threads.append(_in_thread(v.open, v.lookup(c3, "pages-1.img").inode, os.O_WRONLY | os.O_TRUNC))
+        threads.append(_in_thread(lambda: v.setattr(v.lookup(c3, "pages-2.img").inode, size=10)))
+        wait_for(lambda: gated.blocked >= 8, timeout=20, what="writers blocked on the slow store")
+        time.sleep(0.3)  # let every thread reach its store call
+
+        def probe():
+            started = time.monotonic()
+            names = [n for n, _ in v.readdir(jobs(v))]
+            other = v.lookup(jobs(v), "other").inode
+            assert [n for n, _ in v.readdir(other)] == ["c0", "latest"]
+            assert getx(v, c0, "user.cedana.state") == b"sealed"
+            assert getx(v, ROOT_INODE, "user.cedana.pid") == str(os.getpid()).encode()
+            assert getx(v, c3, "user.cedana.state") == b"pending"
+            return names, time.monotonic() - started
+
+        t, box = _in_thread(probe)
+        t.join(timeout=5)
+        assert not t.is_alive(), "ls/getxattr waited for the store: a lock is held across store I/O"
+        assert "error" not in box, box.get("error")
+        names, took = box["value"]
+        assert set(names) == {"other", "j1", "j2"} and took < 1.0
+    finally:
+        gated.gate.set()
+        for t, _ in threads:
+            t.join(timeout=60)
+    for t, box in threads:
+        assert not t.is_alive() and "error" not in box, box.get("error")
+    sealed = threads[0][1]["value"]
+    assert sealed.name == "j1/c1" and sealed.file("pages-1.img").size == 1 << 20
+    assert v.status(c1).state == "sealed" and cat(v, c1, "inventory.img") == b"inv"
+    assert v.getattr(v.lookup(c3, "pages-2.img").inode).size == 10
+    v.release(threads[1][1]["value"])
+    for fh in (first, second):
+        v.release(fh)
+    v.close()
+    store.close()
