@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 
 import pytest
 
@@ -68,7 +69,9 @@ def test_a_name_committed_again_elsewhere_is_the_new_checkpoint(s3_url, tmp_path
         assert _read(tree_b, "train/c1/inventory.img") == b"inv-2"
         assert cat_b.load("train", "c1") == second
 
-        # b's GC, with no grace at all, keeps every chunk of the new checkpoint.
+        # b's GC, with no grace at all, keeps every chunk of the new checkpoint. (S3 times have a
+        # resolution of a second: wait until the new chunks are older than GC's own start.)
+        time.sleep(1.5)
         result = store_b.collect_garbage(cat_b.referenced_digests, grace_seconds=0)
         assert result.deleted > 0  # the old checkpoint's chunks went
         assert all(store_a.chunks.exists(d) for d in second.digests())
