@@ -14,7 +14,7 @@ from cedanafs.streamer.backends.remote import WRITE_BLOCK
 
 from .fixtures_servers import gcs_download, gcs_list_objects, s3_client
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.conformance, pytest.mark.timeout(120)]
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from cedanafs.errors import FsError
 from cedanafs.fuse import xattrs
 from tests.fixtures_procs import wait_for
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
 W = os.O_WRONLY | os.O_CREAT
 
@@ -324,12 +324,26 @@ def test_rm_r_of_sealed_checkpoint_deletes_it(fs_tree):
 
 
 def test_rm_r_of_pending_checkpoint(fs_tree):
+    """`rm -r` of a checkpoint being written: it is gone, its store session ends (no lease is
+    left to hold back GC), nothing is committed, and the name can be written afresh."""
     v = fs_tree.tree
     c = pending(v)
     put(v, c, "inventory.img", b"inv")
-    v.unlink(c, "inventory.img")
-    v.rmdir(v.lookup(jobs(v), "j1").inode, "c1")
-    assert fs_tree.catalog.checkpoints() == []
+    put(v, c, "pages-1.img", os.urandom(300_000))  # chunks uploaded under the session's lease
+    assert list(fs_tree.store.backend.list("leases/"))
+    j = v.lookup(jobs(v), "j1").inode
+    with err(errno.ENOTEMPTY):
+        v.rmdir(j, "c1")
+    for name, _ in v.readdir(c):
+        v.unlink(c, name)
+    v.rmdir(j, "c1")
+    assert "c1" not in dict(v.readdir(j))
+    with err(errno.ENOENT):
+        v.getattr(c)
+    assert list(fs_tree.store.backend.list("leases/")) == []
+    assert fs_tree.catalog.checkpoints() == [] and list(fs_tree.store.backend.list("manifests/")) == []
+    again = v.mkdir(j, "c1", 0o755).inode
+    assert v.readdir(again) == [] and getx(v, again, "user.cedana.state") == b"pending"
 
 
 def test_autoseal_rule(fs_tree):
@@ -371,6 +385,7 @@ def test_names_and_places(fs_tree):
         v.rename(c, "f", c2, "f")
 
 
+@pytest.mark.expect_warnings
 def test_corrupt_chunk_is_eio_and_not_refetched(fs_tree):
     v = fs_tree.tree
     data = os.urandom(200_000)
@@ -392,6 +407,7 @@ def test_corrupt_chunk_is_eio_and_not_refetched(fs_tree):
     assert len([k for k in gets if ref.digest in k]) <= 1
 
 
+@pytest.mark.expect_warnings
 def test_store_failure_while_writing_fails_the_file_and_the_seal(fs_tree):
     from cedanafs.streamer import BackendError
 
@@ -427,6 +443,7 @@ def test_store_failure_while_writing_fails_the_file_and_the_seal(fs_tree):
     assert cat(v, c, "pages-1.img") == b"fine now"
 
 
+@pytest.mark.expect_warnings
 def test_store_down_during_refresh_serves_the_known_tree(fs_tree, caplog):
     from cedanafs.streamer import TemporaryFailure
 
@@ -551,5 +568,8 @@ def test_tree_answers_while_the_store_is_slow(tmp_path):
     v.release(threads[1][1]["value"])
     for fh in (first, second):
         v.release(fh)
+    for name in ("pages-1.img", "pages-2.img"):
+        v.unlink(c3, name)
+    v.rmdir(v.lookup(jobs(v), "j2").inode, "c3")
     v.close()
     store.close()

@@ -15,6 +15,8 @@ from cedanafs.errors import AlreadyExists, CheckpointError, NoSuchObject, NotFou
 from cedanafs.streamer.backends import open_backend
 from cedanafs.types import ChunkRef, FileContent
 
+pytestmark = pytest.mark.unit
+
 
 class DictObjects:
     """The smallest object store the catalog accepts: a dict behind a lock, with atomic put and create."""
@@ -302,6 +304,7 @@ def test_scopes_keep_stores_apart_in_one_db(tmp_path):
     assert [j.name for j in Catalog(b, db).jobs()] == ["jb"]
 
 
+@pytest.mark.expect_warnings
 def test_referenced_digests_and_unreadable_manifest(tmp_path):
     objects = DictObjects()
     cat = Catalog(objects, tmp_path / "db")
@@ -329,6 +332,7 @@ def test_manifest_under_wrong_key_is_refused(tmp_path):
         cat.load("j", "fake")
 
 
+@pytest.mark.expect_warnings
 def test_schema_version_mismatch_recreates_index(tmp_path):
     import sqlite3
     objects = DictObjects()

@@ -18,6 +18,8 @@ import pytest
 
 from cedanafs.app.archive import SUFFIXES, write_archive
 
+pytestmark = pytest.mark.real
+
 CEDANA = str(Path(sys.executable).parent / "cedana")
 
 

@@ -23,7 +23,7 @@ from tests.fixtures_procs import checksum_after_signal, pid_alive, wait_for
 
 CRIU = "/usr/local/sbin/criu"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 
 def settings_for(tmp_path: Path, url: str, db: str = "index.db") -> Settings:

@@ -14,7 +14,7 @@ import trio
 from cedanafs.errors import StoreError
 from cedanafs.fuse.operations import Operations
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.ops, pytest.mark.timeout(60)]
 
 CTX = SimpleNamespace(uid=0, gid=0, pid=1, umask=0o022)
 W = os.O_WRONLY | os.O_CREAT
@@ -117,6 +117,7 @@ def test_readdir_replies_in_order_and_resumes(ops, fs_tree, monkeypatch):
     assert [r[0] for r in replies] == [b"a", b"b", b"c"]
 
 
+@pytest.mark.expect_warnings
 def test_unexpected_exceptions_become_eio(ops, fs_tree, monkeypatch, caplog):
     def broken(*args, **kw):
         raise RuntimeError("bug in the tree")

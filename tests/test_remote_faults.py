@@ -27,7 +27,7 @@ from tests.fixtures_procs import checksum_after_signal, pid_alive, wait_for
 from tests.fixtures_servers import s3_client, s3_environ
 from tests.test_remote_daemon import Machines, run_workload
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.real, pytest.mark.slow, pytest.mark.timeout(420)]
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from cedanafs.streamer.backends.remote import WRITE_BLOCK
 
 from .fixtures_servers import REGION, free_port, gcs_create_bucket, gcs_settings, s3_client, s3_settings
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.conformance, pytest.mark.slow, pytest.mark.timeout(90)]
 
 FAST = RetryPolicy(attempts=3, base_delay=0.1, max_delay=0.5, deadline=10)
 

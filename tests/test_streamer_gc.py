@@ -13,7 +13,7 @@ from cedanafs.streamer import ChunkerSpec, Store, chunk_key, open_backend
 from cedanafs.streamer.backends.memory import _STORES, forget
 from cedanafs.streamer.gc import LEASES
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(120)]
 
 
 @pytest.fixture(params=["memory", "file"])
