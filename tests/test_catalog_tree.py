@@ -12,7 +12,7 @@ import time
 import pytest
 
 from cedanafs.catalog import ROOT_INODE, derive_inode
-from cedanafs.errors import FsError
+from cedanafs.errors import CedanaError, FsError
 from cedanafs.fuse import xattrs
 from tests.fixtures_procs import wait_for
 
@@ -405,6 +405,26 @@ def test_corrupt_chunk_is_eio_and_not_refetched(fs_tree):
             v.read(fh, 0, 1000)
         assert "corrupt" in str(info.value) or getattr(info.value, "errno", None) == errno.EIO
     assert len([k for k in gets if ref.digest in k]) <= 1
+
+
+def test_missing_chunk_is_eio_and_not_refetched(fs_tree):
+    v = fs_tree.tree
+    data = os.urandom(200_000)
+    c = sealed_checkpoint(v, files={"inventory.img": b"inv", "f": data})
+    ref = fs_tree.catalog.load("j1", "c1").file("f").chunks[1]
+    fs_tree.store.backend.delete(next(k for k in fs_tree.store.backend.list("chunks/") if ref.digest in k))
+    fs_tree.store.cache.discard(ref.digest)
+    gets = []
+    real_get = fs_tree.store.backend.get
+    fs_tree.store.backend.get = lambda k: (gets.append(k), real_get(k))[1]
+    fh = v.open(v.lookup(c, "f").inode, os.O_RDONLY)
+    assert v.read(fh, 0, 1000) == data[:1000]  # the chunks that are there still read
+    for _ in range(3):
+        with pytest.raises(CedanaError, match="missing"):
+            v.read(fh, 100_000, 1000)
+    assert len([k for k in gets if ref.digest in k]) == 1
+    assert b"missing" in getx(v, c, "user.cedana.error")
+    v.release(fh)
 
 
 @pytest.mark.expect_warnings

@@ -1,8 +1,9 @@
 """Content-addressed chunk store over a Backend: chunks/<2 hex>/<sha256 of the plain bytes>.
 
 Each chunk is compressed on its own (codecs.py), uploaded only if absent, and verified against
-its digest on every read; a chunk found corrupt is remembered so readers fail fast instead of
-refetching it in a loop (a later put() of the right bytes repairs it). Writers hold a lease
+its digest on every read; a chunk found corrupt or missing is remembered so readers fail fast
+instead of refetching it in a loop (a later put() of the right bytes repairs it): the one memory
+of broken chunks, which the mount relies on too. Writers hold a lease
 (gc.py) and refresh the mtime of old chunks they reuse, which is what keeps GC safe.
 """
 
@@ -70,6 +71,7 @@ class ChunkStore:
         self.codec = codec
         self._lock = threading.Lock()
         self._corrupt: set[str] = set()
+        self._missing: set[str] = set()
 
     # -- writing --------------------------------------------------------------------------
     def put(self, data: bytes, lease: "Lease | None" = None) -> ChunkRef:
@@ -97,6 +99,7 @@ class ChunkStore:
         self.backend.put(key, blob)
         with self._lock:
             self._corrupt.discard(digest)
+            self._missing.discard(digest)
         return PutResult(ref, len(blob), new=True)
 
     # -- reading --------------------------------------------------------------------------
@@ -105,9 +108,13 @@ class ChunkStore:
         digest = ref if isinstance(ref, str) else ref.digest
         if digest in self._corrupt_set():
             raise CorruptChunk(digest, "found corrupt earlier; not fetched again")
+        if digest in self._missing:
+            raise MissingChunk(digest, "(found missing earlier; not fetched again)")
         try:
             blob = self.backend.get(chunk_key(digest))
         except NoSuchObject:
+            with self._lock:
+                self._missing.add(digest)
             raise MissingChunk(digest) from None
         return self._verify(digest, blob, ref)
 
