@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-from ..catalog import Catalog, CheckpointInfo, FileEntry, Manifest, make_manifest, new_checkpoint_id
+from ..catalog import Catalog, CheckpointInfo, FileEntry, Manifest
 from ..catalog.ids import check_checkpoint_name, check_job_name
 from ..config import Settings, host_name
 from ..errors import AlreadyExists, CheckpointError, NotFound, StoreError, UsageError

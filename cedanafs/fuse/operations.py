@@ -30,6 +30,7 @@ BLKSIZE = 1 << 20
 # when another machine commits, so they are revalidated about as often as the tree refreshes.
 IMMUTABLE_TIMEOUT = 300.0
 TREE_TIMEOUT = 1.0
+META_THREADS = 8
 
 
 def errno_of(exc: BaseException) -> int:
@@ -100,19 +101,25 @@ class Operations(pyfuse3.Operations):
         # Store I/O blocks (uploads under backpressure, chunk fetches): it runs on worker threads,
         # at most `threads` at once, so the trio loop keeps serving everything else.
         self.limiter = trio.CapacityLimiter(threads)
+        # Names and attributes get threads of their own: a burst of uploads waiting for the store
+        # (which bounds its transfers with its own pools) never keeps `ls` waiting for a thread.
+        self.meta_limiter = trio.CapacityLimiter(META_THREADS)
 
     async def _run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await trio.to_thread.run_sync(functools.partial(func, *args, **kwargs), limiter=self.limiter)
+
+    async def _meta(self, func: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(functools.partial(func, *args), limiter=self.meta_limiter)
 
     # --- names and attributes -------------------------------------------------------------------
 
     @fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        return entry_attributes(await self._run(self.tree.lookup, parent_inode, os.fsdecode(name)))
+        return entry_attributes(await self._meta(self.tree.lookup, parent_inode, os.fsdecode(name)))
 
     @fuse_errors
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        return entry_attributes(await self._run(self.tree.getattr, inode))
+        return entry_attributes(await self._meta(self.tree.getattr, inode))
 
     @fuse_errors
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
@@ -140,12 +147,12 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def opendir(self, inode: int, ctx: Any = None) -> int:
-        await self._run(self.tree.getattr, inode)
+        await self._meta(self.tree.getattr, inode)
         return inode
 
     @fuse_errors
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        entries = await self._run(self.tree.readdir, fh)
+        entries = await self._meta(self.tree.readdir, fh)
         for index in range(start_id, len(entries)):
             name, attr = entries[index]
             if not pyfuse3.readdir_reply(token, os.fsencode(name), entry_attributes(attr), index + 1):
