@@ -166,7 +166,8 @@ def test_fuse_is_only_the_adapter_and_the_mount_loop():
 
 
 def test_the_tree_and_the_pending_bytes_live_below_fuse():
-    for module in ("catalog/tree.py", "catalog/nodes.py", "streamer/pending.py", "streamer/session.py"):
+    for module in ("catalog/tree.py", "catalog/lifecycle.py", "catalog/nodes.py", "streamer/pending.py",
+                   "streamer/session.py"):
         path = PACKAGE / module
         assert path.exists(), module
         assert not [t for t in _imports(path) if t.startswith(("pyfuse3", "cedanafs.fuse"))], module
