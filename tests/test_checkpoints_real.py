@@ -194,6 +194,7 @@ def test_gc_after_delete_frees_unique_chunks(workload, tmp_path):
         assert cps.verify(m1.id).ok
 
 
+@pytest.mark.expect_warnings
 def test_corrupt_chunk_named_and_never_exported(workload, tmp_path):
     proc, _, _ = workload
     images = criu_dump(proc.pid, tmp_path / "images")

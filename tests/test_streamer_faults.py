@@ -87,6 +87,7 @@ def test_wrong_credentials_are_an_auth_error(start_moto):
 
 
 @pytest.mark.parametrize("kind", ["s3", "gcs"])
+@pytest.mark.expect_warnings
 def test_corrupt_chunk_in_bucket(kind, request):
     url = request.getfixturevalue("s3_url" if kind == "s3" else "gcs_url")
     with Store(open_backend(url), chunker=ChunkerSpec.for_size("fixed", 256 << 10)) as store:
