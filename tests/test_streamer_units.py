@@ -429,3 +429,26 @@ def test_one_reader_shared_by_threads(store):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_client_errors_are_classified_by_type_not_by_name():
+    """The one table maps client exceptions by their class, code and status, never by class name."""
+    import aiohttp
+    import botocore.exceptions
+    from gcsfs.retry import HttpError
+
+    from cedanafs.errors import ObjectExists
+    from cedanafs.streamer.errors import AuthError, BackendError, NoSuchObject, TemporaryFailure, classify
+
+    assert classify(aiohttp.ServerDisconnectedError()) is TemporaryFailure
+    assert classify(botocore.exceptions.EndpointConnectionError(endpoint_url="http://x")) is TemporaryFailure
+    assert classify(ConnectionResetError()) is TemporaryFailure
+    assert classify(HttpError({"code": 503, "message": "later"})) is TemporaryFailure
+    assert classify(HttpError({"code": 403, "message": "no"})) is AuthError
+    assert classify(FileExistsError("x")) is ObjectExists
+    assert classify(FileNotFoundError("x")) is NoSuchObject
+
+    class EndpointConnectionError(Exception):
+        """Only the name of a temporary failure."""
+
+    assert classify(EndpointConnectionError()) is BackendError
