@@ -357,3 +357,36 @@ def test_chunk_usage_and_sharing(tmp_path):
     shared = cat.sharing("k", b.id)
     assert sorted(shared.values()) == [1, 2, 2]
     assert set(cat.sharing("j", a.id).values()) == {2}
+
+
+def test_refresh_notices_a_name_committed_again(tmp_path):
+    """A name deleted and committed again behind a catalog's back is a new commit to its refresh:
+    its index (what its GC keeps) holds the new chunks, never the old ones."""
+    objects = DictObjects()
+    one, two = Catalog(objects, tmp_path / "one.db"), Catalog(objects, tmp_path / "two.db")
+    old = one.commit(_manifest("j", cid="c1", files=[_chunked("a.img", [10, 20])]))
+    assert two.load("j", "c1") == old and two.referenced_digests() == old.digests()
+    one.delete("j", "c1")
+    new = one.commit(_manifest("j", cid="c1", files=[_chunked("b.img", [30])]))
+    assert new.commit != old.commit
+    result = two.refresh()
+    assert (result.added, result.removed) == (1, 1)
+    assert two.referenced_digests() == new.digests()
+    assert two.load("j", "c1") == new and two.checkpoints("j")[0].commit == new.commit
+    with pytest.raises(NotFound):
+        two.load("j", "c1", old.commit)  # the old commit is gone, whatever is cached
+
+
+def test_commit_race_leaves_one_manifest(tmp_path):
+    """Two writers create the same name at once: the one that sees the other withdraws."""
+
+    class Racing(DictObjects):
+        def create(self, key, data):
+            super().create(key, data)
+            if not key.endswith("/0000000000000000.json"):  # the other writer lands meanwhile
+                self.data[key.rsplit("/", 1)[0] + "/0000000000000000.json"] = data
+
+    objects = Racing()
+    with pytest.raises(AlreadyExists, match="at the same time"):
+        Catalog(objects, tmp_path / "db").commit(_manifest("j", cid="c1"))
+    assert [k for k in objects.data if k.startswith("manifests/")] == ["manifests/j/c1/0000000000000000.json"]

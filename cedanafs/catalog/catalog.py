@@ -239,10 +239,13 @@ class Catalog:
         log.info("committed checkpoint %s (%d files, %d bytes)", manifest.name, len(manifest.files), manifest.size)
         return manifest
 
-    def load(self, job: str, checkpoint_id: str) -> Manifest:
-        """The manifest of `job/id`, read from the store (NotFound if it is not committed)."""
+    def load(self, job: str, checkpoint_id: str, commit: str = "") -> Manifest:
+        """The manifest of `job/id`, read from the store (NotFound if it is not committed); with
+        `commit`, that commit's manifest and no other (NotFound if the name now stands for another)."""
         check_job_name(job)
         check_checkpoint_name(checkpoint_id)
+        if commit:
+            return self._load_key(manifest_key(job, checkpoint_id, commit))
         indexed = self._indexed_key(job, checkpoint_id)
         if indexed is not None:
             try:

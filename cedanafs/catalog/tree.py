@@ -201,7 +201,7 @@ class Tree(Lifecycle):
         if ckpt is None or ckpt.loaded:
             return
         try:
-            manifest = self._catalog.load(ckpt.job, ckpt.id)
+            manifest = self._catalog.load(ckpt.job, ckpt.id, ckpt.commit)  # this commit's, no other
         except NotFound:
             raise FsError(errno.ENOENT, f"checkpoint {ckpt.job}/{ckpt.id} is gone") from None
         with self._lock:
