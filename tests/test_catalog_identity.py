@@ -16,7 +16,7 @@ import pytest
 from cedanafs.catalog import Catalog, FileEntry, Tree
 from cedanafs.streamer import ChunkerSpec, Store, StoreSession, open_backend
 
-pytestmark = [pytest.mark.conformance, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.conformance, pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 def _machine(url, db):
