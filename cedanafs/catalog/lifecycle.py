@@ -57,7 +57,11 @@ class Data(Protocol):
 
 
 class Lifecycle:
-    """Seal, autoseal, delete, controls and status of the tree's checkpoints (a part of Tree)."""
+    """Seal, autoseal, delete, controls and status of the tree's checkpoints.
+
+    A part of Tree, not a class of its own: it uses the tree's lock and node bookkeeping
+    (`_node`, `_drop`, `_add_sealed`, `_fill_sealed`, `_ensure_loaded`, `_relink`).
+    """
 
     _lock: threading.RLock
     _catalog: CatalogView
