@@ -1,12 +1,15 @@
-"""Records shared by the layers: what a stored file is made of.
+"""Records shared by the layers: what a stored file is made of, and the memory page size.
 
 The streamer produces and consumes these; the catalog stores them in manifests. Both import
-them from here (layer 0) because neither may import the other.
+them from here (layer 0) because neither may import the other. `PAGE_SIZE` is the one
+definition of the page CRIU's images and the chunker are aligned to.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+PAGE_SIZE = 4096  # CRIU's page size on x86-64 and arm64 (4 KiB kernels)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Fixtures for the mount's tests: a VFS over a memory store (unit tier) and a real mount (integration).
+"""Fixtures for the mount's tests: the tree over a memory store (unit tier) and a real mount (integration).
 
 The real mount runs `cedana mount` in the background like a user would; teardown unmounts it
 (lazily if something still holds it) and kills its server even when the test failed.
@@ -36,40 +36,37 @@ def is_mounted(path: Path) -> bool:
 # --- unit tier: the tree over a memory store -------------------------------------------------
 
 @dataclass
-class Tree:
-    """A VFS over a fresh memory:// store, plus what a test needs to make a second view of it."""
+class TreeFixture:
+    """A Tree over a fresh memory:// store, plus what a test needs to make a second view of it."""
 
-    vfs: object
+    tree: object
     store: object
     catalog: object
     clock: list = field(default_factory=lambda: [1000.0])
 
     def new_view(self, **kw):
-        from cedanafs.catalog import Catalog
-        from cedanafs.fuse.backing import StoreData
-        from cedanafs.fuse.vfs import VFS
+        from cedanafs.catalog import Catalog, Tree
+        from cedanafs.streamer import StoreSession
 
-        return VFS(Catalog(self.store.backend), StoreData(self.store), **kw)
+        return Tree(Catalog(self.store.backend), StoreSession(self.store), **kw)
 
 
 @pytest.fixture
 def fs_tree(tmp_path):
-    from cedanafs.catalog import Catalog
-    from cedanafs.fuse.backing import StoreData
-    from cedanafs.fuse.vfs import VFS
-    from cedanafs.streamer import ChunkerSpec, Store, open_backend
+    from cedanafs.catalog import Catalog, Tree
+    from cedanafs.streamer import ChunkerSpec, Store, StoreSession, open_backend
 
     store = Store(open_backend(f"memory://fuse-test-{os.getpid()}-{next(_names)}"),
                   chunker=ChunkerSpec.for_size("fixed", 64 << 10), memory_limit=4 << 20)
     catalog = Catalog(store.backend)
     clock = [1000.0]
-    vfs = VFS(catalog, StoreData(store), spill_dir=str(tmp_path), refresh_interval=0, autoseal_after=5,
-              clock=lambda: clock[0])
-    vfs.refresh(force=True)
+    tree = Tree(catalog, StoreSession(store, spill_dir=str(tmp_path)), refresh_interval=0, autoseal_after=5,
+                clock=lambda: clock[0])
+    tree.refresh(force=True)
     try:
-        yield Tree(vfs, store, catalog, clock)
+        yield TreeFixture(tree, store, catalog, clock)
     finally:
-        vfs.close()
+        tree.close()
         store.close()
 
 

@@ -9,6 +9,8 @@ import pytest
 from cedanafs.app import archive
 from cedanafs.errors import CheckpointError
 
+pytestmark = pytest.mark.unit
+
 FORMATS = ["tar", "gzip", "lz4", "zlib", "zstd"]
 
 

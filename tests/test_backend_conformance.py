@@ -8,12 +8,13 @@ import time
 
 import pytest
 
+from cedanafs.errors import ObjectExists
 from cedanafs.streamer import NoSuchObject, open_backend
 from cedanafs.streamer.backends.remote import WRITE_BLOCK
 
 from .fixtures_servers import gcs_download, gcs_list_objects, s3_client
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.conformance, pytest.mark.timeout(120)]
 
 
 @pytest.fixture
@@ -32,6 +33,18 @@ def test_put_get_overwrite(backend):
     assert backend.get("empty") == b""
 
 
+def test_create_is_conditional(backend):
+    """A commit's create never replaces an object (S3 If-None-Match, GCS ifGenerationMatch=0, link)."""
+    backend.create("m/j/c/0123.json", b"first")
+    with pytest.raises(ObjectExists):
+        backend.create("m/j/c/0123.json", b"second")
+    assert backend.get("m/j/c/0123.json") == b"first"
+    backend.delete("m/j/c/0123.json")
+    backend.create("m/j/c/0123.json", b"again")
+    assert backend.get("m/j/c/0123.json") == b"again"
+    assert [k for k in backend.list("m/") if k != "m/j/c/0123.json"] == []  # no temp object left
+
+
 def test_get_range(backend):
     data = bytes(range(256)) * 40
     backend.put("r", data)
@@ -47,7 +60,7 @@ def test_list_prefix_and_relative_keys(backend):
     for key in keys:
         backend.put(key, key.encode())
     assert set(backend.list()) == keys
-    assert set(backend.list("chunks/")) == {k for k in keys if k.startswith("chunks/")}
+    assert set(backend.list("chunks-b3/")) == {k for k in keys if k.startswith("chunks-b3/")}
     assert set(backend.list("chunks/ab/ab0")) == {"chunks/ab/ab01", "chunks/ab/ab02"}
     assert set(backend.list("manifests/j/")) == {"manifests/j/1.json"}
     assert list(backend.list("nothing/")) == []

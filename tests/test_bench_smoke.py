@@ -23,6 +23,8 @@ from bench.remote import remote_methods
 from bench.report import format_header, format_table, write_results
 from bench.stats import ratio, summarize
 
+pytestmark = pytest.mark.real
+
 ROOT = Path(__file__).resolve().parent.parent
 FIGURE_KEYS = {"id", "kind", "label", "unit", "floor", "status", "reason", "n", "median", "min", "max",
                "spread", "spread_pct", "samples", "checksum", "errors", "ratio_to_floor"}

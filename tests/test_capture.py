@@ -15,7 +15,7 @@ import pytest
 
 from tests.fixtures_procs import checksum_after_signal, pid_alive, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.real, pytest.mark.timeout(300)]
 
 
 def _configure(m, **sections) -> None:

@@ -11,12 +11,15 @@ import pytest
 from cedanafs.catalog import (Catalog, FileEntry, Manifest, decode_manifest, make_manifest, manifest_key,
                               new_checkpoint_id, parse_manifest_key)
 from cedanafs.catalog.ids import check_checkpoint_name, check_job_name, id_time
-from cedanafs.errors import AlreadyExists, CheckpointError, NotFound, UsageError
+from cedanafs.errors import AlreadyExists, CheckpointError, NoSuchObject, NotFound, ObjectExists, UsageError
+from cedanafs.streamer.backends import open_backend
 from cedanafs.types import ChunkRef, FileContent
+
+pytestmark = pytest.mark.unit
 
 
 class DictObjects:
-    """The smallest object store the catalog accepts: a dict behind a lock, with atomic put."""
+    """The smallest object store the catalog accepts: a dict behind a lock, with atomic put and create."""
 
     def __init__(self, url: str = "dict://test"):
         self.url = url
@@ -29,11 +32,17 @@ class DictObjects:
         with self._lock:
             self.gets += 1
             if key not in self.data:
-                raise KeyError(key)
+                raise NoSuchObject(key)
             return self.data[key]
 
     def put(self, key, data):
         with self._lock:
+            self.data[key] = bytes(data)
+
+    def create(self, key, data):
+        with self._lock:
+            if key in self.data:
+                raise ObjectExists(key)
             self.data[key] = bytes(data)
 
     def list(self, prefix=""):
@@ -51,10 +60,6 @@ class DictObjects:
 
 
 def _memory_backend(name):
-    try:
-        from cedanafs.streamer.backends import open_backend
-    except ImportError:
-        pytest.skip("streamer memory:// backend not available yet")
     return open_backend(f"memory://{name}")
 
 
@@ -171,10 +176,14 @@ def test_make_manifest_validates():
 
 
 def test_manifest_keys():
-    assert manifest_key("j", "c") == "manifests/j/c.json"
-    assert parse_manifest_key("manifests/j/c.json") == ("j", "c")
+    commit = "0123456789abcdef"
+    assert manifest_key("j", "c", commit) == f"manifests/j/c/{commit}.json"
+    assert parse_manifest_key(f"manifests/j/c/{commit}.json") == ("j", "c", commit)
+    assert manifest_key("j", "c") == "manifests/j/c.json"  # an older store's key: still read
+    assert parse_manifest_key("manifests/j/c.json") == ("j", "c", "")
     assert parse_manifest_key("manifests/j/c.json.tmp123") is None
-    assert parse_manifest_key("manifests/j/x/c.json") is None
+    assert parse_manifest_key("manifests/j/x/c.json") is None  # "c" is no commit
+    assert parse_manifest_key(f"manifests/j/x/y/{commit}.json") is None
 
 
 # --- catalog ---------------------------------------------------------------------------------
@@ -200,7 +209,7 @@ def test_commit_load_list_latest_delete(objects, tmp_path):
         cat.load("j1", b.id)
     with pytest.raises(NotFound):
         cat.delete("j1", b.id)
-    assert manifest_key("j1", b.id) not in set(objects.list("manifests/"))
+    assert not [k for k in objects.list("manifests/") if b.id in k]
 
 
 def test_find(objects):
@@ -280,7 +289,7 @@ def test_rebuild_and_index_persistence(tmp_path):
     assert {i.id for i in reopened.checkpoints()} == ids
     # A manifest removed behind the catalog's back disappears at the next refresh.
     gone = sorted(ids)[0]
-    del objects.data[manifest_key("j", gone)]
+    del objects.data[next(k for k in objects.data if gone in k)]
     assert reopened.refresh().removed == 1
     assert reopened.rebuild().added == 2
     assert {i.id for i in reopened.checkpoints()} == ids - {gone}
@@ -295,6 +304,7 @@ def test_scopes_keep_stores_apart_in_one_db(tmp_path):
     assert [j.name for j in Catalog(b, db).jobs()] == ["jb"]
 
 
+@pytest.mark.expect_warnings
 def test_referenced_digests_and_unreadable_manifest(tmp_path):
     objects = DictObjects()
     cat = Catalog(objects, tmp_path / "db")
@@ -322,6 +332,7 @@ def test_manifest_under_wrong_key_is_refused(tmp_path):
         cat.load("j", "fake")
 
 
+@pytest.mark.expect_warnings
 def test_schema_version_mismatch_recreates_index(tmp_path):
     import sqlite3
     objects = DictObjects()
@@ -346,3 +357,36 @@ def test_chunk_usage_and_sharing(tmp_path):
     shared = cat.sharing("k", b.id)
     assert sorted(shared.values()) == [1, 2, 2]
     assert set(cat.sharing("j", a.id).values()) == {2}
+
+
+def test_refresh_notices_a_name_committed_again(tmp_path):
+    """A name deleted and committed again behind a catalog's back is a new commit to its refresh:
+    its index (what its GC keeps) holds the new chunks, never the old ones."""
+    objects = DictObjects()
+    one, two = Catalog(objects, tmp_path / "one.db"), Catalog(objects, tmp_path / "two.db")
+    old = one.commit(_manifest("j", cid="c1", files=[_chunked("a.img", [10, 20])]))
+    assert two.load("j", "c1") == old and two.referenced_digests() == old.digests()
+    one.delete("j", "c1")
+    new = one.commit(_manifest("j", cid="c1", files=[_chunked("b.img", [30])]))
+    assert new.commit != old.commit
+    result = two.refresh()
+    assert (result.added, result.removed) == (1, 1)
+    assert two.referenced_digests() == new.digests()
+    assert two.load("j", "c1") == new and two.checkpoints("j")[0].commit == new.commit
+    with pytest.raises(NotFound):
+        two.load("j", "c1", old.commit)  # the old commit is gone, whatever is cached
+
+
+def test_commit_race_leaves_one_manifest(tmp_path):
+    """Two writers create the same name at once: the one that sees the other withdraws."""
+
+    class Racing(DictObjects):
+        def create(self, key, data):
+            super().create(key, data)
+            if not key.endswith("/0000000000000000.json"):  # the other writer lands meanwhile
+                self.data[key.rsplit("/", 1)[0] + "/0000000000000000.json"] = data
+
+    objects = Racing()
+    with pytest.raises(AlreadyExists, match="at the same time"):
+        Catalog(objects, tmp_path / "db").commit(_manifest("j", cid="c1"))
+    assert [k for k in objects.data if k.startswith("manifests/")] == ["manifests/j/c1/0000000000000000.json"]

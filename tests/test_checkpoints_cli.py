@@ -18,6 +18,8 @@ import pytest
 
 from cedanafs.app.archive import SUFFIXES, write_archive
 
+pytestmark = pytest.mark.real
+
 CEDANA = str(Path(sys.executable).parent / "cedana")
 
 
@@ -144,7 +146,8 @@ def test_cli_verify_names_corrupt_chunk(run, images, tmp_path):
 
 def test_unknown_manifest_version_is_a_clear_error(run, images, tmp_path):
     cid = json.loads(ok(run("checkpoint", "import", str(images), "--job", "j", "-O", "json")).stdout)["id"]
-    good = json.loads((tmp_path / "store" / "manifests" / "j" / f"{cid}.json").read_text())
+    [key] = (tmp_path / "store" / "manifests" / "j" / cid).glob("*.json")  # <id>/<commit>.json
+    good = json.loads(key.read_text())
     good.update(format=99, id="future")
     (tmp_path / "store" / "manifests" / "j" / "future.json").write_text(json.dumps(good))
     line = one_line_error(run("checkpoint", "inspect", "j/future"))

@@ -23,7 +23,7 @@ from tests.fixtures_procs import checksum_after_signal, pid_alive, wait_for
 
 CRIU = "/usr/local/sbin/criu"
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 
 def settings_for(tmp_path: Path, url: str, db: str = "index.db") -> Settings:
@@ -194,6 +194,7 @@ def test_gc_after_delete_frees_unique_chunks(workload, tmp_path):
         assert cps.verify(m1.id).ok
 
 
+@pytest.mark.expect_warnings
 def test_corrupt_chunk_named_and_never_exported(workload, tmp_path):
     proc, _, _ = workload
     images = criu_dump(proc.pid, tmp_path / "images")

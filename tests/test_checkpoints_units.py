@@ -17,6 +17,8 @@ from cedanafs.streamer.backends import MemoryBackend
 from cedanafs.streamer.backends.memory import forget
 from cedanafs.streamer.errors import TemporaryFailure
 
+pytestmark = pytest.mark.unit
+
 
 class FlakyBackend(MemoryBackend):
     """A memory backend whose chunk uploads start failing after `ok_puts` of them."""

@@ -7,6 +7,8 @@ import pytest
 from cedanafs.config import all_keys, load_settings, parse_size
 from cedanafs.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults(tmp_path):
     s = load_settings(str(tmp_path), environ={})

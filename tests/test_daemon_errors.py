@@ -9,7 +9,7 @@ import pytest
 from tests.fixtures_daemon import wait_status
 from tests.fixtures_procs import PROGRAMS, read_lines, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.real, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def one_line_error(result, code: int, *words: str) -> str:

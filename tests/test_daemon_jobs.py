@@ -18,7 +18,7 @@ import pytest
 from tests.fixtures_daemon import ALIVE, settle, wait_status
 from tests.fixtures_procs import PROGRAMS, pid_alive, read_lines, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.real, pytest.mark.slow, pytest.mark.timeout(300)]
 
 COUNTER = PROGRAMS / "counter.py"
 

@@ -15,7 +15,7 @@ import pytest
 from tests.fixtures_daemon import ALIVE, NOBODY, wait_status
 from tests.fixtures_procs import PROGRAMS, pid_alive, read_lines, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.real, pytest.mark.slow, pytest.mark.timeout(300)]
 
 DENIED = 77
 

@@ -14,7 +14,7 @@ import trio
 from cedanafs.errors import StoreError
 from cedanafs.fuse.operations import Operations
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.ops, pytest.mark.timeout(60)]
 
 CTX = SimpleNamespace(uid=0, gid=0, pid=1, umask=0o022)
 W = os.O_WRONLY | os.O_CREAT
@@ -32,7 +32,7 @@ def fuse_errno(coro_fn, *args) -> int:
 
 @pytest.fixture
 def ops(fs_tree):
-    return Operations(fs_tree.vfs, threads=4)
+    return Operations(fs_tree.tree, threads=4)
 
 
 def fields(**kw):
@@ -117,18 +117,19 @@ def test_readdir_replies_in_order_and_resumes(ops, fs_tree, monkeypatch):
     assert [r[0] for r in replies] == [b"a", b"b", b"c"]
 
 
+@pytest.mark.expect_warnings
 def test_unexpected_exceptions_become_eio(ops, fs_tree, monkeypatch, caplog):
     def broken(*args, **kw):
         raise RuntimeError("bug in the tree")
 
-    monkeypatch.setattr(fs_tree.vfs, "getattr", broken)
+    monkeypatch.setattr(fs_tree.tree, "getattr", broken)
     assert fuse_errno(ops.getattr, pyfuse3.ROOT_INODE, CTX) == errno.EIO
     assert "bug in the tree" in caplog.text
 
     def store_down(*args, **kw):
         raise StoreError("bucket unreachable")
 
-    monkeypatch.setattr(fs_tree.vfs, "read", store_down)
+    monkeypatch.setattr(fs_tree.tree, "read", store_down)
     assert fuse_errno(ops.read, 1, 0, 10) == errno.EIO
     assert "bucket unreachable" in caplog.text
 

@@ -9,9 +9,10 @@ import os
 import pytest
 
 from cedanafs.app.checkpoints import Checkpoints
-from cedanafs.fuse.vfs import ROOT_INODE, FsError
+from cedanafs.catalog.nodes import ROOT_INODE
+from cedanafs.errors import FsError
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.ops, pytest.mark.timeout(60)]
 
 
 def _lookup(v, *names):
@@ -39,12 +40,12 @@ def _container_checkpoint(fs_tree, tmp_path):
     (src / "checkpoint" / "link").symlink_to("pages-1.img")
     (src / "checkpoint").chmod(0o700)
     Checkpoints(fs_tree.store, fs_tree.catalog).import_dir(src, "ctr", "c1", images="checkpoint")
-    fs_tree.vfs.refresh(force=True)
+    fs_tree.tree.refresh(force=True)
     return src
 
 
 def test_subdirectories_are_shown_read_only(fs_tree, tmp_path):
-    v = fs_tree.vfs
+    v = fs_tree.tree
     src = _container_checkpoint(fs_tree, tmp_path)
     images = _lookup(v, "jobs", "ctr", "c1", "checkpoint")
     assert sorted(n for n, _ in v.readdir(images)) == ["deeper", "inventory.img", "link", "pages-1.img"]
@@ -59,7 +60,7 @@ def test_subdirectories_are_shown_read_only(fs_tree, tmp_path):
 
 
 def test_rm_r_through_subdirectories_deletes_the_checkpoint(fs_tree, tmp_path):
-    v = fs_tree.vfs
+    v = fs_tree.tree
     _container_checkpoint(fs_tree, tmp_path)
 
     def rm_r(parent, name):

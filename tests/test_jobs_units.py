@@ -17,6 +17,8 @@ from cedanafs.catalog import is_valid_job_name
 from cedanafs.daemon import handlers, protocol
 from cedanafs.errors import AlreadyExists, CedanaError, PermissionDenied
 
+pytestmark = pytest.mark.unit
+
 
 def me() -> Job:
     return Job(jid="me", pid=os.getpid(), start_time=process_start_time(os.getpid()), host=socket.gethostname())

@@ -13,6 +13,8 @@ from kubernetes_validate.utils import latest_version
 
 from cedanafs.config import load_settings
 
+pytestmark = pytest.mark.unit
+
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
 OLDEST = (1, 30)
 

@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 from tests.fixtures_mount import make_mount
 from tests.fixtures_podman import podman, podman_container  # noqa: F401 - fixtures
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.real]
 TOKEN = "test-token-0123456789"
 
 

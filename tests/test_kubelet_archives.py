@@ -15,6 +15,8 @@ import zstandard
 
 from cedanafs.app.kubelet import ContainerInfo, read_info
 
+pytestmark = pytest.mark.unit
+
 CEDANA = [sys.executable, "-m", "cedanafs.cli"]
 
 

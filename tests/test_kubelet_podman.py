@@ -18,7 +18,7 @@ from cedanafs.app.archive import open_tar_stream
 from tests.fixtures_mount import until
 from tests.fixtures_podman import IMAGE, podman, podman_container  # noqa: F401 - fixtures
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.real]
 
 
 def _import(mounted, archive, *extra):

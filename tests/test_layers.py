@@ -5,6 +5,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.unit
+
 PACKAGE = Path(__file__).resolve().parent.parent / "cedanafs"
 
 LAYER = {
@@ -95,3 +99,80 @@ def test_the_walker_sees_violations(tmp_path):
     (bad.parent / "streamer").mkdir()
     found = _imports(bad / "x.py", tmp_path)
     assert "cedanafs.streamer" in found and "click" in found
+
+
+def _graph() -> dict[str, set[str]]:
+    """Module -> the cedanafs modules it imports (a package import counts as its __init__)."""
+    modules = {module: path for path, module in _modules()}
+    graph = {}
+    for module, path in modules.items():
+        here = module[: -len(".__init__")] if module.endswith(".__init__") else module
+        targets = set()
+        for target in _imports(path):
+            if target in modules:
+                targets.add(target)
+            elif f"{target}.__init__" in modules:
+                targets.add(f"{target}.__init__")
+        targets.discard(module)
+        graph[here if not module.endswith(".__init__") else module] = targets
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Cycles among modules, ignoring the edges into a package's own __init__ (re-exports)."""
+    def edges(module: str) -> set[str]:
+        own = module.rsplit(".", 1)[0]
+        return {t for t in graph.get(module, ()) if not (t.endswith(".__init__") and own.startswith(t[:-9]))}
+
+    found, state = [], {}
+
+    def visit(module: str, stack: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(edges(module)):
+            if state.get(target) == 1:
+                found.append(stack[stack.index(target):] + [target])
+            elif target not in state:
+                visit(target, stack + [target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    return found
+
+
+def test_no_import_cycles():
+    """Dependencies go one way inside a layer too (files -> store, chunkstore -> gc, were cycles);
+    imports made only for type checking count: they are dependencies all the same."""
+    cycles = _cycles(_graph())
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_cycle_finder_sees_a_cycle():
+    assert _cycles({"a.x": {"a.y"}, "a.y": {"a.x"}, "a.z": set()}) == [["a.x", "a.y", "a.x"]]
+
+
+FUSE_MODULES = {"__init__", "operations", "xattrs", "mount"}
+FUSE_MAX_LINES = 500
+
+
+def test_fuse_is_only_the_adapter_and_the_mount_loop():
+    """The tree and its lifecycle live in catalog/, the bytes in streamer/: fuse/ only translates."""
+    fuse = PACKAGE / "fuse"
+    names = {p.stem for p in fuse.glob("*.py")}
+    assert names == FUSE_MODULES, f"fuse/ holds {sorted(names - FUSE_MODULES)} beyond the adapter"
+    lines = sum(len(p.read_text().splitlines()) for p in fuse.glob("*.py"))
+    assert lines <= FUSE_MAX_LINES, f"fuse/ has grown to {lines} lines"
+
+
+def test_the_tree_and_the_pending_bytes_live_below_fuse():
+    for module in ("catalog/tree.py", "catalog/lifecycle.py", "catalog/nodes.py", "streamer/pending.py",
+                   "streamer/session.py"):
+        path = PACKAGE / module
+        assert path.exists(), module
+        assert not [t for t in _imports(path) if t.startswith(("pyfuse3", "cedanafs.fuse"))], module
+
+
+def test_every_module_says_what_it_owns():
+    missing = [m for p, m in _modules() if not ast.get_docstring(ast.parse(p.read_text()))]
+    assert not missing, f"modules without a docstring: {missing}"

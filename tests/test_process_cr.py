@@ -16,7 +16,7 @@ from tests.fixtures_procs import (
     CEDANA, PROGRAMS, checksum_after_signal, pid_alive, read_lines, wait_for,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.real, pytest.mark.slow, pytest.mark.timeout(240)]
 
 COMPRESSIONS = ["none", "tar", "gzip", "lz4", "zlib", "zstd"]
 SUFFIX = {"none": "", "tar": ".tar", "gzip": ".tar.gz", "lz4": ".tar.lz4", "zlib": ".tar.zlib", "zstd": ".tar.zst"}

@@ -15,7 +15,7 @@ import pytest
 
 from tests.fixtures_procs import CEDANA, ROOT, pid_alive, read_lines, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.real, pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 def assert_one_line_error(result, *needles: str, code: int | None = None) -> None:

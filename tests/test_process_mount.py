@@ -10,7 +10,7 @@ import pytest
 
 from tests.fixtures_procs import checksum_after_signal, pid_alive, read_lines, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.real, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def _dump_into_mount(mounted, pid: int, job: str, *extra: str) -> str:

@@ -9,7 +9,7 @@ import pytest
 from tests.fixtures_procs import pid_alive, read_lines, wait_for
 from tests.fixtures_servers import gcs_list_objects, s3_client
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.real, pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def _objects(kind: str, url: str, request) -> dict[str, int]:

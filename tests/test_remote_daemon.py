@@ -18,7 +18,7 @@ import pytest
 from tests.fixtures_daemon import ALIVE, DaemonHarness, wait_status
 from tests.fixtures_procs import WORKLOAD, _json, checksum_after_signal, pid_alive, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.real, pytest.mark.slow, pytest.mark.timeout(420)]
 
 SIZE = "64M"
 

@@ -22,12 +22,13 @@ import pytest
 from cedanafs.catalog.manifest import decode_manifest
 from cedanafs.criu.images import read_pagemap
 from cedanafs.streamer.chunkstore import chunk_key
+from cedanafs.types import PAGE_SIZE
 from tests.fixtures_daemon import ALIVE, wait_status
 from tests.fixtures_procs import checksum_after_signal, pid_alive, wait_for
 from tests.fixtures_servers import s3_client, s3_environ
 from tests.test_remote_daemon import Machines, run_workload
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.real, pytest.mark.slow, pytest.mark.timeout(420)]
 
 
 @pytest.fixture
@@ -119,11 +120,14 @@ def test_bucket_unreachable_during_a_lazy_restore(machines, private_moto, procs)
 def _lazy_chunk_of_pages(url: str, endpoint: str, ckpt_dir, job: str, ckpt: str) -> str:
     """The digest of a chunk of pages-*.img that only lazy pages use (not read before the process runs)."""
     bucket, _, prefix = url[len("s3://"):].partition("/")
-    body = s3_client(endpoint).get_object(Bucket=bucket, Key=f"{prefix}/manifests/{job}/{ckpt}.json")["Body"]
+    client = s3_client(endpoint)
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/manifests/{job}/{ckpt}/")["Contents"]
+    assert len(listed) == 1, listed  # one manifest per name: manifests/<job>/<id>/<commit>.json
+    body = client.get_object(Bucket=bucket, Key=listed[0]["Key"])["Body"]
     manifest = decode_manifest(body.read())
     pid = int(next(n for n in os.listdir(ckpt_dir) if n.startswith("pagemap-"))[len("pagemap-"):-len(".img")])
     name, ranges = read_pagemap(str(ckpt_dir), pid)
-    eager = [(r.offset, r.offset + r.length) for r in ranges if not r.lazy] + [(0, 4096)]
+    eager = [(r.offset, r.offset + r.length) for r in ranges if not r.lazy] + [(0, PAGE_SIZE)]
     entry = next(f for f in manifest.files if f.path == name)
     counts: dict[str, int] = {}
     for f in manifest.files:

@@ -19,6 +19,8 @@ from cedanafs.streamer.chunker import ChunkerSpec
 from tests.test_streamer_units import mem_url  # noqa: F401 - fixture
 from tests.fixtures_procs import checksum_after_signal, wait_for
 
+pytestmark = pytest.mark.real
+
 CHUNK = 128 << 10
 
 

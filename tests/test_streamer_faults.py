@@ -16,7 +16,7 @@ from cedanafs.streamer.backends.remote import WRITE_BLOCK
 
 from .fixtures_servers import REGION, free_port, gcs_create_bucket, gcs_settings, s3_client, s3_settings
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.conformance, pytest.mark.slow, pytest.mark.timeout(90)]
 
 FAST = RetryPolicy(attempts=3, base_delay=0.1, max_delay=0.5, deadline=10)
 
@@ -87,6 +87,7 @@ def test_wrong_credentials_are_an_auth_error(start_moto):
 
 
 @pytest.mark.parametrize("kind", ["s3", "gcs"])
+@pytest.mark.expect_warnings
 def test_corrupt_chunk_in_bucket(kind, request):
     url = request.getfixturevalue("s3_url" if kind == "s3" else "gcs_url")
     with Store(open_backend(url), chunker=ChunkerSpec.for_size("fixed", 256 << 10)) as store:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
-import time
 import uuid
 
 import pytest
@@ -14,7 +12,7 @@ from cedanafs.streamer import ChunkerSpec, Store, open_backend
 from cedanafs.streamer.backends.memory import _STORES, forget
 from cedanafs.streamer.gc import LEASES
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(120)]
 
 
 @pytest.fixture(params=["memory", "file"])

@@ -19,7 +19,7 @@ from cedanafs.streamer.backends.memory import MemoryBackend, forget
 from cedanafs.streamer.chunker import PAGE, chunk_bytes
 from cedanafs.types import ChunkRef, FileContent
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(120)]
 
 
 def text_like(n: int, seed: int = 1) -> bytes:
@@ -148,6 +148,7 @@ def test_chunkstore_put_get_and_dedup(mem_url):
         cs.get(first.ref)
 
 
+@pytest.mark.expect_warnings
 def test_chunkstore_corrupt_chunk_named_and_not_refetched(mem_url):
     backend = open_backend(mem_url)
     cs = ChunkStore(backend)
@@ -169,6 +170,7 @@ def test_chunkstore_corrupt_chunk_named_and_not_refetched(mem_url):
     assert cs.get(ref) == data
 
 
+@pytest.mark.expect_warnings
 def test_chunkstore_detects_swapped_content(mem_url):
     backend = open_backend(mem_url)
     cs = ChunkStore(backend, codec="none")
@@ -343,6 +345,7 @@ def test_single_flight_fetch(mem_url):
     assert cache.stats().misses == 1
 
 
+@pytest.mark.expect_warnings
 def test_disk_cache_bounded_and_verified(tmp_path):
     cache = ChunkCache(memory_limit=1, disk_dir=str(tmp_path / "c"), disk_limit=1 << 20)
     blobs = [os.urandom(300_000) for _ in range(6)]
@@ -362,6 +365,7 @@ def test_disk_cache_bounded_and_verified(tmp_path):
     assert again.get_or_fetch(digest_of(last), lambda: pytest.fail("not from disk")) == last
 
 
+@pytest.mark.expect_warnings
 def test_reader_never_returns_wrong_bytes(store):
     data = text_like(3 << 20, seed=3)
     content = store.write_bytes(data)
@@ -425,3 +429,26 @@ def test_one_reader_shared_by_threads(store):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_client_errors_are_classified_by_type_not_by_name():
+    """The one table maps client exceptions by their class, code and status, never by class name."""
+    import aiohttp
+    import botocore.exceptions
+    from gcsfs.retry import HttpError
+
+    from cedanafs.errors import ObjectExists
+    from cedanafs.streamer.errors import AuthError, BackendError, NoSuchObject, TemporaryFailure, classify
+
+    assert classify(aiohttp.ServerDisconnectedError()) is TemporaryFailure
+    assert classify(botocore.exceptions.EndpointConnectionError(endpoint_url="http://x")) is TemporaryFailure
+    assert classify(ConnectionResetError()) is TemporaryFailure
+    assert classify(HttpError({"code": 503, "message": "later"})) is TemporaryFailure
+    assert classify(HttpError({"code": 403, "message": "no"})) is AuthError
+    assert classify(FileExistsError("x")) is ObjectExists
+    assert classify(FileNotFoundError("x")) is NoSuchObject
+
+    class EndpointConnectionError(Exception):
+        """Only the name of a temporary failure."""
+
+    assert classify(EndpointConnectionError()) is BackendError

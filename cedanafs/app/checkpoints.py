@@ -15,13 +15,12 @@ import os
 import shutil
 import stat
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-from ..catalog import Catalog, CheckpointInfo, FileEntry, Manifest, make_manifest, new_checkpoint_id
+from ..catalog import Catalog, CheckpointInfo, FileEntry, Manifest
 from ..catalog.ids import check_checkpoint_name, check_job_name
 from ..config import Settings, host_name
 from ..errors import AlreadyExists, CheckpointError, NotFound, StoreError, UsageError
@@ -34,8 +33,6 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
 COPY_BLOCK = 1 << 20
-_GENERATED_ID_TRIES = 5
-_STAT_THREADS = 16
 
 
 # --- records ------------------------------------------------------------------------------------
@@ -157,7 +154,7 @@ class Checkpoints:
     def open(cls, settings: Settings, store_url: str | None = None, db_path: str | None = None) -> "Checkpoints":
         store = Store.from_settings(settings, store_url)
         try:
-            catalog = Catalog(store.backend, db_path or settings.db.path)
+            catalog = Catalog(store.backend, db_path or settings.db.path, pool=store.read_pool)
         except BaseException:
             store.close()
             raise
@@ -189,12 +186,12 @@ class Checkpoints:
             if self.catalog.exists(job, name):
                 raise AlreadyExists(f"checkpoint {job}/{name} already exists")
         entries = _scan(root, images)
-        parent = self.catalog.latest(job)
         with self.store.open_lease() as lease:
             files, stats = self._store_entries(root, entries, lease, progress)
             meta = dict(meta or {}, transfer=_transfer_meta(stats))
-            manifest = self._commit(job, name, files, kind=kind, meta=meta,
-                                    parent=parent.id if parent else None)
+            self.store.chunks.prepare_commit(lease)  # chunks durable, reused ones safe from GC
+            manifest = self.catalog.commit_files(job, files, name=name, kind=kind, meta=meta,
+                                                 host=host_name(self.settings))
         log.info("imported %s as %s: %d bytes, %d stored (%d new chunks, %d reused)", root, manifest.name,
                  stats.logical_bytes, stats.stored_bytes, stats.new_chunks, stats.reused_chunks)
         return manifest
@@ -232,18 +229,6 @@ class Checkpoints:
         if content.size != entry.st.st_size or os.stat(path).st_mtime_ns != entry.st.st_mtime_ns:
             raise CheckpointError(f"{path} changed while it was being imported; import it again once it is complete")
         return content, writer.stats
-
-    def _commit(self, job: str, name: str | None, files: list[FileEntry], **kw: Any) -> Manifest:
-        """Commit under `name`, or under a fresh id (another once if a concurrent writer took it)."""
-        for attempt in range(1 if name else _GENERATED_ID_TRIES):
-            manifest = make_manifest(job, name or new_checkpoint_id(), files, host=host_name(self.settings), **kw)
-            try:
-                return self.catalog.commit(manifest)
-            except AlreadyExists:
-                if name:
-                    raise
-                log.info("checkpoint id %s was taken; trying another (attempt %d)", manifest.id, attempt + 1)
-        raise AlreadyExists(f"could not find a free checkpoint id for job {job}")
 
     # --- export ---------------------------------------------------------------------------
 
@@ -345,8 +330,7 @@ class Checkpoints:
             except NoSuchObject:
                 return None
         ordered = sorted(digests)
-        with ThreadPoolExecutor(max_workers=_STAT_THREADS) as pool:
-            return dict(zip(ordered, pool.map(size, ordered)))
+        return dict(zip(ordered, self.store.read_pool.map(size, ordered)))
 
     # --- verify ---------------------------------------------------------------------------
 

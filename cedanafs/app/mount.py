@@ -21,34 +21,23 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..config import Settings, host_name
-from ..errors import AlreadyExists, CedanaError, CheckpointError, NotFound, UsageError
+from ..errors import AlreadyExists, CedanaError, CheckpointError, MountBusy, MountError, NotFound, UsageError
 from ..fuse import FSTYPE
+from ..fuse.xattrs import AUTOSEAL as XATTR_AUTOSEAL
+from ..fuse.xattrs import ERROR as XATTR_ERROR
+from ..fuse.xattrs import KIND as XATTR_KIND
+from ..fuse.xattrs import META as XATTR_META
+from ..fuse.xattrs import PID as XATTR_PID
+from ..fuse.xattrs import SEAL as XATTR_SEAL
+from ..fuse.xattrs import STATE as XATTR_STATE
+from ..fuse.xattrs import STREAMS as XATTR_STREAMS
+from ..types import PAGE_SIZE
 
 log = logging.getLogger(__name__)
 
-XATTR_SEAL = "user.cedana.seal"
-XATTR_STATE = "user.cedana.state"
-XATTR_ERROR = "user.cedana.error"
-XATTR_AUTOSEAL = "user.cedana.autoseal"
-XATTR_STREAMS = "user.cedana.streams"
-XATTR_KIND = "user.cedana.kind"
-XATTR_META = "user.cedana.meta."
-XATTR_PID = "user.cedana.pid"
 DEFAULT_AUTOSEAL_AFTER = 10.0
 REFRESH_INTERVAL = 2.0  # how stale the tree may be: checkpoints of other machines show up this fast
 MOUNT_TIMEOUT = 60.0
-
-
-class MountError(CedanaError):
-    """The mount failed."""
-
-    exit_code = 9
-
-
-class MountBusy(MountError):
-    """The mount is busy."""
-
-    exit_code = 16  # EBUSY
 
 
 @dataclass(frozen=True)
@@ -251,21 +240,20 @@ def _limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
 def _serve(settings: Settings, mp: str, url: str, autoseal_after: float, ready: Callable[[], None] | None) -> None:
     """Open the store and catalog (after any fork: s3fs/gcsfs must not cross one), mount, serve."""
     _limit_malloc_arenas()
-    from ..catalog import Catalog
-    from ..fuse.backing import StoreData
+    from ..catalog import Catalog, Tree
     from ..fuse.mount import serve
-    from ..fuse.vfs import VFS
-    from ..streamer import Store
+    from ..streamer import Store, StoreSession
 
     store = Store.from_settings(settings, url)
-    catalog = Catalog(store.backend, settings.db.path, scope=store.url, refresh_interval=REFRESH_INTERVAL)
+    catalog = Catalog(store.backend, settings.db.path, scope=store.url, refresh_interval=REFRESH_INTERVAL,
+                      pool=store.read_pool)
     try:
         spill = Path(settings.cache.dir).parent / "spill"
         spill.mkdir(parents=True, exist_ok=True)
-        vfs = VFS(catalog, StoreData(store), spill_dir=str(spill), refresh_interval=REFRESH_INTERVAL,
-                  autoseal_after=autoseal_after, host=host_name(settings))
-        vfs.refresh(force=True)  # a store that cannot be listed fails the mount, not the first ls
-        serve(vfs, mp, ready=ready, threads=max(16, 4 * store.streams))
+        tree = Tree(catalog, StoreSession(store, spill_dir=str(spill)), refresh_interval=REFRESH_INTERVAL,
+                    autoseal_after=autoseal_after, host=host_name(settings))
+        tree.refresh(force=True)  # a store that cannot be listed fails the mount, not the first ls
+        serve(tree, mp, ready=ready, threads=max(16, 4 * store.streams))
     finally:
         catalog.close()
         store.close()
@@ -469,7 +457,7 @@ def _eager_page_ranges(ckpt_dir: str) -> list[tuple[str, int, int]]:
         path = os.path.join(ckpt_dir, name)
         spans = [(r.offset, r.length) for r in ranges if not r.lazy]
         if ranges:
-            spans.insert(0, (0, min(ranges[0].length, 4096)))  # the probe: the store must answer
+            spans.insert(0, (0, min(ranges[0].length, PAGE_SIZE)))  # the probe: the store must answer
         merged: list[list[int]] = []
         for off, length in spans:
             if merged and off <= merged[-1][0] + merged[-1][1] + _PREFETCH_BLOCK:

@@ -1,48 +1,57 @@
 """The catalog: which checkpoints exist, committed as manifests in the store, indexed in SQLite.
 
-This module owns the manifest keys (`manifests/<job>/<id>.json`) in a store's object namespace,
-the commit of a checkpoint (writing its manifest, last and atomically), and the SQLite index of
-jobs, checkpoints and referenced chunks. The manifests in the store are the truth; the index is a
-cache of them that `refresh()` syncs and `rebuild()` recreates, so a second machine pointed at
-the same bucket (with its own database) sees the same jobs and checkpoints.
+This module owns the manifest keys (`manifests/<job>/<id>/<commit>.json`) in a store's object
+namespace, the commit of a checkpoint (`commit_files`, the one manifest builder the mount and
+imports share; the manifest is written last), and the SQLite index of jobs, checkpoints and
+referenced chunks. The manifests in the store are the truth; the index is a cache of them that
+`refresh()` syncs and `rebuild()` recreates, so a second machine pointed at the same bucket (with
+its own database) sees the same jobs and checkpoints.
 
-`objects` is anything with the streamer Backend's `get/put/list/delete/exists` (structural typing:
-the catalog does not import the streamer). `put` must be atomic: a reader sees a whole manifest or
-none. Manifests are write-once (commit refuses an existing id), which is what lets refresh compare
-key listings only.
+One identity per commit: a manifest's key carries its commit (a digest of its bytes,
+`Manifest.commit`), and is written with a conditional create (`objects.create`: O_EXCL-like on
+every backend). A name deleted and committed again therefore has a new key, so a refresh that
+compares key listings sees the swap, however long a machine missed it: its index, its manifest
+cache (keyed by key) and its GC never mistake the new checkpoint for the old one.
+
+`objects` is anything with the streamer Backend's `get/put/create/list/delete/exists`
+(structural typing: the catalog does not import the streamer); its errors are those of
+cedanafs.errors (`NoSuchObject`, `ObjectExists`). Store I/O never runs under the index lock.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
-from ..errors import AlreadyExists, CheckpointError, NotFound, StoreError, UsageError
-from .ids import check_checkpoint_name, check_job_name, is_valid_checkpoint_name, is_valid_job_name
-from .manifest import Manifest, decode_manifest, encode_manifest
+from ..errors import AlreadyExists, CheckpointError, NoSuchObject, NotFound, ObjectExists, StoreError, UsageError
+from .ids import check_checkpoint_name, check_job_name, is_valid_checkpoint_name, is_valid_job_name, new_checkpoint_id
+from .manifest import FileEntry, Manifest, decode_manifest, encode_manifest, make_manifest
 
 log = logging.getLogger(__name__)
 
 MANIFEST_PREFIX = "manifests/"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _TIME = "%Y-%m-%dT%H:%M:%S.%fZ"  # fixed width, so text order is time order in SQL
 _CACHE_SIZE = 64
 _FETCH_THREADS = 8
+_GENERATED_ID_TRIES = 5
+_COMMIT = re.compile(r"^[0-9a-f]{16}$")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS catalog_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS catalog_checkpoints (
     scope TEXT NOT NULL, job TEXT NOT NULL, id TEXT NOT NULL, created TEXT NOT NULL,
     parent TEXT, kind TEXT NOT NULL, host TEXT NOT NULL, size INTEGER NOT NULL,
-    files INTEGER NOT NULL, chunks INTEGER NOT NULL, inline_bytes INTEGER NOT NULL,
+    files INTEGER NOT NULL, chunks INTEGER NOT NULL, inline_bytes INTEGER NOT NULL, commit_id TEXT NOT NULL,
     PRIMARY KEY (scope, job, id));
 CREATE INDEX IF NOT EXISTS catalog_checkpoints_created ON catalog_checkpoints (scope, created);
 CREATE TABLE IF NOT EXISTS catalog_chunks (
@@ -60,6 +69,7 @@ class ObjectStore(Protocol):
 
     def get(self, key: str) -> bytes: ...
     def put(self, key: str, data: bytes) -> None: ...
+    def create(self, key: str, data: bytes) -> None: ...
     def list(self, prefix: str = "") -> Iterable[str]: ...
     def delete(self, key: str) -> None: ...
     def exists(self, key: str) -> bool: ...
@@ -78,6 +88,7 @@ class CheckpointInfo:
     size: int
     files: int
     chunks: int
+    commit: str = ""  # the commit this name stands for now (Manifest.commit)
 
     @property
     def name(self) -> str:
@@ -124,21 +135,28 @@ class RefreshResult:
     skipped: bool = False
 
 
-def manifest_key(job: str, checkpoint_id: str) -> str:
+def manifest_key(job: str, checkpoint_id: str, commit: str = "") -> str:
+    """`manifests/<job>/<id>/<commit>.json`; without a commit, the key of an older store's manifest."""
+    if commit:
+        return f"{MANIFEST_PREFIX}{job}/{checkpoint_id}/{commit}.json"
     return f"{MANIFEST_PREFIX}{job}/{checkpoint_id}.json"
 
 
-def parse_manifest_key(key: str) -> tuple[str, str] | None:
-    """(job, id) for a manifest key, None for anything else under the prefix (temp files, junk)."""
+def parse_manifest_key(key: str) -> tuple[str, str, str] | None:
+    """(job, id, commit) for a manifest key, None for anything else under the prefix (temp files, junk).
+
+    The commit is "" for an older store's `manifests/<job>/<id>.json`, still read as it is.
+    """
     if not key.startswith(MANIFEST_PREFIX):
         key = MANIFEST_PREFIX + key.lstrip("/")
     parts = key[len(MANIFEST_PREFIX):].split("/")
-    if len(parts) != 2 or not parts[1].endswith(".json"):
+    if not parts[-1].endswith(".json") or len(parts) not in (2, 3):
         return None
-    job, cid = parts[0], parts[1][: -len(".json")]
-    if not (is_valid_job_name(job) and is_valid_checkpoint_name(cid)):
+    parts[-1] = parts[-1][: -len(".json")]
+    job, cid, commit = (parts + [""])[:3]
+    if not (is_valid_job_name(job) and is_valid_checkpoint_name(cid)) or (commit and not _COMMIT.match(commit)):
         return None
-    return job, cid
+    return job, cid, commit
 
 
 def _fmt_time(t: datetime) -> str:
@@ -158,14 +176,18 @@ class Catalog:
     """
 
     def __init__(self, objects: ObjectStore, db_path: str | Path = ":memory:", *,
-                 scope: str | None = None, refresh_interval: float = 0.0, serve_stale: bool = False):
+                 scope: str | None = None, refresh_interval: float = 0.0, serve_stale: bool = False,
+                 pool: Executor | None = None):
         self._objects = objects
+        # Manifest fetches run on the store's own pool when given (one budget for store traffic).
+        self._pool = pool
         # A long-lived owner (the daemon) answers queries from the index while the store is down.
         self._serve_stale = serve_stale
         self._offline_until = 0.0
         self._scope = scope if scope is not None else str(getattr(objects, "url", "") or "")
         self._refresh_interval = refresh_interval
-        self._lock = threading.RLock()  # the database and the refresh state
+        self._lock = threading.RLock()  # the database only: never held across store I/O
+        self._refresh_lock = threading.Lock()  # one refresh at a time (it lists the store)
         self._cache_lock = threading.Lock()  # separate: refresh loads manifests on worker threads
         self._refreshed_at: float | None = None
         self._cache: OrderedDict[str, Manifest] = OrderedDict()
@@ -173,32 +195,81 @@ class Catalog:
 
     # --- commit and load --------------------------------------------------------------------
 
-    def commit(self, manifest: Manifest) -> Manifest:
-        """Make the checkpoint exist: write its manifest, atomically, after all its chunks.
+    def commit_files(self, job: str, files: Iterable[FileEntry], *, name: str | None = None, kind: str,
+                     host: str, meta: dict[str, Any] | None = None, created: datetime | None = None) -> Manifest:
+        """Build a checkpoint's manifest and commit it: the one builder the mount and imports share.
 
-        The caller must have made every chunk durable first; this write is the commit point.
-        An existing id is refused (AlreadyExists), so a committed checkpoint never changes.
+        Its parent is the job's newest checkpoint; without a `name` it gets a fresh id (another one
+        if a concurrent writer took it). Every chunk the files reference must be durable already.
+        """
+        files = list(files)
+        for attempt in range(1 if name else _GENERATED_ID_TRIES):
+            parent = self.latest(job)
+            kw = {"created": created} if created is not None else {}
+            manifest = make_manifest(job, name or new_checkpoint_id(), files, kind=kind, host=host,
+                                     meta=dict(meta or {}), parent=parent.id if parent else None, **kw)
+            try:
+                return self.commit(manifest)
+            except AlreadyExists:
+                if name:
+                    raise
+                log.info("checkpoint id %s was taken; trying another (attempt %d)", manifest.id, attempt + 1)
+        raise AlreadyExists(f"could not find a free checkpoint id for job {job}")
+
+    def commit(self, manifest: Manifest) -> Manifest:
+        """Make the checkpoint exist: create its manifest, after all its chunks. The commit point.
+
+        A name that exists is refused (AlreadyExists), so a commit never changes. The key carries
+        the commit and is created conditionally; if another writer committed the same name at the
+        same moment, both see it afterwards and withdraw (never two manifests for one name).
         """
         data = encode_manifest(manifest)
-        key = manifest_key(manifest.job, manifest.id)
-        with self._lock:
-            # Not atomic against another machine: ids carry a random suffix so that such a race
-            # needs two writers to pick the same name in the same second.
-            if self._objects.exists(key):
-                raise AlreadyExists(f"checkpoint {manifest.name} already exists")
-            self._objects.put(key, data)
-            self._index(key, manifest)
+        key = manifest_key(manifest.job, manifest.id, manifest.commit)
+        if self._keys_of(manifest.job, manifest.id):
+            raise AlreadyExists(f"checkpoint {manifest.name} already exists")
+        try:
+            self._objects.create(key, data)
+        except ObjectExists:
+            raise AlreadyExists(f"checkpoint {manifest.name} already exists") from None
+        if [k for k in self._keys_of(manifest.job, manifest.id) if k != key]:
+            self._objects.delete(key)
+            raise AlreadyExists(f"checkpoint {manifest.name} was committed by another writer at the same time")
+        self._remember(key, manifest)
+        self._index(key, manifest)
         log.info("committed checkpoint %s (%d files, %d bytes)", manifest.name, len(manifest.files), manifest.size)
         return manifest
 
-    def load(self, job: str, checkpoint_id: str) -> Manifest:
-        """The manifest of `job/id`, read from the store (NotFound if it is not committed)."""
+    def load(self, job: str, checkpoint_id: str, commit: str = "") -> Manifest:
+        """The manifest of `job/id`, read from the store (NotFound if it is not committed); with
+        `commit`, that commit's manifest and no other (NotFound if the name now stands for another)."""
         check_job_name(job)
         check_checkpoint_name(checkpoint_id)
-        return self._load_key(manifest_key(job, checkpoint_id))
+        if commit:
+            return self._load_key(manifest_key(job, checkpoint_id, commit))
+        indexed = self._indexed_key(job, checkpoint_id)
+        if indexed is not None:
+            try:
+                return self._load_key(indexed)
+            except NotFound:
+                pass  # deleted, maybe committed again, since the last refresh: ask the store
+        keys = self._keys_of(job, checkpoint_id)
+        if not keys:
+            raise NotFound(f"no checkpoint {job}/{checkpoint_id} in the store")
+        return self._load_key(keys[0])
 
     def exists(self, job: str, checkpoint_id: str) -> bool:
-        return self._objects.exists(manifest_key(check_job_name(job), check_checkpoint_name(checkpoint_id)))
+        return bool(self._keys_of(check_job_name(job), check_checkpoint_name(checkpoint_id)))
+
+    def _keys_of(self, job: str, checkpoint_id: str) -> list[str]:
+        """The manifest keys of one name in the store (one, but for a moment during a commit race)."""
+        keys = [k for k in self._objects.list(f"{MANIFEST_PREFIX}{job}/{checkpoint_id}")
+                if (parse_manifest_key(k) or ("", "", ""))[:2] == (job, checkpoint_id)]
+        return sorted(keys)
+
+    def _indexed_key(self, job: str, checkpoint_id: str) -> str | None:
+        rows = self._query("SELECT commit_id FROM catalog_checkpoints WHERE scope = ? AND job = ? AND id = ?",
+                           [self._scope, job, checkpoint_id])
+        return manifest_key(job, checkpoint_id, rows[0][0]) if rows else None
 
     def find(self, ref: str) -> Manifest:
         """Resolve `job/id`, `job/latest`, an id, a unique id prefix, or a job name (its latest)."""
@@ -259,7 +330,7 @@ class Catalog:
     def checkpoints(self, job: str | None = None) -> list[CheckpointInfo]:
         """Committed checkpoints, newest first; of one job when given."""
         self._auto_refresh()
-        sql = ("SELECT job, id, created, parent, kind, host, size, files, chunks FROM catalog_checkpoints"
+        sql = ("SELECT job, id, created, parent, kind, host, size, files, chunks, commit_id FROM catalog_checkpoints"
                " WHERE scope = ?")
         args: list[Any] = [self._scope]
         if job is not None:
@@ -328,10 +399,10 @@ class Catalog:
 
     def delete(self, job: str, checkpoint_id: str) -> None:
         """Remove a checkpoint's manifest; its chunks stay until GC finds them unreferenced."""
-        key = manifest_key(check_job_name(job), check_checkpoint_name(checkpoint_id))
-        with self._lock:
-            if not self._objects.exists(key):
-                raise NotFound(f"no checkpoint {job}/{checkpoint_id} in the store")
+        keys = self._keys_of(check_job_name(job), check_checkpoint_name(checkpoint_id))
+        if not keys:
+            raise NotFound(f"no checkpoint {job}/{checkpoint_id} in the store")
+        for key in keys:
             self._objects.delete(key)
             self._unindex(key)
         log.info("deleted checkpoint %s/%s", job, checkpoint_id)
@@ -340,7 +411,7 @@ class Catalog:
 
     def refresh(self, max_age: float = 0.0) -> RefreshResult:
         """Sync the index with the manifests in the store: one listing, then only what changed."""
-        with self._lock:
+        with self._refresh_lock:
             if (max_age > 0 and self._refreshed_at is not None
                     and time.monotonic() - self._refreshed_at < max_age):
                 return RefreshResult(skipped=True)
@@ -358,14 +429,13 @@ class Catalog:
 
     def rebuild(self) -> RefreshResult:
         """Forget this store's index and recreate it from the manifests in the store."""
-        with self._lock:
-            with self._db:
-                for table in ("catalog_checkpoints", "catalog_chunks", "catalog_broken"):
-                    self._db.execute(f"DELETE FROM {table} WHERE scope = ?", [self._scope])
+        with self._refresh_lock, self._lock, self._db:
+            for table in ("catalog_checkpoints", "catalog_chunks", "catalog_broken"):
+                self._db.execute(f"DELETE FROM {table} WHERE scope = ?", [self._scope])
             with self._cache_lock:
                 self._cache.clear()
             self._refreshed_at = None
-            return self.refresh()
+        return self.refresh()
 
     def close(self) -> None:
         with self._lock:
@@ -398,8 +468,8 @@ class Catalog:
         return keys
 
     def _indexed_keys(self) -> set[str]:
-        rows = self._query("SELECT job, id FROM catalog_checkpoints WHERE scope = ?", [self._scope])
-        keys = {manifest_key(j, i) for j, i in rows}
+        rows = self._query("SELECT job, id, commit_id FROM catalog_checkpoints WHERE scope = ?", [self._scope])
+        keys = {manifest_key(j, i, c) for j, i, c in rows}
         keys |= {r[0] for r in self._query("SELECT key FROM catalog_broken WHERE scope = ?", [self._scope])}
         return keys
 
@@ -407,11 +477,18 @@ class Catalog:
         """Load new manifests (in parallel: over S3 each is a round trip) and index them."""
         if not keys:
             return 0, 0
-        with ThreadPoolExecutor(max_workers=min(_FETCH_THREADS, len(keys))) as pool:
-            results = list(pool.map(self._try_load, keys))
+        if self._pool is not None:
+            results = list(self._pool.map(self._try_load, keys))
+        else:
+            with ThreadPoolExecutor(max_workers=min(_FETCH_THREADS, len(keys))) as pool:
+                results = list(pool.map(self._try_load, keys))
         added = broken = 0
+        named: set[tuple[str, str]] = set()
         for key, (manifest, error) in zip(keys, results):
+            if manifest is not None and (manifest.job, manifest.id) in named:
+                continue  # a commit race's loser, about to withdraw: the first key stands
             if manifest is not None:
+                named.add((manifest.job, manifest.id))
                 self._index(key, manifest)
                 added += 1
             elif error is not None:
@@ -433,39 +510,37 @@ class Catalog:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        job, cid = parse_manifest_key(key) or ("?", "?")
-        data = self._get(key, f"{job}/{cid}")
+        job, cid, commit = parse_manifest_key(key) or ("?", "?", "")
+        try:
+            data = self._objects.get(key)
+        except NoSuchObject:
+            raise NotFound(f"no checkpoint {job}/{cid} in the store") from None
         manifest = decode_manifest(data, where=f"{job}/{cid}")
-        if (manifest.job, manifest.id) != (job, cid):
+        if (manifest.job, manifest.id) != (job, cid) or (commit and manifest.commit != commit):
             raise CheckpointError(
-                f"manifest at {key} describes checkpoint {manifest.name}, not {job}/{cid}")
+                f"manifest at {key} describes checkpoint {manifest.name} (commit {manifest.commit}),"
+                f" not {job}/{cid}{f' (commit {commit})' if commit else ''}")
+        self._remember(key, manifest)
+        return manifest
+
+    def _remember(self, key: str, manifest: Manifest) -> None:
         with self._cache_lock:
             self._cache[key] = manifest
             while len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)
-        return manifest
-
-    def _get(self, key: str, name: str) -> bytes:
-        try:
-            return self._objects.get(key)
-        except Exception:
-            # The backend's own not-found error is not importable here (no streamer import), so
-            # ask the store whether the object is gone before treating the failure as real.
-            if not self._objects.exists(key):
-                raise NotFound(f"no checkpoint {name} in the store") from None
-            raise
 
     def _index(self, key: str, m: Manifest) -> None:
         chunks: dict[str, int] = {}
         for f in m.files:
             for c in f.chunks:
                 chunks[c.digest] = c.size
+        commit = (parse_manifest_key(key) or ("", "", ""))[2]
         with self._lock, self._db:
             self._db.execute("DELETE FROM catalog_broken WHERE scope = ? AND key = ?", [self._scope, key])
             self._db.execute(
-                "INSERT OR REPLACE INTO catalog_checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO catalog_checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [self._scope, m.job, m.id, _fmt_time(m.created), m.parent, m.kind, m.host, m.size,
-                 len(m.files), len(chunks), _inline_bytes(m)],
+                 len(m.files), len(chunks), _inline_bytes(m), commit],
             )
             self._db.execute("DELETE FROM catalog_chunks WHERE scope = ? AND job = ? AND id = ?",
                              [self._scope, m.job, m.id])
@@ -475,14 +550,16 @@ class Catalog:
             )
 
     def _unindex(self, key: str) -> None:
-        job, cid = parse_manifest_key(key) or ("", "")
+        job, cid, commit = parse_manifest_key(key) or ("", "", "")
         with self._cache_lock:
             self._cache.pop(key, None)
         with self._lock, self._db:
-            self._db.execute("DELETE FROM catalog_checkpoints WHERE scope = ? AND job = ? AND id = ?",
-                             [self._scope, job, cid])
-            self._db.execute("DELETE FROM catalog_chunks WHERE scope = ? AND job = ? AND id = ?",
-                             [self._scope, job, cid])
+            gone = self._db.execute(
+                "DELETE FROM catalog_checkpoints WHERE scope = ? AND job = ? AND id = ? AND commit_id = ?",
+                [self._scope, job, cid, commit]).rowcount
+            if gone:  # another commit of the name may be indexed already: its chunks stay
+                self._db.execute("DELETE FROM catalog_chunks WHERE scope = ? AND job = ? AND id = ?",
+                                 [self._scope, job, cid])
             self._db.execute("DELETE FROM catalog_broken WHERE scope = ? AND key = ?", [self._scope, key])
 
     def _mark_broken(self, key: str, error: str) -> None:
@@ -499,9 +576,9 @@ def _inline_bytes(m: Manifest) -> int:
 
 
 def _info(row: tuple) -> CheckpointInfo:
-    job, cid, created, parent, kind, host, size, files, chunks = row
+    job, cid, created, parent, kind, host, size, files, chunks, commit = row
     return CheckpointInfo(job=job, id=cid, created=_parse_time(created), parent=parent, kind=kind,
-                          host=host, size=size, files=files, chunks=chunks)
+                          host=host, size=size, files=files, chunks=chunks, commit=commit)
 
 
 def _ambiguous(ref: str, matches: list[tuple[str, str]]) -> UsageError:

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from ..errors import CheckpointError, UsageError
+from ..errors import CheckpointError, InvalidManifest, UsageError
 from ..types import ChunkRef, FileContent
 from .ids import check_checkpoint_name, check_job_name
 
 FORMAT_VERSION = 1
 FILE_TYPES = ("file", "symlink", "dir")
-# Kinds in use; others are accepted so that new writers do not break old readers' listings.
-KINDS = ("process", "import", "job", "runc", "containerd")
 # Chunk digests end up in object keys, so they are held to a safe charset.
 _DIGEST = re.compile(r"^[A-Za-z0-9:_-]{8,160}$")
 _TOP_KEYS = {"format", "job", "id", "created", "parent", "kind", "host", "meta", "files"}
@@ -87,6 +87,12 @@ class Manifest:
     def encode(self) -> bytes:
         return encode_manifest(self)
 
+    @cached_property
+    def commit(self) -> str:
+        """What names this one commit: a digest of the manifest's bytes. A name deleted and committed
+        again is another commit; its manifest key carries this (cedanafs.catalog.catalog)."""
+        return hashlib.sha256(encode_manifest(self)).hexdigest()[:16]
+
 
 def make_manifest(job: str, checkpoint_id: str, files: Iterable[FileEntry], **kw: Any) -> Manifest:
     """Build and validate a Manifest; `created` defaults to now (UTC)."""
@@ -94,10 +100,6 @@ def make_manifest(job: str, checkpoint_id: str, files: Iterable[FileEntry], **kw
     manifest = Manifest(job=job, id=checkpoint_id, files=tuple(sorted(files, key=lambda f: f.path)), **kw)
     validate_manifest(manifest)
     return manifest
-
-
-def with_id(manifest: Manifest, checkpoint_id: str) -> Manifest:
-    return replace(manifest, id=checkpoint_id)
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -162,7 +164,7 @@ def validate_manifest(m: Manifest, where: str = "") -> None:
                 raise ValueError(f"file {entry.path!r} listed twice")
             seen.add(entry.path)
     except (ValueError, UsageError) as exc:
-        raise CheckpointError(f"invalid manifest of checkpoint {where or m.job + '/' + m.id}: {exc}") from None
+        raise InvalidManifest(f"invalid manifest of checkpoint {where or m.job + '/' + m.id}: {exc}") from None
 
 
 # --- JSON -------------------------------------------------------------------------------------
@@ -282,6 +284,6 @@ def decode_manifest(data: bytes, where: str = "") -> Manifest:
     try:
         manifest = _manifest_from_json(obj)
     except ValueError as exc:
-        raise CheckpointError(f"invalid manifest of checkpoint {label}: {exc}") from None
+        raise InvalidManifest(f"invalid manifest of checkpoint {label}: {exc}") from None
     validate_manifest(manifest, label)
     return manifest

@@ -11,6 +11,7 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import CheckpointError
+from ..types import PAGE_SIZE
 
 # CRIU image headers start with one of these before the per-image magic (criu/include/magic.h).
 _COMMON_MAGICS = {0x54564319, 0x55105940}
@@ -62,7 +63,6 @@ def image_pids(images_dir: str) -> list[int]:
 
 # pagemap entry flags (criu/include/pagemap.h)
 PE_PARENT, PE_LAZY, PE_PRESENT = 1 << 0, 1 << 1, 1 << 2
-PAGE_SIZE = 4096
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ A socket nobody listens on is DaemonUnavailable, so callers can fall back to in-
 from __future__ import annotations
 
 import errno
-import os
 import socket
 from typing import Any, Sequence
 
@@ -77,8 +76,3 @@ def _read_line(sock: socket.socket, address: str) -> bytes:
         if len(buf) > protocol.MAX_MESSAGE * 16:
             raise protocol.ProtocolError("the daemon's answer is too large")
     return buf
-
-
-def caller_environment() -> dict:
-    """What `run process` sends so the job starts where and as the caller would have started it."""
-    return {"cwd": os.getcwd(), "env": dict(os.environ)}

@@ -11,17 +11,13 @@ import json
 from typing import Any
 
 from .. import errors
-from ..errors import CedanaError
+from ..errors import CedanaError, ProtocolError
+
+__all__ = ["ProtocolError", "decode", "encode", "error", "ok", "raise_error"]
 
 VERSION = 1
 MAX_MESSAGE = 1 << 20
 MAX_FDS = 3
-
-
-class ProtocolError(CedanaError):
-    """The daemon and this command do not understand each other."""
-
-    exit_code = 70
 
 
 def encode(obj: Any) -> bytes:

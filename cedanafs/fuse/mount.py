@@ -14,14 +14,12 @@ from typing import Callable
 import pyfuse3
 import trio
 
+from ..catalog import Tree
+from . import FSNAME
 from .operations import Operations
-from .vfs import VFS
 
 log = logging.getLogger(__name__)
 
-FSNAME = "cedanafs"
-# /proc/self/mountinfo shows the type as fuse.<subtype>; other tools detect the mount by it.
-FSTYPE = "fuse." + FSNAME
 AUTOSEAL_PERIOD = 0.5
 READ_AHEAD_KB = 4096
 
@@ -36,10 +34,10 @@ def mount_options(debug: bool = False) -> set[str]:
     return options
 
 
-def serve(vfs: VFS, mountpoint: str, *, ready: Callable[[], None] | None = None, threads: int = 32,
+def serve(tree: Tree, mountpoint: str, *, ready: Callable[[], None] | None = None, threads: int = 32,
           debug: bool = False) -> None:
-    """Mount `vfs` at `mountpoint` and serve requests until unmounted or signalled."""
-    ops = Operations(vfs, threads=threads)
+    """Mount the tree at `mountpoint` and serve requests until unmounted or signalled."""
+    ops = Operations(tree, threads=threads)
     pyfuse3.init(ops, mountpoint, mount_options(debug))
     log.info("mounted %s at %s", FSNAME, mountpoint)
     try:
@@ -48,7 +46,7 @@ def serve(vfs: VFS, mountpoint: str, *, ready: Callable[[], None] | None = None,
         try:
             pyfuse3.close(unmount=True)
         finally:
-            vfs.close()
+            tree.close()
         log.info("unmounted %s", mountpoint)
 
 

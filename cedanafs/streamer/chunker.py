@@ -24,8 +24,9 @@ import blake3
 import numpy as np
 
 from cedanafs.errors import UsageError
+from cedanafs.types import PAGE_SIZE
 
-PAGE = 4096
+PAGE = PAGE_SIZE
 _WORDS = PAGE // 8
 _STRIDE = 8  # every 8th word of a page goes into its fingerprint
 # Fixed keys (from a fixed string, not a random generator whose stream could change between numpy

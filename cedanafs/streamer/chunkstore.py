@@ -1,8 +1,9 @@
 """Content-addressed chunk store over a Backend: chunks-<scheme>/<2 hex>/<digest of the plain bytes>.
 
 Each chunk is compressed on its own (codecs.py), uploaded only if the store does not have it,
-and verified against its digest on every read; a chunk found corrupt is remembered so readers
-fail fast instead of refetching it in a loop (a later put() of the right bytes repairs it).
+and verified against its digest on every read; a chunk found corrupt or missing is remembered so
+readers fail fast instead of refetching it in a loop (a later put() of the right bytes repairs
+it): the one memory of broken chunks, which the mount relies on too.
 
 Which chunks the store has is kept in a local index (`known`), filled by one listing of the
 backend the first time a writer needs it and by our own puts: a dedup hit costs no request at
@@ -18,7 +19,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator, Protocol
 
 from cedanafs.types import ChunkRef
 
@@ -27,8 +28,17 @@ from .backends.base import Backend
 from .errors import CorruptChunk, MissingChunk, NoSuchObject, StoreError
 from .hashing import SCHEME_PLAIN, chunk_prefix, digest_of, scheme_of
 
-if TYPE_CHECKING:
-    from .gc import Lease
+
+
+class Lease(Protocol):
+    """What storing needs of a writer's lease (gc.Lease): the chunks it reuses, and publishing them."""
+
+    reused: set[str]
+
+    def note_reused(self, digest: str) -> None: ...
+
+    def publish(self) -> None: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +82,7 @@ class ChunkStore:
         self.prefix = chunk_prefix(self.scheme)
         self._lock = threading.Lock()
         self._corrupt: set[str] = set()
+        self._missing: set[str] = set()
         self._known: set[str] | None = None
         self._gc_seen: frozenset[str] = frozenset()
         self._index_lock = threading.Lock()  # one listing at a time
@@ -137,6 +148,7 @@ class ChunkStore:
         self.backend.put_unsynced(self.key(digest), blob)
         with self._lock:
             self._corrupt.discard(digest)
+            self._missing.discard(digest)
         self._learn(digest)
         return PutResult(ref, len(blob), new=True)
 
@@ -175,9 +187,13 @@ class ChunkStore:
         digest = ref if isinstance(ref, str) else ref.digest
         if digest in self._corrupt_set():
             raise CorruptChunk(digest, "found corrupt earlier; not fetched again")
+        if digest in self._missing:
+            raise MissingChunk(digest, "(found missing earlier; not fetched again)")
         try:
             blob = self.backend.get(self.key(digest))
         except NoSuchObject:
+            with self._lock:
+                self._missing.add(digest)
             raise MissingChunk(digest) from None
         return self._verify(digest, blob, ref)
 

@@ -2,23 +2,23 @@
 
 Backends raise only these; callers above the streamer never see a botocore, fsspec, gcsfs or
 aiohttp exception. Every error is a cedanafs.errors.StoreError, so the CLI prints it as a sentence.
+Classification goes by type: the S3 error code, the HTTP status, the client library's exception
+class (imported only when an error needs classifying, so a local store never loads the remote
+clients), the errno. Message text is read only where a client gives nothing else: gcsfs raises a
+plain OSError("Forbidden: ...") for 403, and fsspec a FileNotFoundError for a missing bucket.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
-import socket
+import functools
+import http.client
+import importlib
 
-from cedanafs.errors import StoreError
+from cedanafs.errors import BackendError, NoSuchObject, ObjectExists, StoreError
 
-
-class BackendError(StoreError):
-    """The object store failed."""
-
-
-class NoSuchObject(BackendError):
-    """The object does not exist."""
+__all__ = ["AuthError", "BackendError", "CorruptChunk", "MissingChunk", "NoSuchBucket", "NoSuchObject",
+           "ObjectExists", "TemporaryFailure", "classify", "classify_status", "translate"]
 
 
 class NoSuchBucket(BackendError):
@@ -56,6 +56,8 @@ _S3_CODES: dict[str, type[BackendError]] = {
     "404": NoSuchObject,
     "NotFound": NoSuchObject,
     "NoSuchBucket": NoSuchBucket,
+    "PreconditionFailed": ObjectExists,  # a conditional create (If-None-Match: *) lost
+    "412": ObjectExists,
     "AccessDenied": AuthError,
     "InvalidAccessKeyId": AuthError,
     "SignatureDoesNotMatch": AuthError,
@@ -80,22 +82,49 @@ _TEMP_ERRNOS = {
     errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EAGAIN, errno.EBUSY, errno.ENETDOWN,
 }
 
-# Exception class names (from aiohttp, botocore, requests, urllib3) that mean "could not talk to
-# the endpoint" – matched by name so this module does not import every client library.
-_TEMP_CLASS_NAMES = {
-    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
-    "ClientConnectorError", "ClientConnectionError", "ServerDisconnectedError", "ClientOSError",
-    "ServerTimeoutError", "ClientPayloadError", "FSTimeoutError", "IncompleteRead",
-    "ConnectionError", "ChunkedEncodingError", "ProxyError", "HTTPClientError", "ResponseParserError",
-    "ConnectionResetError", "ConnectionRefusedError", "ConnectionAbortedError", "BrokenPipeError",
-    "TimeoutError", "ReadTimeout", "ConnectTimeout", "ServerDisconnected",
+# Client exception classes that mean "could not talk to the endpoint", by module (subclasses
+# count: aiohttp's ClientConnectorError, ServerDisconnectedError, ClientOSError, ServerTimeoutError
+# are ClientConnectionErrors; requests' ProxyError is a ConnectionError, its ReadTimeout a Timeout).
+_TEMPORARY_TYPES = {
+    "botocore.exceptions": ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+                            "ConnectionClosedError", "HTTPClientError"),
+    "botocore.parsers": ("ResponseParserError",),
+    "aiohttp": ("ClientConnectionError", "ClientPayloadError"),
+    "fsspec.exceptions": ("FSTimeoutError",),
+    "requests.exceptions": ("ConnectionError", "ChunkedEncodingError", "Timeout"),
+    "urllib3.exceptions": ("ProtocolError", "TimeoutError", "IncompleteRead"),
 }
+# Client exceptions that carry the HTTP status (`code` or `status`).
+_STATUS_TYPES = {"gcsfs.retry": ("HttpError",), "aiohttp": ("ClientResponseError",)}
+
+
+@functools.cache
+def _types(table: tuple[tuple[str, tuple[str, ...]], ...]) -> tuple[type, ...]:
+    found: list[type] = []
+    for module, names in table:
+        try:
+            loaded = importlib.import_module(module)
+        except ImportError:
+            continue  # that client is not installed: none of its errors can happen
+        found += [cls for cls in (getattr(loaded, n, None) for n in names) if isinstance(cls, type)]
+    return tuple(found)
+
+
+def _temporary_types() -> tuple[type, ...]:
+    builtin = (ConnectionError, TimeoutError, http.client.IncompleteRead)  # socket.timeout is TimeoutError
+    return builtin + _types(tuple(_TEMPORARY_TYPES.items()))
+
+
+def _status_types() -> tuple[type, ...]:
+    return _types(tuple(_STATUS_TYPES.items()))
 
 
 def classify_status(status: int) -> type[BackendError]:
     """HTTP status -> error class (the GCS JSON API and S3 agree on these)."""
     if status == 404:
         return NoSuchObject
+    if status == 412:
+        return ObjectExists  # a conditional create (ifGenerationMatch=0) lost
     if status in (401, 403):
         return AuthError
     if status in (408, 429) or status >= 500:
@@ -122,13 +151,15 @@ def _s3_code(exc: BaseException) -> str | None:
 def _from_one(exc: BaseException) -> type[BackendError] | None:
     if isinstance(exc, BackendError):
         return type(exc)
+    if isinstance(exc, FileExistsError):
+        return ObjectExists  # s3fs and gcsfs raise it for a lost conditional create
     code = _s3_code(exc)
     if code is not None:
         return _S3_CODES.get(code) or classify_status(_int_or(code, 0))
     status = getattr(exc, "code", None) or getattr(exc, "status", None)
-    if type(exc).__name__ in ("HttpError", "ClientResponseError") and isinstance(status, int):
+    if isinstance(exc, _status_types()) and isinstance(status, int):
         return classify_status(status)
-    if type(exc).__name__ in _TEMP_CLASS_NAMES or isinstance(exc, (socket.timeout, asyncio.TimeoutError)):
+    if isinstance(exc, _temporary_types()):
         return TemporaryFailure
     if isinstance(exc, OSError) and exc.errno in _TEMP_ERRNOS:
         return TemporaryFailure
@@ -143,15 +174,13 @@ def _int_or(text: str, default: int) -> int:
 
 
 def _from_message(exc: BaseException) -> type[BackendError] | None:
-    """Last resort for errors fsspec re-raised as plain builtins with the service's message."""
+    """Last resort, for errors fsspec and gcsfs raise as plain builtins (see the module docstring)."""
     text = str(exc)
     if "bucket does not exist" in text.lower() or "NoSuchBucket" in text:
         return NoSuchBucket
     if isinstance(exc, FileNotFoundError):
         return NoSuchObject
-    if isinstance(exc, PermissionError) or text.startswith("Forbidden"):
-        return AuthError
-    if "Access Denied" in text or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text:
+    if isinstance(exc, PermissionError) or (type(exc) is OSError and text.startswith("Forbidden")):
         return AuthError
     return None
 
@@ -177,6 +206,7 @@ def translate(exc: BaseException, where: str) -> BackendError:
     messages = {
         NoSuchObject: f"{where}: no such object",
         NoSuchBucket: f"{where}: bucket does not exist",
+        ObjectExists: f"{where}: already exists",
         AuthError: f"{where}: access denied (check the credentials): {detail}",
         TemporaryFailure: f"{where}: temporary failure: {detail}",
     }

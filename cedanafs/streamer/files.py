@@ -15,21 +15,33 @@ import bisect
 import logging
 import threading
 from concurrent.futures import Future, wait
-from typing import TYPE_CHECKING, BinaryIO
+from concurrent.futures import Executor
+from typing import BinaryIO, Protocol
 
 from cedanafs.types import FileContent, TransferStats
 
 from .cache import ChunkCache
-from .chunkstore import PutResult
-
-if TYPE_CHECKING:
-    from .gc import Lease
-    from .store import Store
+from .chunker import ChunkerSpec
+from .chunkstore import ChunkStore, Lease, PutResult
 
 log = logging.getLogger(__name__)
 
 INLINE_THRESHOLD = 64 << 10
 COPY_BLOCK = 1 << 20
+
+
+class Parts(Protocol):
+    """What writers and readers use of a store (store.Store has these): its chunks, chunker,
+    byte budget and pools. Named here so that this module does not depend on the facade."""
+
+    chunks: ChunkStore
+    chunker: ChunkerSpec
+    budget: "ByteBudget"
+    cache: ChunkCache
+    inline_threshold: int
+    readahead: int
+    upload_pool: Executor
+    read_pool: Executor
 
 
 class ByteBudget:
@@ -62,7 +74,7 @@ class ByteBudget:
 class FileWriter:
     """Write one file's bytes sequentially; close() returns its FileContent once all chunks are durable."""
 
-    def __init__(self, store: "Store", lease: "Lease | None" = None,
+    def __init__(self, store: Parts, lease: Lease | None = None,
                  inline_threshold: int | None = None, streams: int | None = None):
         self._store = store
         # At most `streams` chunks of this file in flight (the store's pool bounds all writers).
@@ -191,7 +203,7 @@ def _stats(size: int, results: list[PutResult]) -> TransferStats:
 class FileReader:
     """Random-access reads of one stored file."""
 
-    def __init__(self, store: "Store", content: FileContent, cache: ChunkCache | None = None,
+    def __init__(self, store: Parts, content: FileContent, cache: ChunkCache | None = None,
                  readahead: int | None = None):
         self._store = store
         self.content = content
@@ -267,7 +279,7 @@ class FileReader:
         self.close()
 
 
-def write_stream(store: "Store", src: BinaryIO, lease: "Lease | None" = None) -> FileContent:
+def write_stream(store: Parts, src: BinaryIO, lease: Lease | None = None) -> FileContent:
     """Store everything read from src."""
     writer = FileWriter(store, lease)
     try:
@@ -282,7 +294,7 @@ def write_stream(store: "Store", src: BinaryIO, lease: "Lease | None" = None) ->
     return writer.close()
 
 
-def read_to(store: "Store", content: FileContent, dst: BinaryIO) -> int:
+def read_to(store: Parts, content: FileContent, dst: BinaryIO) -> int:
     """Write the whole file to dst, fetching chunks ahead in parallel; returns bytes written."""
     if content.inline is not None:
         dst.write(content.inline)

@@ -1,7 +1,8 @@
 """Retry of temporary backend failures with jittered exponential backoff, bounded in attempts and time.
 
 Client libraries' own retries are turned down (see backends/remote.py) so that this one policy
-decides how long an unreachable endpoint is tried: by default 5 attempts within ~15 s.
+decides how long an unreachable endpoint is tried: by default at most 5 attempts, giving up
+before a pause would pass 20 s since the first (RetryPolicy.deadline).
 """
 
 from __future__ import annotations
@@ -31,9 +32,6 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         """Full-jitter backoff before attempt number `attempt` (1-based retry count)."""
         return random.uniform(0, min(self.max_delay, self.base_delay * (2 ** attempt)))
-
-
-NO_RETRY = RetryPolicy(attempts=1)
 
 
 def call_with_retry(fn: Callable[[], T], policy: RetryPolicy, what: str, endpoint: str = "") -> T:

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
-from ..errors import NoSuchObject
+from cedanafs.errors import NoSuchObject
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,11 @@ class Backend(ABC):
 
     def sync(self) -> None:
         """Make every put_unsynced() object durable (object stores: already are)."""
+
+    @abstractmethod
+    def create(self, key: str, data: bytes) -> None:
+        """Store the object atomically only if no object has the key (ObjectExists otherwise): a
+        conditional create, what a commit needs so that it never replaces another."""
 
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[str]:

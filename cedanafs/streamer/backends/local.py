@@ -6,7 +6,8 @@ crash leaves at most a stray temp file (which list() never shows).
 
 put_unsynced() (chunks) skips both fsyncs and only starts the write-back; sync() then flushes
 the whole store filesystem once (syncfs), before the manifest that references them is written:
-two fsyncs per chunk cost more than the rest of the ingest on this kind of disk.
+two fsyncs per chunk cost more than the rest of the ingest on this kind of disk. A conditional
+create links the temporary file to the final name instead, which fails if the name exists.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import tempfile
 from typing import BinaryIO, Iterator
 
-from ..errors import BackendError, NoSuchObject
+from ..errors import BackendError, NoSuchObject, ObjectExists
 from .base import AtomicWriter, Backend, ObjectInfo, check_key
 
 TMP_DIR = ".tmp"
@@ -88,6 +89,11 @@ class LocalBackend(Backend):
                 os.sync()
         finally:
             os.close(fd)
+    def create(self, key: str, data: bytes) -> None:
+        final = self._path(key)
+        writer = _LocalWriter(self, key, final, exclusive=True)
+        with writer:
+            writer.write(data)
 
     def list(self, prefix: str = "") -> Iterator[str]:
         start = self.root
@@ -131,10 +137,11 @@ class LocalBackend(Backend):
 
 
 class _LocalWriter(AtomicWriter):
-    def __init__(self, backend: LocalBackend, key: str, final: str):
+    def __init__(self, backend: LocalBackend, key: str, final: str, exclusive: bool = False):
         super().__init__(key)
         self._backend = backend
         self._final = final
+        self._exclusive = exclusive  # link(2), not rename(2): EEXIST instead of replacing
         fd, self._tmp = tempfile.mkstemp(dir=os.path.join(backend.root, TMP_DIR), prefix="put-")
         self._file = os.fdopen(fd, "wb")
 
@@ -148,8 +155,14 @@ class _LocalWriter(AtomicWriter):
             self._file.close()
             parent = os.path.dirname(self._final)
             os.makedirs(parent, exist_ok=True)
-            os.rename(self._tmp, self._final)
+            if self._exclusive:
+                os.link(self._tmp, self._final)
+                os.unlink(self._tmp)
+            else:
+                os.rename(self._tmp, self._final)
             _fsync_dir(parent)
+        except FileExistsError:
+            raise ObjectExists(f"{self._backend.url}/{self.key}: already exists") from None
         except OSError as exc:
             raise self._backend._fail(self.key, exc) from None
 

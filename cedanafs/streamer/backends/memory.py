@@ -7,7 +7,7 @@ import threading
 import time
 from typing import BinaryIO, Iterator
 
-from ..errors import NoSuchObject
+from cedanafs.errors import NoSuchObject, ObjectExists
 from .base import AtomicWriter, Backend, ObjectInfo, check_key
 
 _STORES: dict[str, dict[str, tuple[bytes, float]]] = {}
@@ -45,6 +45,12 @@ class MemoryBackend(Backend):
     def put(self, key: str, data: bytes) -> None:
         with _LOCK:
             self._objects[check_key(key)] = (bytes(data), time.time())
+
+    def create(self, key: str, data: bytes) -> None:
+        with _LOCK:
+            if check_key(key) in self._objects:
+                raise ObjectExists(f"{self.url}/{key}: already exists")
+            self._objects[key] = (bytes(data), time.time())
 
     def list(self, prefix: str = "") -> Iterator[str]:
         with _LOCK:

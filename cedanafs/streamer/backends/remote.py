@@ -108,6 +108,11 @@ class RemoteBackend(Backend):
         # A single PUT is atomic on S3 and GCS: readers see the old or the whole new object.
         self._call(key, lambda fs: fs.pipe_file(path, bytes(data)))
 
+    def create(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        # S3 If-None-Match: *, GCS ifGenerationMatch=0: the PUT fails if the object exists.
+        self._call(key, lambda fs: fs.pipe_file(path, bytes(data), mode="create"))
+
     def list(self, prefix: str = "") -> Iterator[str]:
         head = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         base = f"{self._root}/{head}" if head else self._root

@@ -1,6 +1,6 @@
 """Measure chunking, dedup and compression on real checkpoint directories (used for docs/store.md).
 
-    python -m cedanafs.streamer.measure DIR1 DIR2 [DIR3 ...]
+    python -m bench.measure_chunking DIR1 DIR2 [DIR3 ...]
 
 For each chunker it stores the directories one after the other into a simulated store (digests
 only, nothing written) and prints the logical bytes, the bytes each checkpoint adds (compressed),
@@ -15,10 +15,10 @@ import sys
 import time
 from dataclasses import dataclass
 
-from . import codecs
-from .chunker import ChunkerSpec
-from .chunkstore import digest_of
-from .files import INLINE_THRESHOLD
+from cedanafs.streamer import codecs
+from cedanafs.streamer.chunker import ChunkerSpec
+from cedanafs.streamer.chunkstore import digest_of
+from cedanafs.streamer.files import INLINE_THRESHOLD
 
 
 @dataclass

@@ -1,18 +1,32 @@
-"""Unit tier: the mount's tree (cedanafs.fuse.vfs) over a memory store, with no FUSE at all."""
+"""Unit tier: the mount's tree (cedanafs.catalog.tree) and its control table (cedanafs.fuse.xattrs)
+over a memory store, with no FUSE at all."""
 
 from __future__ import annotations
 
 import errno
 import os
 import stat
+import threading
+import time
 
 import pytest
 
-from cedanafs.fuse.vfs import ROOT_INODE, FsError, derive_inode
+from cedanafs.catalog import ROOT_INODE, derive_inode
+from cedanafs.errors import CedanaError, FsError
+from cedanafs.fuse import xattrs
+from tests.fixtures_procs import wait_for
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
 W = os.O_WRONLY | os.O_CREAT
+
+
+def setx(v, inode, name, value):
+    xattrs.set(v, inode, name, value)
+
+
+def getx(v, inode, name):
+    return xattrs.get(v, inode, name)
 
 
 def err(code):
@@ -61,33 +75,33 @@ def sealed_checkpoint(v, job="j1", name="c1", files=None):
     c = pending(v, job, name)
     for fname, data in (files or {"inventory.img": b"inv", "pages-1.img": os.urandom(300_000)}).items():
         put(v, c, fname, data)
-    v.setxattr(c, "user.cedana.seal", b"1")
+    setx(v, c, "user.cedana.seal", b"1")
     return c
 
 
 def test_empty_tree_has_jobs_dir(fs_tree):
-    names = [n for n, _ in fs_tree.vfs.readdir(ROOT_INODE)]
+    names = [n for n, _ in fs_tree.tree.readdir(ROOT_INODE)]
     assert names == ["jobs"]
-    assert stat.S_ISDIR(fs_tree.vfs.getattr(jobs(fs_tree.vfs)).mode)
-    assert fs_tree.vfs.readdir(jobs(fs_tree.vfs)) == []
+    assert stat.S_ISDIR(fs_tree.tree.getattr(jobs(fs_tree.tree)).mode)
+    assert fs_tree.tree.readdir(jobs(fs_tree.tree)) == []
 
 
 def test_lookup_missing_is_enoent(fs_tree):
     with err(errno.ENOENT):
-        fs_tree.vfs.lookup(jobs(fs_tree.vfs), "nope")
+        fs_tree.tree.lookup(jobs(fs_tree.tree), "nope")
     with err(errno.ENOENT):
-        fs_tree.vfs.getattr(12345)
+        fs_tree.tree.getattr(12345)
 
 
 def test_write_seal_read_back(fs_tree):
-    v = fs_tree.vfs
+    v = fs_tree.tree
     big = os.urandom(1_000_000)
     c = pending(v)
     put(v, c, "inventory.img", b"inventory")
     put(v, c, "pages-1.img", big)
-    assert v.getxattr(c, "user.cedana.state") == b"pending"
-    v.setxattr(c, "user.cedana.seal", b"1")
-    assert v.getxattr(c, "user.cedana.state") == b"sealed"
+    assert getx(v, c, "user.cedana.state") == b"pending"
+    setx(v, c, "user.cedana.seal", b"1")
+    assert getx(v, c, "user.cedana.state") == b"sealed"
     assert cat(v, c, "pages-1.img") == big
     assert cat(v, c, "inventory.img") == b"inventory"
     m = fs_tree.catalog.load("j1", "c1")
@@ -95,7 +109,7 @@ def test_write_seal_read_back(fs_tree):
 
 
 def test_writes_stream_into_the_store_before_close(fs_tree):
-    v = fs_tree.vfs
+    v = fs_tree.tree
     c = pending(v)
     fh, _ = v.create(c, "pages-1.img", 0o600, W)
     before = len(list(fs_tree.store.backend.list("chunks-b3/")))
@@ -108,7 +122,7 @@ def test_writes_stream_into_the_store_before_close(fs_tree):
 
 
 def test_reads_at_offsets_and_past_end(fs_tree):
-    v = fs_tree.vfs
+    v = fs_tree.tree
     data = os.urandom(200_000)
     c = sealed_checkpoint(v, files={"inventory.img": b"x", "f": data})
     fh = v.open(v.lookup(c, "f").inode, os.O_RDONLY)
@@ -119,7 +133,7 @@ def test_reads_at_offsets_and_past_end(fs_tree):
 
 
 def test_sealed_checkpoint_is_read_only(fs_tree):
-    v = fs_tree.vfs
+    v = fs_tree.tree
     c = sealed_checkpoint(v)
     f = v.lookup(c, "inventory.img").inode
     with err(errno.EROFS):
@@ -133,64 +147,64 @@ def test_sealed_checkpoint_is_read_only(fs_tree):
     with err(errno.EROFS):
         v.rename(c, "inventory.img", c, "other")
     with err(errno.EROFS):
-        v.setxattr(c, "user.cedana.meta.x", b"1")
+        setx(v, c, "user.cedana.meta.x", b"1")
     # A change that changes nothing is allowed (rsync -a may set what is already there).
     a = v.getattr(f)
     assert v.setattr(f, mode=a.mode, mtime_ns=a.mtime_ns) == a
     # Sealing again is harmless.
-    v.setxattr(c, "user.cedana.seal", b"1")
+    setx(v, c, "user.cedana.seal", b"1")
 
 
 def test_open_handle_cannot_write_after_seal(fs_tree):
-    v = fs_tree.vfs
+    v = fs_tree.tree
     c = pending(v)
     put(v, c, "inventory.img", b"inv")
     fh = v.open(v.lookup(c, "inventory.img").inode, os.O_WRONLY)
-    v.setxattr(c, "user.cedana.seal", b"1")  # finished content, only not released yet: fine
+    setx(v, c, "user.cedana.seal", b"1")  # finished content, only not released yet: fine
     with err(errno.EROFS):
         v.write(fh, 3, b"more")
     v.release(fh)
 
 
 def test_seal_needs_inventory(fs_tree):
-    v = fs_tree.vfs
+    v = fs_tree.tree
     c = pending(v)
     put(v, c, "pages-1.img", b"abc")
     with err(errno.EINVAL):
-        v.setxattr(c, "user.cedana.seal", b"1")
-    assert b"inventory.img is missing" in v.getxattr(c, "user.cedana.error")
-    assert v.getxattr(c, "user.cedana.state") == b"pending"
+        setx(v, c, "user.cedana.seal", b"1")
+    assert b"inventory.img is missing" in getx(v, c, "user.cedana.error")
+    assert getx(v, c, "user.cedana.state") == b"pending"
     assert fs_tree.catalog.checkpoints() == []
 
 
 def test_seal_refuses_file_still_being_written(fs_tree):
-    v = fs_tree.vfs
+    v = fs_tree.tree
     c = pending(v)
     put(v, c, "inventory.img", b"inv")
     fh, _ = v.create(c, "pages-1.img", 0o600, W)
     v.write(fh, 0, os.urandom(100_000))
     with err(errno.EBUSY):
-        v.setxattr(c, "user.cedana.seal", b"1")
+        setx(v, c, "user.cedana.seal", b"1")
     v.flush(fh)
     v.release(fh)
-    v.setxattr(c, "user.cedana.seal", b"1")
+    setx(v, c, "user.cedana.seal", b"1")
 
 
 def test_pending_checkpoint_is_never_latest_nor_in_catalog(fs_tree):
-    v = fs_tree.vfs
+    v = fs_tree.tree
     sealed_checkpoint(v, "j1", "c1")
     c2 = pending(v, "j1", "c2")
     put(v, c2, "inventory.img", b"inv")
     j = v.lookup(jobs(v), "j1").inode
     assert v.readlink(v.lookup(j, "latest").inode) == "c1"
     assert [i.id for i in fs_tree.catalog.checkpoints("j1")] == ["c1"]
-    v.setxattr(c2, "user.cedana.seal", b"1")
+    setx(v, c2, "user.cedana.seal", b"1")
     assert v.readlink(v.lookup(j, "latest").inode) == "c2"
 
 
 def test_rsync_pattern(fs_tree):
     """Temp name, write, fsync, utimens, chmod, rename over an existing file, unlink of a temp."""
-    v = fs_tree.vfs
+    v = fs_tree.tree
     c = pending(v)
     put(v, c, "pages-1.img", b"old")
     fh, a = v.create(c, ".pages-1.img.Ab12Cd", 0o600, W | os.O_EXCL)
@@ -207,7 +221,7 @@ def test_rsync_pattern(fs_tree):
     put(v, c, "inventory.img", b"inv")
     v.setattr(c, mtime_ns=1_500_000_000_000_000_001, mode=0o750)
     assert sorted(n for n, _ in v.readdir(c)) == ["inventory.img", "pages-1.img"]
-    v.setxattr(c, "user.cedana.seal", b"1")
+    setx(v, c, "user.cedana.seal", b"1")
     view = fs_tree.new_view()
     view.refresh(force=True)
     vc = view.lookup(view.lookup(jobs(view), "j1").inode, "c1")
@@ -218,7 +232,7 @@ def test_rsync_pattern(fs_tree):
 
 
 def test_non_sequential_writes_spill_and_come_out_right(fs_tree):
-    v = fs_tree.vfs
+    v = fs_tree.tree
     c = pending(v)
     data = bytearray(os.urandom(300_000))
     fh, _ = v.create(c, "f", 0o600, W)
@@ -235,7 +249,7 @@ def test_non_sequential_writes_spill_and_come_out_right(fs_tree):
 
 
 def test_truncate_and_o_trunc_on_pending_file(fs_tree):
-    v = fs_tree.vfs
+    v = fs_tree.tree
     c = pending(v)
     put(v, c, "f", b"0123456789")
     f = v.lookup(c, "f").inode
@@ -249,7 +263,7 @@ def test_truncate_and_o_trunc_on_pending_file(fs_tree):
 
 
 def test_stable_inodes_and_attributes_across_views(fs_tree):
-    v = fs_tree.vfs
+    v = fs_tree.tree
     sealed_checkpoint(v)
     view = fs_tree.new_view()
     view.refresh(force=True)
@@ -270,11 +284,13 @@ def test_stable_inodes_and_attributes_across_views(fs_tree):
     for key in first:
         a, b = first[key], second[key]
         assert (a.inode, a.mode, a.size, a.mtime_ns) == (b.inode, b.mode, b.size, b.mtime_ns), key
-    assert first["j1/c1"].inode == derive_inode(first["j1"].inode, "c1")
+    # Derived from the name and the commit: the same on every view, another for another commit.
+    commit = fs_tree.catalog.load("j1", "c1").commit
+    assert first["j1/c1"].inode == derive_inode(first["j1"].inode, f"c1\0{commit}")
 
 
 def test_other_writer_commits_appear_after_refresh(fs_tree):
-    v = fs_tree.vfs
+    v = fs_tree.tree
     other = fs_tree.new_view()
     other.refresh(force=True)
     sealed_checkpoint(other, "remote-job", "r1")
@@ -285,7 +301,7 @@ def test_other_writer_commits_appear_after_refresh(fs_tree):
 
 
 def test_rm_r_of_sealed_checkpoint_deletes_it(fs_tree):
-    v = fs_tree.vfs
+    v = fs_tree.tree
     c = sealed_checkpoint(v, "j1", "c1")
     sealed_checkpoint(v, "j1", "c2")
     j = v.lookup(jobs(v), "j1").inode
@@ -308,16 +324,30 @@ def test_rm_r_of_sealed_checkpoint_deletes_it(fs_tree):
 
 
 def test_rm_r_of_pending_checkpoint(fs_tree):
-    v = fs_tree.vfs
+    """`rm -r` of a checkpoint being written: it is gone, its store session ends (no lease is
+    left to hold back GC), nothing is committed, and the name can be written afresh."""
+    v = fs_tree.tree
     c = pending(v)
     put(v, c, "inventory.img", b"inv")
-    v.unlink(c, "inventory.img")
-    v.rmdir(v.lookup(jobs(v), "j1").inode, "c1")
-    assert fs_tree.catalog.checkpoints() == []
+    put(v, c, "pages-1.img", os.urandom(300_000))  # chunks uploaded under the session's lease
+    assert list(fs_tree.store.backend.list("leases/"))
+    j = v.lookup(jobs(v), "j1").inode
+    with err(errno.ENOTEMPTY):
+        v.rmdir(j, "c1")
+    for name, _ in v.readdir(c):
+        v.unlink(c, name)
+    v.rmdir(j, "c1")
+    assert "c1" not in dict(v.readdir(j))
+    with err(errno.ENOENT):
+        v.getattr(c)
+    assert list(fs_tree.store.backend.list("leases/")) == []
+    assert fs_tree.catalog.checkpoints() == [] and list(fs_tree.store.backend.list("manifests/")) == []
+    again = v.mkdir(j, "c1", 0o755).inode
+    assert v.readdir(again) == [] and getx(v, again, "user.cedana.state") == b"pending"
 
 
 def test_autoseal_rule(fs_tree):
-    v = fs_tree.vfs
+    v = fs_tree.tree
     c = pending(v)
     put(v, c, "pages-1.img", b"p")
     fs_tree.clock[0] += 100
@@ -329,12 +359,12 @@ def test_autoseal_rule(fs_tree):
     assert v.autoseal_due() == []  # a file is open
     v.release(fh)
     assert v.autoseal_due() == [c]
-    v.setxattr(c, "user.cedana.autoseal", b"0")
+    setx(v, c, "user.cedana.autoseal", b"0")
     assert v.autoseal_due() == []
 
 
 def test_names_and_places(fs_tree):
-    v = fs_tree.vfs
+    v = fs_tree.tree
     with err(errno.EINVAL):
         v.mkdir(jobs(v), "..bad", 0o755)
     j = v.mkdir(jobs(v), "j1", 0o755).inode
@@ -355,8 +385,9 @@ def test_names_and_places(fs_tree):
         v.rename(c, "f", c2, "f")
 
 
+@pytest.mark.expect_warnings
 def test_corrupt_chunk_is_eio_and_not_refetched(fs_tree):
-    v = fs_tree.vfs
+    v = fs_tree.tree
     data = os.urandom(200_000)
     c = sealed_checkpoint(v, files={"inventory.img": b"inv", "f": data})
     ref = fs_tree.catalog.load("j1", "c1").file("f").chunks[0]
@@ -376,10 +407,31 @@ def test_corrupt_chunk_is_eio_and_not_refetched(fs_tree):
     assert len([k for k in gets if ref.digest in k]) <= 1
 
 
+def test_missing_chunk_is_eio_and_not_refetched(fs_tree):
+    v = fs_tree.tree
+    data = os.urandom(200_000)
+    c = sealed_checkpoint(v, files={"inventory.img": b"inv", "f": data})
+    ref = fs_tree.catalog.load("j1", "c1").file("f").chunks[1]
+    fs_tree.store.backend.delete(next(k for k in fs_tree.store.backend.list("chunks-b3/") if ref.digest in k))
+    fs_tree.store.cache.discard(ref.digest)
+    gets = []
+    real_get = fs_tree.store.backend.get
+    fs_tree.store.backend.get = lambda k: (gets.append(k), real_get(k))[1]
+    fh = v.open(v.lookup(c, "f").inode, os.O_RDONLY)
+    assert v.read(fh, 0, 1000) == data[:1000]  # the chunks that are there still read
+    for _ in range(3):
+        with pytest.raises(CedanaError, match="missing"):
+            v.read(fh, 100_000, 1000)
+    assert len([k for k in gets if ref.digest in k]) == 1
+    assert b"missing" in getx(v, c, "user.cedana.error")
+    v.release(fh)
+
+
+@pytest.mark.expect_warnings
 def test_store_failure_while_writing_fails_the_file_and_the_seal(fs_tree):
     from cedanafs.streamer import BackendError
 
-    v = fs_tree.vfs
+    v = fs_tree.tree
     c = pending(v)
     put(v, c, "inventory.img", b"inv")
     real_put = fs_tree.store.backend.put
@@ -399,22 +451,23 @@ def test_store_failure_while_writing_fails_the_file_and_the_seal(fs_tree):
     v.release(fh)
     fs_tree.store.backend.put = real_put
     with pytest.raises(Exception):
-        v.setxattr(c, "user.cedana.seal", b"1")  # never a manifest with a hole in a file
+        setx(v, c, "user.cedana.seal", b"1")  # never a manifest with a hole in a file
     assert fs_tree.catalog.checkpoints() == []
-    assert v.getxattr(c, "user.cedana.state") == b"pending"
+    assert getx(v, c, "user.cedana.state") == b"pending"
     # Rewriting the file from the start makes it usable again.
     fh = v.open(v.lookup(c, "pages-1.img").inode, os.O_WRONLY | os.O_TRUNC)
     v.write(fh, 0, b"fine now")
     v.flush(fh)
     v.release(fh)
-    v.setxattr(c, "user.cedana.seal", b"1")
+    setx(v, c, "user.cedana.seal", b"1")
     assert cat(v, c, "pages-1.img") == b"fine now"
 
 
+@pytest.mark.expect_warnings
 def test_store_down_during_refresh_serves_the_known_tree(fs_tree, caplog):
     from cedanafs.streamer import TemporaryFailure
 
-    v = fs_tree.vfs
+    v = fs_tree.tree
     sealed_checkpoint(v)
 
     def down(*args, **kw):
@@ -423,3 +476,120 @@ def test_store_down_during_refresh_serves_the_known_tree(fs_tree, caplog):
     fs_tree.catalog.refresh = down
     assert "j1" in dict(v.readdir(jobs(v)))
     assert "store unreachable" in caplog.text
+
+
+# --- no store I/O under the tree lock ---------------------------------------------------------
+
+class GatedBackend:
+    """A memory store whose chunk and manifest writes wait at a gate: a store as slow as we like."""
+
+    def __init__(self, name):
+        from cedanafs.streamer.backends.memory import MemoryBackend
+
+        class _Gated(MemoryBackend):
+            def put(inner, key, data):
+                self.wait(key)
+                super().put(key, data)
+
+            def create(inner, key, data):
+                self.wait(key)
+                super().create(key, data)
+
+        self.gate = threading.Event()
+        self.gate.set()
+        self.blocked = 0
+        self._lock = threading.Lock()
+        self.backend = _Gated(name)
+
+    def wait(self, key):
+        if key.startswith(("chunks-b3/", "manifests/")) and not self.gate.is_set():
+            with self._lock:
+                self.blocked += 1
+            assert self.gate.wait(60), "the gate was never opened"
+
+
+def _in_thread(fn, *args):
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box
+
+
+def _stream(v, ckpt, name, size):
+    """Open a file and write `size` bytes in order: its chunks go to the store as they come."""
+    fh, _ = v.create(ckpt, name, 0o600, W)
+    for off in range(0, size, 1 << 16):
+        v.write(fh, off, os.urandom(1 << 16))
+    return fh
+
+
+def test_tree_answers_while_the_store_is_slow(tmp_path):
+    """`ls` and getxattr on other paths answer at once while a big file is being finished and
+    sealed, and other big files are truncated, over a store that does not answer meanwhile."""
+    from cedanafs.catalog import Catalog, Tree
+    from cedanafs.streamer import ChunkerSpec, Store, StoreSession
+
+    gated = GatedBackend(f"slow-{os.getpid()}-{id(tmp_path)}")
+    store = Store(gated.backend, chunker=ChunkerSpec.for_size("fixed", 64 << 10), memory_limit=16 << 20)
+    v = Tree(Catalog(store.backend), StoreSession(store, spill_dir=str(tmp_path)), refresh_interval=0)
+    threads = []
+    try:
+        v.refresh(force=True)
+        c0 = sealed_checkpoint(v, "other", "c0")
+        c1, c3 = pending(v, "j1", "c1"), pending(v, "j2", "c3")
+        put(v, c1, "inventory.img", b"inv")
+        gated.gate.clear()  # from here on the store does not answer writes
+        big = _stream(v, c1, "pages-1.img", 1 << 20)
+        first, second = _stream(v, c3, "pages-1.img", 1 << 20), _stream(v, c3, "pages-2.img", 1 << 20)
+
+        def release_and_seal():
+            v.release(big)
+            return v.seal(c1)
+
+        threads.append(_in_thread(release_and_seal))
+        threads.append(_in_thread(v.open, v.lookup(c3, "pages-1.img").inode, os.O_WRONLY | os.O_TRUNC))
+        threads.append(_in_thread(lambda: v.setattr(v.lookup(c3, "pages-2.img").inode, size=10)))
+        wait_for(lambda: gated.blocked >= 8, timeout=20, what="writers blocked on the slow store")
+        time.sleep(0.3)  # let every thread reach its store call
+
+        def probe():
+            started = time.monotonic()
+            names = [n for n, _ in v.readdir(jobs(v))]
+            other = v.lookup(jobs(v), "other").inode
+            assert [n for n, _ in v.readdir(other)] == ["c0", "latest"]
+            assert getx(v, c0, "user.cedana.state") == b"sealed"
+            assert getx(v, ROOT_INODE, "user.cedana.pid") == str(os.getpid()).encode()
+            assert getx(v, c3, "user.cedana.state") == b"pending"
+            return names, time.monotonic() - started
+
+        t, box = _in_thread(probe)
+        t.join(timeout=5)
+        assert not t.is_alive(), "ls/getxattr waited for the store: a lock is held across store I/O"
+        assert "error" not in box, box.get("error")
+        names, took = box["value"]
+        assert set(names) == {"other", "j1", "j2"} and took < 1.0
+    finally:
+        gated.gate.set()
+        for t, _ in threads:
+            t.join(timeout=60)
+    for t, box in threads:
+        assert not t.is_alive() and "error" not in box, box.get("error")
+    sealed = threads[0][1]["value"]
+    assert sealed.name == "j1/c1" and sealed.file("pages-1.img").size == 1 << 20
+    assert v.status(c1).state == "sealed" and cat(v, c1, "inventory.img") == b"inv"
+    assert v.getattr(v.lookup(c3, "pages-2.img").inode).size == 10
+    v.release(threads[1][1]["value"])
+    for fh in (first, second):
+        v.release(fh)
+    for name in ("pages-1.img", "pages-2.img"):
+        v.unlink(c3, name)
+    v.rmdir(v.lookup(jobs(v), "j2").inode, "c3")
+    v.close()
+    store.close()

@@ -1,4 +1,4 @@
-"""The bytes of one file being written into a pending checkpoint.
+"""The bytes of one file being written into a pending checkpoint of the mount.
 
 While writes arrive in order (offset == size, what CRIU, cp and rsync do) they go straight into
 a streaming writer of the store: chunked, hashed, compressed and uploaded as they come, with the
@@ -18,8 +18,8 @@ import tempfile
 import threading
 from typing import Callable, Protocol
 
-from ..errors import StoreError
-from ..types import FileContent
+from cedanafs.errors import StoreError
+from cedanafs.types import FileContent
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ class Reader(Protocol):
 
 
 class Data(Protocol):
-    """What a pending file needs of the store: a streaming writer and a reader of finished content."""
+    """What a pending file needs of the store: a streaming writer and a reader of finished content
+    (cedanafs.streamer.session.StoreSession has both)."""
 
     def writer(self) -> Writer: ...
     def reader(self, content: FileContent) -> Reader: ...

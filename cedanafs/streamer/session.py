@@ -1,8 +1,10 @@
-"""What the tree's files are made of: streaming writers and cached readers of a streamer Store.
+"""The store session of the mount: streaming writers and cached readers of a Store, with a lease.
 
 A pending checkpoint gets its own `session()`: its writers share one GC lease, taken at the first
 write and released when the checkpoint is sealed or discarded, so GC running meanwhile never
 deletes a chunk that the coming manifest will reference (the lease rule of cedanafs.streamer.gc).
+`new_file()` gives the PendingContent of one file written into it (cedanafs.streamer.pending).
+The mount's tree (cedanafs.catalog.tree) holds these through its `Data` protocol only.
 """
 
 from __future__ import annotations
@@ -10,25 +12,36 @@ from __future__ import annotations
 import logging
 import threading
 
-from ..streamer import FileReader, FileWriter, Lease, Progress, Store, ingest_dir, ingest_file, materialize
-from ..types import FileContent
+from cedanafs.types import FileContent
+
+from .files import FileReader, FileWriter
+from .gc import Lease
+from .ingest import Progress, ingest_dir, ingest_file, materialize
+from .pending import PendingContent
+from .store import Store
 
 log = logging.getLogger(__name__)
 
 
-class StoreData:
-    """vfs Data over a Store: `writer()`, `reader(content)`, `session()`, `close()`."""
+class StoreSession:
+    """The tree's Data over a Store: `writer()`, `reader(content)`, `session()`, `new_file()`, `close()`."""
 
-    def __init__(self, store: Store, leased: bool = False):
+    def __init__(self, store: Store, leased: bool = False, spill_dir: str | None = None):
         self.store = store
+        self.spill_dir = spill_dir  # where files written out of order are kept until finished
         self.streams: int | None = None  # chunks of one file in flight (user.cedana.streams), None: the pool's
         self._leased = leased
         self._lease: Lease | None = None
+        self.progress: Progress | None = None  # an ingest's counters (user.cedana.progress)
         self._lock = threading.Lock()
 
-    def session(self) -> "StoreData":
+    def session(self) -> "StoreSession":
         """The Data of one pending checkpoint: writers under one lease."""
-        return StoreData(self.store, leased=True)
+        return StoreSession(self.store, leased=True, spill_dir=self.spill_dir)
+
+    def new_file(self) -> PendingContent:
+        """The bytes of one new file of this session's checkpoint."""
+        return PendingContent(self, self.spill_dir)
 
     def writer(self) -> FileWriter:
         return self.store.writer(self._get_lease(), streams=self.streams)
@@ -36,13 +49,18 @@ class StoreData:
     def reader(self, content: FileContent) -> FileReader:
         return self.store.reader(content)
 
-    def ingest(self, path: str, progress: Progress | None = None) -> FileContent:
-        """A whole local file into the store under this session's lease."""
-        return ingest_file(self.store, path, self._get_lease(), progress)[0]
+    def finished_file(self, content: FileContent) -> PendingContent:
+        """A file of this session's checkpoint whose bytes are already stored (an ingested one)."""
+        return PendingContent.finished_with(self, content)
 
-    def ingest_dir(self, source: str, progress: Progress | None = None, follow: bool = False) -> list:
+    def ingest(self, path: str) -> FileContent:
+        """A whole local file into the store under this session's lease."""
+        return ingest_file(self.store, path, self._get_lease(), self.progress)[0]
+
+    def ingest_dir(self, source: str, follow: bool = False) -> list:
         """A spool directory's files into the store: [(name, stat, content)] (see streamer.ingest)."""
-        return ingest_dir(self.store, source, self._get_lease(), progress, follow)
+        self.progress = Progress()
+        return ingest_dir(self.store, source, self._get_lease(), self.progress, follow)
 
     def materialize(self, content: FileContent, path: str, mode: int) -> int:
         return materialize(self.store, content, path, mode)
