@@ -10,6 +10,7 @@ pytest_plugins = [
         "tests.fixtures_servers",
         "tests.fixtures_mount",
         "tests.fixtures_daemon",
+        "tests.fixtures_containers",
     )
     if os.path.exists(os.path.join(os.path.dirname(__file__), p.split(".")[1] + ".py"))
 ]

@@ -36,6 +36,7 @@ from .. import criu
 from ..catalog import check_job_name
 from ..config import Settings, format_size, host_name
 from ..errors import AlreadyExists, CedanaError, CheckpointError, CriuError, NotFound, PermissionDenied, UsageError
+from . import containers as app_containers
 from . import mount as app_mount
 from . import process as app_process
 from .procinfo import dumpable_process, process_state
@@ -477,7 +478,10 @@ class JobService:
                 raise NotFound(f"job {jid} has no process to dump ({status}"
                                f"{'' if job.exit_code is None else f', exit code {job.exit_code}'})")
             started = time.monotonic()
-            path = self._dump_into_mount(job, leave_running, streams)
+            if job.type == app_containers.RUNC:
+                path = app_containers.dump_runc_job(self, job, leave_running, streams)
+            else:
+                path = self._dump_into_mount(job, leave_running, streams)
         cid = os.path.basename(path)
         info = self.catalog.latest(jid)
         size = info.size if info is not None and info.id == cid else 0
@@ -552,7 +556,9 @@ class JobService:
                                     " dump it or kill it before restoring")
             source = path or self._checkpoint_path(jid, checkpoint)
             threads = app_process.streams_of(self.settings, streams)
-            if lazy:
+            if app_containers.is_runc_job(job, source):
+                pid, state = app_containers.restore_runc_job(self, caller, job, source, lazy, threads)
+            elif lazy:
                 pid, state = self._restore_lazy(caller, job, source, threads)
             else:
                 pid, state = self._restore_from(caller, job, source, threads)
@@ -628,7 +634,7 @@ class JobService:
             if job is None:
                 info = state.get("job", {})
                 uids = state.get("uids") or [caller.uid]
-                job = Job(jid=jid, uid=info.get("uid", uids[0]), gid=(state.get("gids") or [caller.gid])[0],
+                job = Job(jid=jid, type=info.get("type", "process"), uid=info.get("uid", uids[0]), gid=(state.get("gids") or [caller.gid])[0],
                           cmd=state.get("cmdline", []), cwd=state.get("cwd", ""), log=info.get("log", ""),
                           created=time.time())
             job.pid, job.start_time, job.exit_code = pid, process_start_time(pid), None

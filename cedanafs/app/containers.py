@@ -1,0 +1,437 @@
+"""Use cases for containers: `dump runc`, `restore runc`, `run runc`, `manage runc` and runc jobs.
+
+A container checkpoint is a CRIU images directory like a process's (runc writes CRIU's images
+into it), plus `container.json`: what a restore needs (runtime, id, root, bundle and a hash of its
+config.json) and `process_state.json` of the container's init. It goes where process dumps go:
+a directory, an archive, the mount (jobs/<job>/<id>/, deduplicated by the store) or a bucket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from ..config import COMPRESSIONS, Settings
+from ..errors import AlreadyExists, CheckpointError, NotFound, PermissionDenied, UsageError
+from ..runtimes import runc
+from . import archive, remote
+from . import mount as mountapp
+from .procinfo import dumpable_process, process_state
+from .process import (DUMP_LOG, STATE_FILE, DumpResult, ImagesDir, RestoreResult, _check_name, _check_parent,
+                      _publish, _size, require_root, streams_of)
+
+log = logging.getLogger(__name__)
+
+CONTAINER_FILE = "container.json"
+RUNC = "runc"
+CONTAINERD = "containerd"
+LOG_TEMPLATE = "/var/log/cedana-output-{id}.log"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerRecord:
+    """container.json: what restoring a container needs, beside CRIU's images."""
+
+    runtime: str
+    id: str
+    root: str = ""
+    bundle: str = ""
+    config_sha256: str = ""
+    pid: int = 0
+    image: str = ""
+    snapshotter: str = ""
+    namespace: str = ""
+    address: str = ""
+    spec: dict[str, Any] = field(default_factory=dict)
+    runtime_name: str = ""
+    tcp_established: bool = False
+    file_locks: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def read(cls, images_dir: str, source: str) -> "ContainerRecord":
+        try:
+            with open(os.path.join(images_dir, CONTAINER_FILE)) as f:
+                data = json.load(f)
+            known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+            return cls(**known)
+        except FileNotFoundError:
+            raise CheckpointError(f"{source} is not a container checkpoint (no {CONTAINER_FILE})") from None
+        except (OSError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{source}: unreadable {CONTAINER_FILE} ({exc})") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuncDumpRequest:
+    id: str
+    root: str = runc.DEFAULT_ROOT
+    dir: str | None = None
+    name: str | None = None
+    compression: str | None = None
+    leave_running: bool | None = None
+    tcp_established: bool = False
+    file_locks: bool = False
+    shell_job: bool = False
+    ext_unix_sk: bool = False
+    streams: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuncRestoreRequest:
+    path: str
+    id: str | None = None
+    bundle: str | None = None
+    root: str | None = None
+    detach: bool = True
+    out: str | None = None
+    lazy: bool = False
+    pid_file: str | None = None
+    tcp_established: bool = False
+    file_locks: bool = False
+    shell_job: bool = False
+    ext_unix_sk: bool = False
+    streams: int = 0
+
+
+def bundle_hash(bundle: str) -> str:
+    """sha256 of the bundle's config.json: a restore into another bundle must run the same spec."""
+    path = os.path.join(bundle, "config.json")
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except FileNotFoundError:
+        raise NotFound(f"{bundle} is not an OCI bundle (no config.json)") from None
+
+
+# --- dump ---------------------------------------------------------------------------------------
+
+def _write_records(images_dir: str, record: ContainerRecord, state: dict, work_dir: str) -> None:
+    with open(os.path.join(images_dir, CONTAINER_FILE), "w") as f:
+        json.dump(record.to_dict(), f, indent=2)
+    with open(os.path.join(images_dir, STATE_FILE), "w") as f:
+        json.dump(state, f, indent=2)
+    runc_log = os.path.join(work_dir, runc.CHECKPOINT_LOG)
+    if os.path.exists(runc_log):
+        shutil.copyfile(runc_log, os.path.join(images_dir, DUMP_LOG))
+
+
+def checkpoint_runc(settings: Settings, container: runc.Container, images_dir: str, *, leave_running: bool,
+                    tcp_established: bool = False, file_locks: bool = False, shell_job: bool = False,
+                    ext_unix_sk: bool = False, job: dict | None = None) -> ContainerRecord:
+    """runc checkpoints `container` into images_dir, then its records go beside CRIU's images."""
+    state = process_state(dumpable_process(container.pid)).to_dict()
+    if job:
+        state["job"] = job
+    record = ContainerRecord(runtime=RUNC, id=container.id, root=container.root, bundle=container.bundle,
+                             config_sha256=bundle_hash(container.bundle), pid=container.pid,
+                             tcp_established=tcp_established or state.get("tcp_established", False),
+                             file_locks=file_locks)
+    work = tempfile.mkdtemp(prefix="cedana-runc-dump-")
+    try:
+        runc.checkpoint(runc.CheckpointOptions(
+            id=container.id, root=container.root, images_dir=images_dir, work_dir=work,
+            leave_running=leave_running, tcp_established=record.tcp_established, file_locks=file_locks,
+            shell_job=shell_job, ext_unix_sk=ext_unix_sk), settings.criu.binary_path)
+        _write_records(images_dir, record, state, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return record
+
+
+def dump_runc(settings: Settings, req: RuncDumpRequest) -> DumpResult:
+    """`dump runc ID`: into a directory, an archive, the mount or a bucket, as `dump process`."""
+    require_root()
+    compression = req.compression or settings.checkpoint.compression or "none"
+    if compression not in COMPRESSIONS:
+        raise UsageError(f"unknown compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
+    container = runc.find_running(req.root, req.id)
+    leave_running = settings.criu.leave_running if req.leave_running is None else req.leave_running
+
+    def fill(images_dir: str) -> None:
+        checkpoint_runc(settings, container, images_dir, leave_running=leave_running,
+                        tcp_established=req.tcp_established, file_locks=req.file_locks, shell_job=req.shell_job,
+                        ext_unix_sk=req.ext_unix_sk)
+
+    target = req.dir or settings.checkpoint.dir or "/tmp"
+    name = _check_name(req.name or f"dump-runc-{time.time_ns()}")
+    return dump_images(settings, fill, target, name, compression, kind=RUNC, pid=container.pid,
+                       explicit_name=req.name is not None, streams=req.streams)
+
+
+def dump_images(settings: Settings, fill: Callable[[str], None], target: str, name: str, compression: str, *,
+                kind: str, pid: int, explicit_name: bool = True, streams: int = 0) -> DumpResult:
+    """Run `fill(images_dir)` and publish its images at `target` under `name`; nothing is left on failure."""
+    started = time.monotonic()
+    if remote.is_remote(target):
+        return _dump_to_bucket(settings, fill, target, name, compression, pid, started)
+    if mountapp.mount_of(target) is not None:
+        ckpt = mountapp.begin_checkpoint(target, name if explicit_name else None,
+                                         streams=streams or settings.checkpoint.streams)
+        try:
+            fill(str(ckpt))
+            mountapp.seal(ckpt, kind=kind, meta={"pid": str(pid)})
+        except BaseException:
+            _discard_quietly(str(ckpt))
+            raise
+        return DumpResult(path=str(ckpt), pid=pid, name=ckpt.name, compression="none", size=_size(str(ckpt)),
+                          duration=time.monotonic() - started)
+    parent = _check_parent(target)
+    final = os.path.join(parent, archive.archive_name(name, compression))
+    if os.path.lexists(final):
+        raise AlreadyExists(f"{final} already exists; choose another --name")
+    staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=parent)
+    try:
+        fill(staging)
+        _publish(staging, final, compression)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return DumpResult(path=final, pid=pid, name=name, compression=compression, size=_size(final),
+                      duration=time.monotonic() - started)
+
+
+def _dump_to_bucket(settings: Settings, fill: Callable[[str], None], url: str, name: str, compression: str,
+                    pid: int, started: float) -> DumpResult:
+    from ..streamer import open_backend
+
+    backend = open_backend(url, settings)
+    remote.ensure_absent(backend, url, name, compression)
+    staging = tempfile.mkdtemp(prefix=f"cedana-dump-{name}-")
+    try:
+        fill(staging)
+        size = _size(staging)
+        path = remote.upload_checkpoint(backend, url, staging, name, compression)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return DumpResult(path=path, pid=pid, name=name, compression=compression, size=size,
+                      duration=time.monotonic() - started)
+
+
+def _discard_quietly(path: str) -> None:
+    try:
+        mountapp.discard_checkpoint(path)
+    except OSError as exc:
+        log.warning("could not discard pending checkpoint %s: %s", path, exc)
+
+
+# --- restore ------------------------------------------------------------------------------------
+
+def _check_bundle(record: ContainerRecord, bundle: str, source: str) -> None:
+    if record.config_sha256 and bundle_hash(bundle) != record.config_sha256:
+        raise UsageError(f"bundle {bundle} does not match the checkpoint {source}: its config.json differs from"
+                         f" the one of {record.bundle} it was dumped with")
+
+
+def restore_runc_images(settings: Settings, images_dir: str, source: str, record: ContainerRecord, *,
+                        cid: str, root: str, bundle: str, stdio: tuple[int | None, int | None, int | None],
+                        detach: bool = True, lazy: bool = False, tcp_established: bool = False,
+                        file_locks: bool = False, shell_job: bool = False, ext_unix_sk: bool = False,
+                        threads: int = 8) -> int:
+    """runc restores `cid` from images_dir; returns the restored init's pid (or, attached, its exit code)."""
+    _check_bundle(record, bundle, source)
+    if runc.exists(root, cid):
+        raise AlreadyExists(f"a runc container {cid!r} already exists under --root {root};"
+                            " choose another --id or delete it first")
+    work = tempfile.mkdtemp(prefix="cedana-runc-restore-")
+    pages = _start_lazy_pages(settings, images_dir, work, threads) if lazy else None
+    try:
+        code = runc.restore(runc.RestoreOptions(
+            id=cid, root=root, bundle=bundle, images_dir=images_dir, work_dir=work, detach=detach,
+            tcp_established=tcp_established or record.tcp_established, file_locks=file_locks or record.file_locks,
+            shell_job=shell_job, ext_unix_sk=ext_unix_sk, lazy_pages=lazy), stdio, settings.criu.binary_path)
+    except BaseException:
+        if pages is not None:
+            pages.kill()
+        raise
+    finally:
+        if pages is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return runc.find(root, cid).pid if detach else code
+
+
+def _start_lazy_pages(settings: Settings, images_dir: str, work: str, threads: int) -> Any:
+    """`criu lazy-pages` serving the mounted images to runc's CRIU through the shared work dir."""
+    if mountapp.mount_of(images_dir) is None:
+        raise UsageError("--lazy restores from a checkpoint directory in a cedanafs mount")
+    try:
+        mountapp.prefetch_images(images_dir, threads=threads)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read the images of {images_dir} from the store: {exc.strerror or exc};"
+                              " nothing was restored") from None
+    return mountapp.LazyPages(images_dir, work, settings.criu.binary_path).start()
+
+
+def restore_runc(settings: Settings, req: RuncRestoreRequest) -> RestoreResult:
+    """`restore runc --path P`: the container runs again under --id (default: the dumped id)."""
+    require_root()
+    if req.lazy and not req.detach:
+        raise UsageError("--lazy restores a detached container: add --detach")
+    with ImagesDir(req.path, settings) as images:
+        record = ContainerRecord.read(images.path, req.path)
+        if record.runtime != RUNC:
+            raise UsageError(f"{req.path} is a {record.runtime} checkpoint: use `cedana restore {record.runtime}`")
+        cid, root = req.id or record.id, req.root or record.root or runc.DEFAULT_ROOT
+        bundle = os.path.abspath(req.bundle or record.bundle)
+        write_end = runc.relay_to(req.out or LOG_TEMPLATE.format(id=cid)) if req.detach else None
+        stdio = (None, write_end, write_end) if req.detach else (0, 1, 2)
+        try:
+            value = restore_runc_images(settings, images.path, req.path, record, cid=cid, root=root, bundle=bundle,
+                                        stdio=stdio, detach=req.detach, lazy=req.lazy,
+                                        tcp_established=req.tcp_established, file_locks=req.file_locks,
+                                        shell_job=req.shell_job, ext_unix_sk=req.ext_unix_sk,
+                                        threads=streams_of(settings, req.streams))
+        finally:
+            if write_end is not None:
+                os.close(write_end)
+    if not req.detach:
+        return RestoreResult(pid=0, exit_code=value)
+    if req.pid_file:
+        with open(req.pid_file, "w") as f:
+            f.write(f"{value}\n")
+    return RestoreResult(pid=value)
+
+
+def run_runc(root: str, bundle: str, cid: str, out: str | None, detach: bool) -> int:
+    """`run runc` without a daemon: detached with output to a log, or attached to this terminal."""
+    require_root()
+    if not detach:
+        return runc.run(root, os.path.abspath(bundle), cid, (0, 1, 2), detach=False)
+    write_end = runc.relay_to(out or LOG_TEMPLATE.format(id=cid))
+    work = tempfile.mkdtemp(prefix="cedana-runc-run-")
+    try:
+        runc.run(root, os.path.abspath(bundle), cid, (None, write_end, write_end), log_file=os.path.join(work, "log"))
+    finally:
+        os.close(write_end)
+        shutil.rmtree(work, ignore_errors=True)
+    return runc.find(root, cid).pid
+
+
+# --- runc jobs (the daemon's job service calls these) ---------------------------------------------
+
+def runc_cmd(root: str, bundle: str, cid: str) -> list[str]:
+    """A runc job's `cmd`: the runc command line that names its container."""
+    return ["runc", "--root", root, "run", "--bundle", bundle, cid]
+
+
+def runc_target(cmd: list[str]) -> tuple[str, str, str]:
+    """(root, bundle, id) back from runc_cmd's form."""
+    if len(cmd) != 7 or cmd[0] != "runc":
+        raise CheckpointError(f"this runc job's record is damaged: {cmd!r}")
+    return cmd[2], cmd[5], cmd[6]
+
+
+def _require_root(caller: Any) -> None:
+    if not caller.is_root:
+        raise PermissionDenied("runc containers are root's: only root may run, manage, dump or restore them")
+
+
+def is_runc_job(job: Any, source: str) -> bool:
+    """A job restore of a runc container: by the job's type, or (no record here) by its checkpoint."""
+    if job is not None:
+        return job.type == RUNC
+    return os.path.isdir(source) and os.path.exists(os.path.join(source, CONTAINER_FILE))
+
+
+def run_runc_job(service: Any, caller: Any, bundle: str, cid: str, root: str, jid: str | None, log_path: str) -> Any:
+    """`run runc` through the daemon: a detached container whose output a relay writes to the job's log."""
+    from .jobs import Job, new_jid, process_start_time
+
+    _require_root(caller)
+    from ..catalog import check_job_name
+
+    jid = check_job_name(jid) if jid else new_jid()
+    bundle = os.path.abspath(bundle)
+    job = Job(jid=jid, type=RUNC, uid=0, gid=0, cmd=runc_cmd(root, bundle, cid), cwd=bundle, log=log_path,
+              host=service.host, created=time.time())
+    service.db.insert(job)
+    try:
+        pid = run_runc(root, bundle, cid, log_path, detach=True)
+    except BaseException:
+        service.db.delete(jid)
+        raise
+    job.pid, job.start_time = pid, process_start_time(pid)
+    service.db.put(job)
+    log.info("job %s: runc container %s running, pid %d", jid, cid, pid)
+    return job
+
+
+def manage_runc_job(service: Any, caller: Any, cid: str, root: str, jid: str | None) -> Any:
+    """`manage runc ID`: adopt a running runc container as a job."""
+    from ..catalog import check_job_name
+    from .jobs import Job, new_jid, process_start_time
+
+    _require_root(caller)
+    container = runc.find_running(root, cid)
+    jid = check_job_name(jid) if jid else new_jid()
+    for other in service.db.all():
+        if other.type == RUNC and runc_target(other.cmd)[::2] == (root, cid) and other.pid == container.pid:
+            raise AlreadyExists(f"runc container {cid} is already managed as job {other.jid}")
+    job = Job(jid=jid, type=RUNC, pid=container.pid, start_time=process_start_time(container.pid), uid=0, gid=0,
+              cmd=runc_cmd(root, container.bundle, cid), cwd=container.bundle, host=service.host,
+              created=time.time())
+    service.db.insert(job)
+    log.info("job %s: managing runc container %s (pid %d)", jid, cid, container.pid)
+    return job
+
+
+def dump_runc_job(service: Any, job: Any, leave_running: bool, streams: int = 0) -> str:
+    """`dump job` of a runc job: runc checkpoints into a new checkpoint of the job in the mount."""
+    root, _bundle, cid = runc_target(job.cmd)
+    container = runc.find_running(root, cid)
+    job_record = {"jid": job.jid, "type": RUNC, "cmd": job.cmd, "log": job.log, "uid": job.uid}
+    path = str(mountapp.begin_checkpoint(service.job_dir(job.jid), streams=streams or service.settings.checkpoint.streams))
+    try:
+        checkpoint_runc(service.settings, container, path, leave_running=leave_running, job=job_record)
+        mountapp.seal(path, kind=RUNC, meta={"pid": str(container.pid)})
+    except BaseException:
+        _discard_quietly(path)
+        raise
+    return path
+
+
+def restore_runc_job(service: Any, caller: Any, job: Any, source: str, lazy: bool, threads: int) -> tuple[int, dict]:
+    """`restore job` of a runc job: the container comes back under its id, output to the job's log."""
+    _require_root(caller)
+    with ImagesDir(source, service.settings) as images:
+        record = ContainerRecord.read(images.path, source)
+        state = _state_of(images.path)
+        root, cid, bundle = record.root or runc.DEFAULT_ROOT, record.id, record.bundle
+        if job is not None:
+            root, bundle, cid = runc_target(job.cmd)
+        _drop_stopped(root, cid)
+        log_path = job.log if job is not None else state.get("job", {}).get("log", "")
+        write_end = runc.relay_to(log_path or LOG_TEMPLATE.format(id=cid))
+        try:
+            pid = restore_runc_images(service.settings, images.path, source, record, cid=cid, root=root,
+                                      bundle=bundle, stdio=(None, write_end, write_end), lazy=lazy, threads=threads)
+        finally:
+            os.close(write_end)
+    info = dict(state.get("job", {})) | {"type": RUNC, "log": log_path}
+    return pid, state | {"cmdline": runc_cmd(root, bundle, cid), "job": info, "uids": [0], "gids": [0]}
+
+
+def _drop_stopped(root: str, cid: str) -> None:
+    """The job's own container, stopped (killed or exited), is removed so its id can be restored."""
+    try:
+        container = runc.find(root, cid)
+    except NotFound:
+        return
+    if container.status == "stopped":
+        runc.delete(root, cid, force=True)
+
+
+def _state_of(images_dir: str) -> dict:
+    try:
+        with open(os.path.join(images_dir, STATE_FILE)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,147 @@
+"""`cedana dump runc` / `restore runc` against real runc containers with a busybox rootfs: to a
+directory and to an archive, the counter going on from where it stopped, files the container
+wrote (in its rootfs and in its /dev/shm tmpfs, which the checkpoint carries), its stdout, and
+each bad input in one line with the container still running or the checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures_containers import COUNTER, count_of, wait_counting
+from tests.fixtures_procs import CEDANA, ROOT, wait_for
+
+NOTE = "written before the checkpoint"
+SCRIPT = f"echo '{NOTE}' > /dev/shm/note; echo started > /data/started; {COUNTER}"
+
+
+def cedana(*args, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([*CEDANA, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          cwd=str(ROOT), stdin=subprocess.DEVNULL)
+
+
+def ok(*args) -> str:
+    result = cedana(*args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def one_line_error(result: subprocess.CompletedProcess, code: int, *words: str) -> str:
+    err = result.stderr.strip()
+    assert result.returncode == code, (result.returncode, err)
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in err, err
+    return err
+
+
+def digest(path: Path) -> dict[str, str]:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return {str(p.relative_to(path) if path.is_dir() else p.name): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in files}
+
+
+def log_numbers(log: Path) -> list[int]:
+    return [int(x) for x in log.read_text().split() if x.isdigit()] if log.exists() else []
+
+
+def assert_resumed(runc_env, cid: str, bundle: Path, frozen: int, log: Path) -> None:
+    """The restored container counts on from `frozen`, not from 1, and its stdout reaches `log`."""
+    assert runc_env.status(cid) == "running"
+    wait_counting(bundle, above=frozen + 3)
+    printed = wait_for(lambda: log_numbers(log), what="the restored container's output")
+    assert printed[0] == frozen + 1, printed[:5]
+    pid = runc_env.state(cid)["pid"]
+    assert Path(f"/proc/{pid}/root/dev/shm/note").read_text().strip() == NOTE  # tmpfs: from the checkpoint
+    assert (bundle / "rootfs" / "data" / "started").read_text().strip() == "started"
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_dump_and_restore_runc(runc_env, tmp_path, compression):
+    bundle = runc_env.bundle("bundle", SCRIPT)
+    runc_env.start("ctr1", bundle, tmp_path / "before.log")
+    wait_counting(bundle, above=5)
+
+    out = ok("dump", "runc", "ctr1", "--root", runc_env.root, "--dir", tmp_path, "--name", "c1",
+             "--compression", compression)
+    ckpt = tmp_path / ("c1" if compression == "none" else "c1.tar.gz")
+    assert str(ckpt) in out and ckpt.exists()
+    assert runc_env.status("ctr1") is None  # runc stopped and removed it after the checkpoint
+    frozen = count_of(bundle)
+    if compression == "none":
+        assert {"inventory.img", "container.json", "process_state.json", "descriptors.json"} <= \
+            {p.name for p in ckpt.iterdir()}
+    before = digest(ckpt)
+
+    after_log = tmp_path / "after.log"
+    out = ok("restore", "runc", "--path", ckpt, "--bundle", bundle, "--id", "ctr1", "--root", runc_env.root,
+             "--detach", "--out", after_log)
+    assert "Restored runc container ctr1" in out
+    assert_resumed(runc_env, "ctr1", bundle, frozen, after_log)
+    assert digest(ckpt) == before  # the restore left the checkpoint as it was
+
+
+def test_restore_under_another_id_and_leave_running(runc_env, tmp_path):
+    bundle = runc_env.bundle("bundle", SCRIPT)
+    runc_env.start("orig", bundle, tmp_path / "orig.log")
+    wait_counting(bundle, above=3)
+    ok("dump", "runc", "orig", "--root", runc_env.root, "--dir", tmp_path, "--name", "c1", "--leave-running")
+    assert runc_env.status("orig") == "running"
+
+    # The same id is in use: one line, the running container untouched, the checkpoint intact.
+    before = digest(tmp_path / "c1")
+    err = one_line_error(cedana("restore", "runc", "--path", tmp_path / "c1", "--root", runc_env.root,
+                                "--detach", "--out", tmp_path / "x.log"), 4, "orig", "already exists")
+    assert "Traceback" not in err
+    assert runc_env.status("orig") == "running" and digest(tmp_path / "c1") == before
+
+    runc_env.runc("kill", "orig", "KILL")
+    wait_for(lambda: runc_env.status("orig") == "stopped", what="orig to stop")
+    runc_env.runc("delete", "orig")
+    frozen_log = tmp_path / "copy.log"
+    ok("restore", "runc", "--path", tmp_path / "c1", "--id", "copy", "--root", runc_env.root, "--detach",
+       "--out", frozen_log)
+    assert runc_env.status("copy") == "running"
+    wait_for(lambda: len(log_numbers(frozen_log)) > 2, what="the copy to count")
+
+
+def test_runc_bad_inputs_are_one_line(runc_env, tmp_path):
+    bundle = runc_env.bundle("bundle", SCRIPT)
+    other = runc_env.bundle("other", "sleep 1000")
+    root = runc_env.root
+
+    one_line_error(cedana("dump", "runc", "nosuch", "--root", root, "--dir", tmp_path), 3, "nosuch")
+    assert list(tmp_path.iterdir()) == []
+
+    runc_env.start("paused", bundle, tmp_path / "p.log")
+    wait_counting(bundle, above=2)
+    runc_env.runc("pause", "paused")
+    one_line_error(cedana("dump", "runc", "paused", "--root", root, "--dir", tmp_path / "d"), 2, "not running")
+    assert runc_env.status("paused") == "paused"
+    runc_env.runc("resume", "paused")
+
+    (tmp_path / "d").mkdir()
+    ok("dump", "runc", "paused", "--root", root, "--dir", tmp_path / "d", "--name", "c1")
+    ckpt = tmp_path / "d" / "c1"
+    before = digest(ckpt)
+
+    one_line_error(cedana("restore", "runc", "--path", ckpt, "--bundle", other, "--id", "mism", "--root", root,
+                          "--detach", "--out", tmp_path / "m.log"), 2, "does not match")
+    assert runc_env.status("mism") is None and digest(ckpt) == before
+
+    one_line_error(cedana("restore", "runc", "--path", tmp_path / "nothing", "--root", root, "--detach"), 3,
+                   "does not exist")
+    one_line_error(cedana("restore", "runc", "--path", tmp_path / "d", "--root", root, "--detach"), 5)
+
+    # A failed CRIU dump (a file outside the container's mounts on stdout) leaves it running, nothing written.
+    with open(tmp_path / "direct.log", "w") as direct:
+        subprocess.run(["runc", "--root", str(root), "run", "-d", "--bundle", str(other), "direct"],
+                       stdin=subprocess.DEVNULL, stdout=direct, stderr=direct, check=True)
+    one_line_error(cedana("dump", "runc", "direct", "--root", root, "--dir", tmp_path / "d", "--name", "c2"), 6,
+                   "runc checkpoint of direct failed")
+    assert runc_env.status("direct") == "running"
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["c1"]
