@@ -255,7 +255,21 @@ def restore_runc_images(settings: Settings, images_dir: str, source: str, record
     finally:
         if pages is None:
             shutil.rmtree(work, ignore_errors=True)
-    return runc.find(root, cid).pid if detach else code
+    if not detach:
+        return code
+    pid = runc.find(root, cid).pid
+    if pages is not None:
+        _watch_lazy(pages, work, pid)
+    return pid
+
+
+def _watch_lazy(pages: Any, work: str, pid: int) -> None:
+    """Tell the lazy-pages watchdog which tree to kill should serving the pages fail."""
+    try:
+        with open(os.path.join(work, mountapp.RESTORED_PID), "w") as f:
+            f.write(str(pid))
+    except FileNotFoundError:
+        pass  # every page was already sent: the server removed its work dir
 
 
 def _start_lazy_pages(settings: Settings, images_dir: str, work: str, threads: int) -> Any:

@@ -1,0 +1,71 @@
+"""runc checkpoints in the mount: `dump runc --dir MOUNT/jobs/J` lands in jobs/J/<id>/ (sealed,
+deduplicated by the store), restores eagerly and lazily from there, and a `cp -r` of it restores
+with plain `runc restore --image-path`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.fixtures_containers import count_of, wait_counting
+from tests.fixtures_procs import wait_for
+from tests.test_runc import SCRIPT, assert_resumed, log_numbers
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def _dump(mounted, runc_env, cid: str, job: str, *extra: str) -> str:
+    r = mounted.cedana("dump", "runc", cid, "--root", runc_env.root, "--dir", mounted.jobs / job, *extra)
+    assert r.returncode == 0, r.stderr
+    path = r.stdout.strip().rsplit(" ", 1)[-1]
+    assert os.path.dirname(path) == str(mounted.jobs / job)
+    return path
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
+def test_runc_into_mount_and_back(lazy, mounted, runc_env, tmp_path):
+    bundle = runc_env.bundle("bundle", SCRIPT)
+    runc_env.start("ctr", bundle, tmp_path / "before.log")
+    wait_counting(bundle, above=3)
+    first = _dump(mounted, runc_env, "ctr", "web", "--leave-running")
+    ckpt = _dump(mounted, runc_env, "ctr", "web")
+    frozen = count_of(bundle)
+    assert mounted.state(ckpt) == "sealed" and first != ckpt
+    assert os.readlink(mounted.jobs / "web" / "latest") == os.path.basename(ckpt)
+    assert {"inventory.img", "container.json", "descriptors.json"} <= set(os.listdir(ckpt))
+
+    log = tmp_path / "after.log"
+    args = ["restore", "runc", "--path", ckpt, "--detach", "--out", log] + (["--lazy"] if lazy else [])
+    r = mounted.cedana(*args)
+    assert r.returncode == 0, r.stderr
+    assert_resumed(runc_env, "ctr", bundle, frozen, log)
+
+
+def test_copy_of_mounted_checkpoint_restores_with_plain_runc(mounted, runc_env, tmp_path):
+    bundle = runc_env.bundle("bundle", SCRIPT)
+    runc_env.start("ctr", bundle, tmp_path / "before.log")
+    wait_counting(bundle, above=3)
+    ckpt = _dump(mounted, runc_env, "ctr", "plain")
+    frozen = count_of(bundle)
+    copy = tmp_path / "copy"
+    shutil.copytree(ckpt, copy)  # cp -r
+
+    log = tmp_path / "after.log"
+    read_end, write_end = os.pipe()
+    with open(log, "ab") as out:
+        subprocess.Popen(["cat"], stdin=read_end, stdout=out, start_new_session=True)
+    os.close(read_end)
+    env = dict(os.environ, PATH=f"/usr/local/sbin:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    try:
+        subprocess.run(["runc", "--root", str(runc_env.root), "restore", "--detach", "--image-path", str(copy),
+                        "--work-path", str(tmp_path / "work"), "--bundle", str(bundle), "ctr"],
+                       stdin=subprocess.DEVNULL, stdout=write_end, stderr=write_end, env=env, check=True)
+    finally:
+        os.close(write_end)
+    assert runc_env.status("ctr") == "running"
+    wait_counting(bundle, above=frozen + 2)
+    assert wait_for(lambda: log_numbers(log))[0] == frozen + 1
