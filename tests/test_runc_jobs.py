@@ -1,0 +1,122 @@
+"""runc containers as daemon jobs (`run runc`, `manage runc`, `job list` TYPE runc, `dump job`,
+`restore job`) and a TCP client keeping its connection across `dump runc` / `restore runc`
+with --tcp-established (the container on the host's network: see docs/containers.md).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from tests.fixtures_containers import count_of, wait_counting
+from tests.fixtures_daemon import wait_status
+from tests.fixtures_procs import wait_for
+from tests.test_runc import SCRIPT, assert_resumed, cedana, log_numbers, ok, one_line_error
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def test_runc_job_run_dump_restore(daemon, runc_env, tmp_path):
+    bundle = runc_env.bundle("bundle", SCRIPT)
+    log = tmp_path / "job.log"
+    out = daemon.cedana("run", "runc", "--bundle", bundle, "--id", "web", "--jid", "web1", "--root", runc_env.root,
+                        "-o", log, check=True).stdout
+    assert "Started job web1" in out
+    job = daemon.job("web1")
+    assert job["type"] == "runc" and job["status"] in ("running", "sleep")
+    assert job["pid"] == runc_env.state("web")["pid"]
+    wait_counting(bundle, above=3)
+    wait_for(lambda: log_numbers(log), what="the job's output in its log")
+
+    out = daemon.cedana("dump", "job", "web1", check=True).stdout
+    frozen = count_of(bundle)
+    path = out.strip().rsplit(" ", 1)[-1]
+    assert os.path.dirname(path) == str(daemon.mount_dir / "jobs" / "web1")
+    assert "container.json" in os.listdir(path)
+    assert runc_env.status("web") is None
+    # runc ended the container; it is halted once the machine's init has reaped it.
+    job = wait_status(daemon, "web1", ("halted",))
+    assert job["checkpoint"] == os.path.basename(path) and job["exit_code"] is None
+
+    printed = len(log_numbers(log))
+    out = daemon.cedana("restore", "job", "web1", check=True).stdout
+    assert "Restored job web1" in out
+    job = daemon.job("web1")
+    assert job["type"] == "runc" and job["status"] in ("running", "sleep")
+    assert job["pid"] == runc_env.state("web")["pid"]
+    wait_counting(bundle, above=frozen + 2)
+    numbers = wait_for(lambda: log_numbers(log)[printed:], what="the restored job's output in its log")
+    assert numbers[0] == frozen + 1, numbers[:5]
+
+    # The job's container is running: a second restore is refused in one line.
+    r = daemon.cedana("restore", "job", "web1")
+    one_line_error(r, 4, "still running")
+
+
+def test_manage_runc_container_as_job(daemon, runc_env, tmp_path):
+    bundle = runc_env.bundle("bundle", SCRIPT)
+    runc_env.start("adopted", bundle, tmp_path / "before.log")
+    wait_counting(bundle, above=2)
+    out = daemon.cedana("manage", "runc", "adopted", "--root", runc_env.root, "--jid", "adj", check=True).stdout
+    assert "as job adj" in out
+    job = daemon.job("adj")
+    assert job["type"] == "runc" and job["pid"] == runc_env.state("adopted")["pid"]
+    one_line_error(daemon.cedana("manage", "runc", "adopted", "--root", runc_env.root), 4, "already managed")
+    one_line_error(daemon.cedana("manage", "runc", "ghost", "--root", runc_env.root), 3, "ghost")
+
+    daemon.cedana("dump", "job", "adj", check=True)
+    frozen = count_of(bundle)
+    daemon.cedana("restore", "job", "adj", check=True)
+    assert runc_env.status("adopted") == "running"
+    wait_counting(bundle, above=frozen + 2)
+
+
+def _echo(conn: socket.socket, text: bytes) -> bytes:
+    conn.sendall(text)
+    got = b""
+    while not got.endswith(b"\n"):
+        chunk = conn.recv(100)
+        assert chunk, "the connection was closed"
+        got += chunk
+    return got
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tcp_client_keeps_its_connection(runc_env, tmp_path):
+    port = _free_port()
+    bundle = runc_env.bundle("tcp", f"exec nc -l -p {port} -e cat", host_network=True)
+    runc_env.start("echo", bundle, tmp_path / "before.log")
+    conn = wait_for(lambda: _connect(port), what="the container's TCP server")
+    with conn:
+        assert _echo(conn, b"before\n") == b"before\n"
+        ok("dump", "runc", "echo", "--root", runc_env.root, "--dir", tmp_path, "--name", "c1",
+           "--tcp-established")
+        assert runc_env.status("echo") is None
+        ok("restore", "runc", "--path", tmp_path / "c1", "--detach", "--out", tmp_path / "after.log")
+        assert runc_env.status("echo") == "running"
+        assert _echo(conn, b"after\n") == b"after\n"
+
+
+def _connect(port: int) -> socket.socket | None:
+    conn = socket.socket()
+    conn.settimeout(10)
+    try:
+        conn.connect(("127.0.0.1", port))
+    except OSError:
+        conn.close()
+        return None
+    return conn
+
+
+def test_run_runc_without_daemon_needs_a_bundle(runc_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("CEDANA_ADDRESS", str(tmp_path / "no-daemon.sock"))
+    one_line_error(cedana("run", "runc", "--bundle", tmp_path / "none", "--id", "x", "--root", runc_env.root,
+                          "--detach", "-o", tmp_path / "x.log"), 3, "not an OCI bundle")
+    assert runc_env.status("x") is None
