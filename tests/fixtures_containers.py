@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -97,12 +98,22 @@ class Runc:
             self.runc("delete", "--force", cid, check=False)
 
 
+def read_count(path: Path, tries: int = 50) -> int:
+    """A counter file the container rewrites (`echo > f` truncates first): retried while empty."""
+    for _ in range(tries):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            return 0
+        if text:
+            return int(text)
+        time.sleep(0.01)
+    return 0
+
+
 def count_of(bundle: Path) -> int:
     """The counter the container keeps in its rootfs (/data/count)."""
-    try:
-        return int((bundle / "rootfs" / "data" / "count").read_text().strip() or 0)
-    except (FileNotFoundError, ValueError):
-        return 0
+    return read_count(bundle / "rootfs" / "data" / "count")
 
 
 def wait_counting(bundle: Path, above: int = 0, timeout: float = 20) -> int:

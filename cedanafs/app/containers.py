@@ -15,12 +15,13 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..config import COMPRESSIONS, Settings
 from ..errors import AlreadyExists, CheckpointError, NotFound, PermissionDenied, UsageError
-from ..runtimes import runc
+from ..runtimes import containerd, runc
 from . import archive, remote
 from . import mount as mountapp
 from .procinfo import dumpable_process, process_state
@@ -348,13 +349,6 @@ def _require_root(caller: Any) -> None:
         raise PermissionDenied("runc containers are root's: only root may run, manage, dump or restore them")
 
 
-def is_runc_job(job: Any, source: str) -> bool:
-    """A job restore of a runc container: by the job's type, or (no record here) by its checkpoint."""
-    if job is not None:
-        return job.type == RUNC
-    return os.path.isdir(source) and os.path.exists(os.path.join(source, CONTAINER_FILE))
-
-
 def run_runc_job(service: Any, caller: Any, bundle: str, cid: str, root: str, jid: str | None, log_path: str) -> Any:
     """`run runc` through the daemon: a detached container whose output a relay writes to the job's log."""
     from .jobs import Job, new_jid, process_start_time
@@ -449,3 +443,170 @@ def _state_of(images_dir: str) -> dict:
             return json.load(f)
     except (OSError, ValueError):
         return {}
+
+
+# --- containerd ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerdDumpRequest:
+    id: str
+    address: str = containerd.DEFAULT_ADDRESS
+    namespace: str = containerd.DEFAULT_NAMESPACE
+    dir: str | None = None
+    name: str | None = None
+    compression: str | None = None
+    leave_running: bool | None = None
+    streams: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerdRestoreRequest:
+    path: str
+    id: str
+    image: str | None = None
+    address: str | None = None
+    namespace: str | None = None
+
+
+def checkpoint_containerd(ctr: containerd.Ctr, info: containerd.ContainerInfo, images_dir: str, *,
+                          leave_running: bool, job: dict | None = None) -> ContainerRecord:
+    """containerd checkpoints the container into images_dir: its task's CRIU images as files, the
+    rest of its checkpoint image (writable layer, spec, runtime) in containerd-checkpoint.tar."""
+    state = process_state(dumpable_process(info.pid)).to_dict()
+    if job:
+        state["job"] = job
+    record = ContainerRecord(runtime=CONTAINERD, id=info.id, image=info.image, snapshotter=info.snapshotter,
+                             runtime_name=info.runtime, spec=info.spec, namespace=ctr.namespace,
+                             address=ctr.address, pid=info.pid)
+    containerd.checkpoint(ctr, info.id, images_dir, leave_running)
+    with open(os.path.join(images_dir, CONTAINER_FILE), "w") as f:
+        json.dump(record.to_dict(), f, indent=2)
+    with open(os.path.join(images_dir, STATE_FILE), "w") as f:
+        json.dump(state, f, indent=2)
+    return record
+
+
+def dump_containerd(settings: Settings, req: ContainerdDumpRequest) -> DumpResult:
+    """`dump containerd ID`: into a directory, an archive, the mount or a bucket, as `dump process`."""
+    require_root()
+    compression = req.compression or settings.checkpoint.compression or "none"
+    if compression not in COMPRESSIONS:
+        raise UsageError(f"unknown compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
+    ctr = containerd.Ctr(req.address, req.namespace)
+    info = containerd.find_running(ctr, req.id)
+    leave_running = settings.criu.leave_running if req.leave_running is None else req.leave_running
+    target = req.dir or settings.checkpoint.dir or "/tmp"
+    name = _check_name(req.name or f"dump-containerd-{time.time_ns()}")
+    return dump_images(settings, lambda d: checkpoint_containerd(ctr, info, d, leave_running=leave_running),
+                       target, name, compression, kind=CONTAINERD, pid=info.pid,
+                       explicit_name=req.name is not None, streams=req.streams)
+
+
+@contextmanager
+def _container_checkpoint(settings: Settings, path: str) -> Iterator[tuple[str, ContainerRecord]]:
+    """The checkpoint's local directory (an archive or a bucket's copy unpacked to a temp dir) and its record."""
+    if not remote.is_remote(path) and os.path.isdir(path):
+        yield path, ContainerRecord.read(path, path)
+        return
+    with ImagesDir(path, settings) as images:
+        yield images.path, ContainerRecord.read(images.path, path)
+
+
+def restore_containerd(settings: Settings, req: ContainerdRestoreRequest) -> RestoreResult:
+    """`restore containerd --path P --id NEW`: the container runs again under containerd as NEW."""
+    require_root()
+    with _container_checkpoint(settings, req.path) as (images, record):
+        if record.runtime != CONTAINERD:
+            raise UsageError(f"{req.path} is a {record.runtime} checkpoint: use `cedana restore {record.runtime}`")
+        ctr = containerd.Ctr(req.address or record.address or containerd.DEFAULT_ADDRESS,
+                             req.namespace or record.namespace or containerd.DEFAULT_NAMESPACE)
+        pid = containerd.restore(ctr, images, req.id, req.image)
+    return RestoreResult(pid=pid)
+
+
+def manage_containerd_job(service: Any, caller: Any, cid: str, address: str, namespace: str,
+                          jid: str | None) -> Any:
+    """`manage containerd ID`: adopt a running containerd container as a job (TYPE containerd)."""
+    from ..catalog import check_job_name
+    from .jobs import Job, new_jid, process_start_time
+
+    _require_root(caller)
+    info = containerd.find_running(containerd.Ctr(address, namespace), cid)
+    jid = check_job_name(jid) if jid else new_jid()
+    job = Job(jid=jid, type=CONTAINERD, pid=info.pid, start_time=process_start_time(info.pid), uid=0, gid=0,
+              cmd=containerd_cmd(address, namespace, cid), cwd="/", host=service.host, created=time.time())
+    service.db.insert(job)
+    log.info("job %s: managing containerd container %s (pid %d)", jid, cid, info.pid)
+    return job
+
+
+def containerd_cmd(address: str, namespace: str, cid: str) -> list[str]:
+    """A containerd job's `cmd`: the ctr command line that names its container."""
+    return ["ctr", "-a", address, "-n", namespace, "containers", "info", cid]
+
+
+def dump_containerd_job(service: Any, job: Any, leave_running: bool, streams: int = 0) -> str:
+    """`dump job` of a containerd job: its checkpoint goes into a new checkpoint of the job in the mount."""
+    address, namespace, cid = job.cmd[2], job.cmd[4], job.cmd[7]
+    ctr = containerd.Ctr(address, namespace)
+    info = containerd.find_running(ctr, cid)
+    record = {"jid": job.jid, "type": CONTAINERD, "cmd": job.cmd, "log": job.log, "uid": job.uid}
+    path = str(mountapp.begin_checkpoint(service.job_dir(job.jid),
+                                         streams=streams or service.settings.checkpoint.streams))
+    try:
+        checkpoint_containerd(ctr, info, path, leave_running=leave_running, job=record)
+        mountapp.seal(path, kind=CONTAINERD, meta={"pid": str(info.pid)})
+    except BaseException:
+        _discard_quietly(path)
+        raise
+    return path
+
+
+def restore_containerd_job(service: Any, caller: Any, job: Any, source: str) -> tuple[int, dict]:
+    """`restore job` of a containerd job: the container comes back under its id (a stopped record
+    of it is removed first)."""
+    _require_root(caller)
+    with _container_checkpoint(service.settings, source) as (images, record):
+        address, namespace, cid = record.address, record.namespace, record.id
+        if job is not None:
+            address, namespace, cid = job.cmd[2], job.cmd[4], job.cmd[7]
+        ctr = containerd.Ctr(address, namespace)
+        ctr.ping()
+        if ctr.exists(cid) and ctr.task(cid)[1] in ("", "stopped"):
+            ctr.remove(cid)
+        pid = containerd.restore(ctr, images, cid)
+        state = _state_of(images)
+    info = dict(state.get("job", {})) | {"type": CONTAINERD}
+    return pid, state | {"cmdline": containerd_cmd(address, namespace, cid), "job": info, "uids": [0], "gids": [0]}
+
+
+def dump_container_job(service: Any, job: Any, leave_running: bool, streams: int = 0) -> str:
+    """`dump job` of a container job, by its runtime."""
+    dump = dump_runc_job if job.type == RUNC else dump_containerd_job
+    return dump(service, job, leave_running, streams)
+
+
+def restore_container_job(service: Any, caller: Any, job: Any, source: str, lazy: bool,
+                          threads: int) -> tuple[int, dict]:
+    """`restore job` of a container job, by its runtime (the job's type, else the checkpoint's record)."""
+    runtime = job.type if job is not None else _runtime_of(source)
+    if runtime == RUNC:
+        return restore_runc_job(service, caller, job, source, lazy, threads)
+    if lazy:
+        raise UsageError("--lazy is not supported for containerd jobs (containerd restores from its own copy)")
+    return restore_containerd_job(service, caller, job, source)
+
+
+def is_container_job(job: Any, source: str) -> bool:
+    """A job restore of a container: by the job's type, or (no record here) by its checkpoint."""
+    if job is not None:
+        return job.type in (RUNC, CONTAINERD)
+    return _runtime_of(source) in (RUNC, CONTAINERD)
+
+
+def _runtime_of(source: str) -> str:
+    try:
+        with open(os.path.join(source, CONTAINER_FILE)) as f:
+            return json.load(f).get("runtime", "")
+    except (OSError, ValueError, AttributeError):
+        return ""

@@ -478,8 +478,8 @@ class JobService:
                 raise NotFound(f"job {jid} has no process to dump ({status}"
                                f"{'' if job.exit_code is None else f', exit code {job.exit_code}'})")
             started = time.monotonic()
-            if job.type == app_containers.RUNC:
-                path = app_containers.dump_runc_job(self, job, leave_running, streams)
+            if job.type in (app_containers.RUNC, app_containers.CONTAINERD):
+                path = app_containers.dump_container_job(self, job, leave_running, streams)
             else:
                 path = self._dump_into_mount(job, leave_running, streams)
         cid = os.path.basename(path)
@@ -556,8 +556,8 @@ class JobService:
                                     " dump it or kill it before restoring")
             source = path or self._checkpoint_path(jid, checkpoint)
             threads = app_process.streams_of(self.settings, streams)
-            if app_containers.is_runc_job(job, source):
-                pid, state = app_containers.restore_runc_job(self, caller, job, source, lazy, threads)
+            if app_containers.is_container_job(job, source):
+                pid, state = app_containers.restore_container_job(self, caller, job, source, lazy, threads)
             elif lazy:
                 pid, state = self._restore_lazy(caller, job, source, threads)
             else:

@@ -121,3 +121,68 @@ def restore_runc_cmd(ctx: Context, path: str, bundle: str | None, cid: str | Non
     if result.exit_code is not None:
         sys.exit(result.exit_code)
     click.echo(f"Restored runc container {cid or 'from ' + path} (PID {result.pid})")
+
+
+# --- containerd ---
+
+DEFAULT_ADDRESS = "/run/containerd/containerd.sock"
+address_option = click.option("--address", "-a", default=DEFAULT_ADDRESS, show_default=True,
+                              help="containerd's socket.")
+namespace_option = click.option("--namespace", "-n", default="default", show_default=True,
+                                help="containerd namespace.")
+
+
+@dump.command("containerd")
+@click.argument("cid", metavar="ID")
+@address_option
+@namespace_option
+@click.option("-d", "--dir", "directory", help="Parent directory, the mount's jobs/<job>, or s3:// / gs:// URL.")
+@click.option("--name", help="Checkpoint name (default dump-containerd-<unixnano>).")
+@click.option("--compression", type=click.Choice(COMPRESSIONS), help="Archive format (default checkpoint.compression).")
+@click.option("--leave-running/--no-leave-running", default=None, help="Keep the container running after the dump.")
+@click.option("--streams", type=int, default=0, help="Parallel transfer streams for the store.")
+@pass_ctx
+@handle_errors
+def dump_containerd_cmd(ctx: Context, cid: str, address: str, namespace: str, directory: str | None,
+                        name: str | None, compression: str | None, leave_running: bool | None, streams: int) -> None:
+    """Checkpoint the containerd container ID (task memory and writable layer)."""
+    from ..app.containers import ContainerdDumpRequest, dump_containerd
+
+    result = dump_containerd(ctx.settings, ContainerdDumpRequest(
+        id=cid, address=address, namespace=namespace, dir=directory, name=name, compression=compression,
+        leave_running=leave_running, streams=streams))
+    click.echo(f"Dumped containerd container {cid} to {result.path}")
+
+
+@restore.command("containerd")
+@click.option("-p", "--path", required=True, help="Checkpoint directory or archive (local, s3:// or gs://).")
+@click.option("--id", "-i", "cid", required=True, help="Id of the restored container.")
+@click.option("--image", help="Base image to restore onto (default: the one the container ran).")
+@click.option("--address", "-a", help="containerd's socket (default: the dumped one, else /run/containerd/...).")
+@click.option("--namespace", "-n", help="containerd namespace (default: the dumped one).")
+@pass_ctx
+@handle_errors
+def restore_containerd_cmd(ctx: Context, path: str, cid: str, image: str | None, address: str | None,
+                           namespace: str | None) -> None:
+    """Restore a containerd container from the checkpoint at --path, running under containerd as --id."""
+    from ..app.containers import ContainerdRestoreRequest, restore_containerd
+
+    result = restore_containerd(ctx.settings, ContainerdRestoreRequest(
+        path=path, id=cid, image=image, address=address, namespace=namespace))
+    click.echo(f"Restored containerd container {cid} (PID {result.pid})")
+
+
+@manage_group.command("containerd")
+@click.argument("cid", metavar="ID")
+@address_option
+@namespace_option
+@click.option("--jid", "-j", help="Job id (default: a readable random one).")
+@pass_ctx
+@handle_errors
+def manage_containerd_cmd(ctx: Context, cid: str, address: str, namespace: str, jid: str | None) -> None:
+    """Manage the running containerd container ID as a job."""
+    import os
+
+    result = _daemon(ctx, "containerd.manage", {"id": cid, "address": os.path.abspath(address),
+                                                "namespace": namespace, "jid": jid})
+    click.echo(f"Managing containerd container {cid} as job {result['job']}")

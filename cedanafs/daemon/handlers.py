@@ -41,6 +41,7 @@ class Handlers:
             "job.restore": self._restore, "job.wait": self._wait,
             "process.dump": self._dump_process, "process.restore": self._restore_process,
             "runc.run": self._run_runc, "runc.manage": self._manage_runc,
+            "containerd.manage": self._manage_containerd,
         }
 
     async def dispatch(self, method: str, caller: Caller, params: dict, fds: list[int]) -> Any:
@@ -121,6 +122,11 @@ class Handlers:
     async def _manage_runc(self, caller: Caller, params: dict, fds: list[int]) -> Any:
         job = await self._thread(app_containers.manage_runc_job, self.jobs, caller, str(params["id"]),
                                  str(params.get("root") or runc.DEFAULT_ROOT), params.get("jid"))
+        return self.jobs._view(job)
+
+    async def _manage_containerd(self, caller: Caller, params: dict, fds: list[int]) -> Any:
+        job = await self._thread(app_containers.manage_containerd_job, self.jobs, caller, str(params["id"]),
+                                 str(params["address"]), str(params["namespace"]), params.get("jid"))
         return self.jobs._view(job)
 
 
