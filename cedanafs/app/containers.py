@@ -236,7 +236,7 @@ def restore_runc_images(settings: Settings, images_dir: str, source: str, record
                         cid: str, root: str, bundle: str, stdio: tuple[int | None, int | None, int | None],
                         detach: bool = True, lazy: bool = False, tcp_established: bool = False,
                         file_locks: bool = False, shell_job: bool = False, ext_unix_sk: bool = False,
-                        threads: int = 8) -> int:
+                        threads: int = 8, servers: list | None = None) -> int:
     """runc restores `cid` from images_dir; returns the restored init's pid (or, attached, its exit code)."""
     _check_bundle(record, bundle, source)
     if runc.exists(root, cid):
@@ -261,6 +261,8 @@ def restore_runc_images(settings: Settings, images_dir: str, source: str, record
     pid = runc.find(root, cid).pid
     if pages is not None:
         _watch_lazy(pages, work, pid)
+        if servers is not None:  # the caller reaps the lazy-pages server once it has sent every page
+            servers.append(pages)
     return pid
 
 
@@ -418,11 +420,15 @@ def restore_runc_job(service: Any, caller: Any, job: Any, source: str, lazy: boo
         _drop_stopped(root, cid)
         log_path = job.log if job is not None else state.get("job", {}).get("log", "")
         write_end = runc.relay_to(log_path or LOG_TEMPLATE.format(id=cid))
+        servers: list = []
         try:
             pid = restore_runc_images(service.settings, images.path, source, record, cid=cid, root=root,
-                                      bundle=bundle, stdio=(None, write_end, write_end), lazy=lazy, threads=threads)
+                                      bundle=bundle, stdio=(None, write_end, write_end), lazy=lazy, threads=threads,
+                                      servers=servers)
         finally:
             os.close(write_end)
+        with service._lock:
+            service._page_servers.extend(servers)
     info = dict(state.get("job", {})) | {"type": RUNC, "log": log_path}
     return pid, state | {"cmdline": runc_cmd(root, bundle, cid), "job": info, "uids": [0], "gids": [0]}
 
