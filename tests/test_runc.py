@@ -145,3 +145,18 @@ def test_runc_bad_inputs_are_one_line(runc_env, tmp_path):
                    "runc checkpoint of direct failed")
     assert runc_env.status("direct") == "running"
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["c1"]
+
+
+def test_attached_restore_passes_output_and_exit_code(runc_env, tmp_path):
+    script = 'i=0; while [ "$i" -lt 40 ]; do i=$((i+1)); echo "$i" > /data/count; echo "$i"; sleep 0.1; done; exit 7'
+    bundle = runc_env.bundle("bundle", script)
+    runc_env.start("att", bundle, tmp_path / "before.log")
+    wait_counting(bundle, above=5)
+    ok("dump", "runc", "att", "--root", runc_env.root, "--dir", tmp_path, "--name", "c1")
+    frozen = count_of(bundle)
+    assert frozen < 40
+
+    result = cedana("restore", "runc", "--path", tmp_path / "c1", "--root", runc_env.root)
+    assert result.returncode == 7, result.stderr  # the container's own exit code
+    printed = [int(x) for x in result.stdout.split() if x.isdigit()]
+    assert printed == list(range(frozen + 1, 41)), printed  # its stdout, from where it stopped

@@ -5,6 +5,7 @@ with --tcp-established (the container on the host's network: see docs/containers
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -120,3 +121,34 @@ def test_run_runc_without_daemon_needs_a_bundle(runc_env, tmp_path, monkeypatch)
     one_line_error(cedana("run", "runc", "--bundle", tmp_path / "none", "--id", "x", "--root", runc_env.root,
                           "--detach", "-o", tmp_path / "x.log"), 3, "not an OCI bundle")
     assert runc_env.status("x") is None
+
+
+LO_UP = """#!/bin/sh
+# OCI prestart hook: bring up loopback in the container's network namespace (state JSON on stdin).
+pid=$(sed -n 's/.*"pid": *\\([0-9]*\\).*/\\1/p')
+exec nsenter -t "$pid" -n ip link set lo up
+"""
+
+
+def test_tcp_inside_the_containers_own_network_namespace(runc_env, tmp_path):
+    """runc checkpoints a network namespace empty (`--empty-ns network`): the bundle's prestart hook
+    sets it up again on restore (here: loopback), and CRIU then restores the connection inside it."""
+    hook = runc_env.base / "lo-up.sh"
+    hook.write_text(LO_UP)
+    hook.chmod(0o755)
+    script = ("nc -l -p 9000 -e cat & sleep 0.5; i=0;"
+              " (while true; do i=$((i+1)); echo $i; sleep 0.1; done) | nc 127.0.0.1 9000 > /data/echo")
+    bundle = runc_env.bundle("netns", script)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["hooks"] = {"prestart": [{"path": str(hook)}]}
+    (bundle / "config.json").write_text(json.dumps(spec))
+    echoed = bundle / "rootfs" / "data" / "echo"
+    runc_env.start("inner", bundle, tmp_path / "before.log")
+    wait_for(lambda: len(echoed.read_text().split()) > 3 if echoed.exists() else False, what="the echo to flow")
+
+    ok("dump", "runc", "inner", "--root", runc_env.root, "--dir", tmp_path, "--name", "c1", "--tcp-established")
+    at_dump = len(echoed.read_text().split())
+    ok("restore", "runc", "--path", tmp_path / "c1", "--detach", "--out", tmp_path / "after.log")
+    wait_for(lambda: len(echoed.read_text().split()) > at_dump + 5, what="the echo to flow after restore")
+    values = [int(v) for v in echoed.read_text().split()]
+    assert values == list(range(1, len(values) + 1))  # one connection, no gap, no restart
