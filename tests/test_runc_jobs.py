@@ -14,7 +14,7 @@ import pytest
 from tests.fixtures_containers import count_of, wait_counting
 from tests.fixtures_daemon import wait_status
 from tests.fixtures_procs import wait_for
-from tests.test_runc import SCRIPT, assert_resumed, cedana, log_numbers, ok, one_line_error
+from tests.test_runc import SCRIPT, assert_resumed, cedana, digest, log_numbers, ok, one_line_error
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -152,3 +152,20 @@ def test_tcp_inside_the_containers_own_network_namespace(runc_env, tmp_path):
     wait_for(lambda: len(echoed.read_text().split()) > at_dump + 5, what="the echo to flow after restore")
     values = [int(v) for v in echoed.read_text().split()]
     assert values == list(range(1, len(values) + 1))  # one connection, no gap, no restart
+
+
+def test_failed_restore_leaves_no_container_and_the_checkpoint_intact(runc_env, tmp_path):
+    """Without a hook to bring its network back, CRIU cannot reconnect the container's inner TCP
+    connection: the restore fails in one line, runc has no half-made container, the checkpoint is as it was."""
+    script = ("nc -l -p 9000 -e cat & sleep 0.5;"
+              " (while true; do echo x; sleep 0.1; done) | nc 127.0.0.1 9000 > /data/echo")
+    bundle = runc_env.bundle("netns", script)
+    runc_env.start("inner", bundle, tmp_path / "before.log")
+    echoed = bundle / "rootfs" / "data" / "echo"
+    wait_for(lambda: len(echoed.read_text().split()) > 3 if echoed.exists() else False, what="the echo to flow")
+    ok("dump", "runc", "inner", "--root", runc_env.root, "--dir", tmp_path, "--name", "c1", "--tcp-established")
+    before = digest(tmp_path / "c1")
+    one_line_error(cedana("restore", "runc", "--path", tmp_path / "c1", "--detach", "--out", tmp_path / "a.log"), 6,
+                   "runc restore of inner failed")
+    assert runc_env.status("inner") is None and runc_env.ids() == []
+    assert digest(tmp_path / "c1") == before

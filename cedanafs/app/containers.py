@@ -383,7 +383,7 @@ def manage_runc_job(service: Any, caller: Any, cid: str, root: str, jid: str | N
     container = runc.find_running(root, cid)
     jid = check_job_name(jid) if jid else new_jid()
     for other in service.db.all():
-        if other.type == RUNC and runc_target(other.cmd)[::2] == (root, cid) and other.pid == container.pid:
+        if other.type == RUNC and other.pid == container.pid:
             raise AlreadyExists(f"runc container {cid} is already managed as job {other.jid}")
     job = Job(jid=jid, type=RUNC, pid=container.pid, start_time=process_start_time(container.pid), uid=0, gid=0,
               cmd=runc_cmd(root, container.bundle, cid), cwd=container.bundle, host=service.host,
