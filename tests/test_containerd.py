@@ -57,7 +57,8 @@ def test_dump_and_restore_containerd(containerd_env, tmp_path, compression):
     assert str(ckpt) in out
     assert "c1" not in containerd_env.tasks()  # the task ended with the dump
     if compression == "none":
-        assert {"containerd-checkpoint.tar", "inventory.img", "container.json", "process_state.json"} <= {p.name for p in ckpt.iterdir()}
+        names = {p.name for p in ckpt.iterdir()}
+        assert {"containerd-checkpoint.tar", "inventory.img", "container.json", "process_state.json"} <= names
     before = digest(ckpt)
 
     out = ok("restore", "containerd", "--path", ckpt, "--id", "c2", *where(containerd_env))

@@ -14,7 +14,7 @@ import pytest
 from tests.fixtures_containers import count_of, wait_counting
 from tests.fixtures_daemon import wait_status
 from tests.fixtures_procs import wait_for
-from tests.test_runc import SCRIPT, assert_resumed, cedana, digest, log_numbers, ok, one_line_error
+from tests.test_runc import SCRIPT, cedana, digest, log_numbers, ok, one_line_error
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -36,7 +36,7 @@ from .. import criu
 from ..catalog import check_job_name
 from ..config import Settings, format_size, host_name
 from ..errors import AlreadyExists, CedanaError, CheckpointError, CriuError, NotFound, PermissionDenied, UsageError
-from . import containers as app_containers
+from . import container_jobs as app_containers
 from . import mount as app_mount
 from . import process as app_process
 from .procinfo import dumpable_process, process_state

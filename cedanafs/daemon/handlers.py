@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from ..app import containers as app_containers
+from ..app import container_jobs as app_containers
 from ..app import process as app_process
 from ..app.jobs import ALIVE, Caller, JobService, RunRequest
 from ..errors import UsageError
