@@ -4,8 +4,8 @@ writable layer, spec, runtime and image name, as a checkpoint image), export tha
 OCI archive, and bring it back from such an archive under a new id (`ctr image import`,
 `ctr containers restore --rw --live`), its task running and listed by `ctr task ls`.
 
-containerd's shim runs runc, which runs CRIU: the CRIU the criu layer finds goes first on PATH
-of every `ctr` call, but the shim inherits containerd's own PATH.
+containerd's shim runs runc, which runs CRIU: they find CRIU on containerd's own PATH (the
+project's setup installs it in /usr/local/sbin, which is on it), not on ours.
 """
 
 from __future__ import annotations
