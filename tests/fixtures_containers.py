@@ -20,7 +20,7 @@ import pytest
 from tests.fixtures_procs import wait_for
 
 BUSYBOX = "/bin/busybox"
-APPLETS = ("sh", "sleep", "echo", "cat", "nc", "ls", "seq", "touch", "tail", "true", "printf")
+APPLETS = ("sh", "sleep", "echo", "cat", "nc", "ls", "seq", "touch", "tail", "true", "printf", "head", "base64")
 COUNTER = 'i=0; while true; do i=$((i+1)); echo "$i" > /data/count; echo "$i"; sleep 0.1; done'
 
 

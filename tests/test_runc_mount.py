@@ -5,6 +5,7 @@ with plain `runc restore --image-path`.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -28,7 +29,8 @@ def _dump(mounted, runc_env, cid: str, job: str, *extra: str) -> str:
 
 @pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
 def test_runc_into_mount_and_back(lazy, mounted, runc_env, tmp_path):
-    bundle = runc_env.bundle("bundle", SCRIPT)
+    # A few MiB of memory that does not change between the two checkpoints.
+    bundle = runc_env.bundle("bundle", f"blob=$(head -c 8000000 /dev/urandom | base64); {SCRIPT}")
     runc_env.start("ctr", bundle, tmp_path / "before.log")
     wait_counting(bundle, above=3)
     first = _dump(mounted, runc_env, "ctr", "web", "--leave-running")
@@ -37,6 +39,10 @@ def test_runc_into_mount_and_back(lazy, mounted, runc_env, tmp_path):
     assert mounted.state(ckpt) == "sealed" and first != ckpt
     assert os.readlink(mounted.jobs / "web" / "latest") == os.path.basename(ckpt)
     assert {"inventory.img", "container.json", "descriptors.json"} <= set(os.listdir(ckpt))
+    info = json.loads(mounted.cedana("checkpoint", "inspect", f"web/{os.path.basename(ckpt)}", "-O", "json").stdout)
+    assert info["missing_chunks"] == 0
+    # The store keeps once what both checkpoints of the container share (its unchanged pages).
+    assert info["exclusive_stored_bytes"] < info["stored_bytes"] / 4, info
 
     log = tmp_path / "after.log"
     args = ["restore", "runc", "--path", ckpt, "--detach", "--out", log] + (["--lazy"] if lazy else [])
