@@ -42,7 +42,7 @@ def test_runc_into_mount_and_back(lazy, mounted, runc_env, tmp_path):
     info = json.loads(mounted.cedana("checkpoint", "inspect", f"web/{os.path.basename(ckpt)}", "-O", "json").stdout)
     assert info["missing_chunks"] == 0
     # The store keeps once what both checkpoints of the container share (its unchanged pages).
-    assert info["exclusive_stored_bytes"] < info["stored_bytes"] / 4, info
+    assert info["exclusive_stored_bytes"] < info["stored_bytes"] / 2, {k: v for k, v in info.items() if k != "files"}
 
     log = tmp_path / "after.log"
     args = ["restore", "runc", "--path", ckpt, "--detach", "--out", log] + (["--lazy"] if lazy else [])
