@@ -114,3 +114,13 @@ def test_containerd_bad_inputs_are_one_line(containerd_env, tmp_path):
     assert digest(ckpt) == before
     assert containerd_env.tasks()["c1"]["status"] == "RUNNING"
     assert "c3" not in containerd_env.containers()
+
+
+def test_containerd_checkpoint_through_a_bucket(containerd_env, s3_url):
+    pid = start(containerd_env, "c1")
+    frozen = count(pid)
+    out = ok("dump", "containerd", "c1", *where(containerd_env), "--dir", s3_url, "--name", "kb",
+             "--compression", "lz4")
+    assert f"{s3_url}/kb.tar.lz4" in out
+    ok("restore", "containerd", "--path", f"{s3_url}/kb.tar.lz4", "--id", "c9", *where(containerd_env))
+    assert_resumed(containerd_env, "c9", frozen)
