@@ -55,6 +55,15 @@ def test_runc_job_run_dump_restore(daemon, runc_env, tmp_path):
     r = daemon.cedana("restore", "job", "web1")
     one_line_error(r, 4, "still running")
 
+    # Killed, its stopped container is replaced by the checkpoint's again: the counter goes back.
+    wait_counting(bundle, above=frozen + 30)
+    daemon.cedana("job", "kill", "web1", check=True)
+    wait_for(lambda: runc_env.status("web") == "stopped", what="the killed container to stop")
+    wait_status(daemon, "web1", ("halted",))
+    daemon.cedana("restore", "job", "web1", check=True)
+    assert runc_env.status("web") == "running"
+    wait_for(lambda: frozen < count_of(bundle) < frozen + 20, what="the counter to go on from the checkpoint")
+
 
 def test_manage_runc_container_as_job(daemon, runc_env, tmp_path):
     bundle = runc_env.bundle("bundle", SCRIPT)
