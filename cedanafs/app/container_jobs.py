@@ -63,8 +63,8 @@ def run_runc_job(service: Any, caller: Any, bundle: str, cid: str, root: str, ji
     return job
 
 
-def manage_runc_job(service: Any, caller: Any, cid: str, root: str, jid: str | None) -> Any:
-    """`manage runc ID`: adopt a running runc container as a job."""
+def manage_runc_job(service: Any, caller: Any, cid: str, root: str, jid: str | None, log_path: str = "") -> Any:
+    """`manage runc ID`: adopt a running runc container as a job; its output goes to log_path once restored."""
     from .jobs import Job, new_jid, process_start_time
 
     _require_root(caller)
@@ -74,7 +74,7 @@ def manage_runc_job(service: Any, caller: Any, cid: str, root: str, jid: str | N
         if other.type == RUNC and other.pid == container.pid:
             raise AlreadyExists(f"runc container {cid} is already managed as job {other.jid}")
     job = Job(jid=jid, type=RUNC, pid=container.pid, start_time=process_start_time(container.pid), uid=0, gid=0,
-              cmd=runc_cmd(root, container.bundle, cid), cwd=container.bundle, host=service.host,
+              cmd=runc_cmd(root, container.bundle, cid), cwd=container.bundle, log=log_path, host=service.host,
               created=time.time())
     service.db.insert(job)
     log.info("job %s: managing runc container %s (pid %d)", jid, cid, container.pid)

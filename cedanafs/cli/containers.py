@@ -63,11 +63,21 @@ def run_runc_cmd(ctx: Context, bundle: str, cid: str, jid: str | None, root: str
 @click.argument("cid", metavar="ID")
 @root_option
 @click.option("--jid", "-j", help="Job id (default: a readable random one).")
+@click.option("-o", "--out", "log_path", help="Where its output goes once restored (default"
+              " /var/log/cedana-output-<JID>.log).")
 @pass_ctx
 @handle_errors
-def manage_runc_cmd(ctx: Context, cid: str, root: str, jid: str | None) -> None:
+def manage_runc_cmd(ctx: Context, cid: str, root: str, jid: str | None, log_path: str | None) -> None:
     """Manage the running runc container ID as a job."""
-    result = _daemon(ctx, "runc.manage", {"id": cid, "root": root, "jid": jid})
+    import os
+
+    from ..app.containers import LOG_TEMPLATE
+    from ..app.jobs import new_jid
+    from ..catalog import check_job_name
+
+    jid = check_job_name(jid) if jid else new_jid()
+    log_file = os.path.abspath(log_path or LOG_TEMPLATE.format(id=jid))
+    result = _daemon(ctx, "runc.manage", {"id": cid, "root": root, "jid": jid, "log": log_file})
     click.echo(f"Managing runc container {cid} as job {result['job']}")
 
 

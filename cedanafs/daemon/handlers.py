@@ -121,7 +121,8 @@ class Handlers:
 
     async def _manage_runc(self, caller: Caller, params: dict, fds: list[int]) -> Any:
         job = await self._thread(app_containers.manage_runc_job, self.jobs, caller, str(params["id"]),
-                                 str(params.get("root") or runc.DEFAULT_ROOT), params.get("jid"))
+                                 str(params.get("root") or runc.DEFAULT_ROOT), params.get("jid"),
+                                 str(params.get("log") or ""))
         return self.jobs._view(job)
 
     async def _manage_containerd(self, caller: Caller, params: dict, fds: list[int]) -> Any:
