@@ -181,3 +181,11 @@ def test_failed_restore_leaves_no_container_and_the_checkpoint_intact(runc_env, 
                    "runc restore of inner failed")
     assert runc_env.status("inner") is None and runc_env.ids() == []
     assert digest(tmp_path / "c1") == before
+
+
+def test_container_jobs_are_roots(daemon, runc_env, tmp_path):
+    bundle = runc_env.bundle("bundle", SCRIPT)
+    r = daemon.cedana("run", "runc", "--bundle", bundle, "--id", "x", "--root", runc_env.root, "-o",
+                      tmp_path / "x.log", as_nobody=True)
+    one_line_error(r, 77, "root")
+    assert runc_env.status("x") is None and daemon.jobs() == {}

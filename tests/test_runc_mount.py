@@ -73,3 +73,27 @@ def test_copy_of_mounted_checkpoint_restores_with_plain_runc(mounted, runc_env, 
     assert runc_env.status("ctr") == "running"
     after = wait_for(lambda: (n := log_numbers(log)) and len(n) > 3 and n, what="the restored output")
     assert_continues(log_numbers(tmp_path / "before.log"), after)
+
+
+def test_plain_runc_checkpoint_imported_into_the_mount_restores(mounted, runc_env, tmp_path):
+    """A checkpoint made by `runc checkpoint` itself, rsynced into the mount, restores with
+    `cedana restore runc --id --bundle` (it has no container.json to say them)."""
+    bundle = runc_env.bundle("bundle", SCRIPT)
+    runc_env.start("ctr", bundle, tmp_path / "before.log")
+    wait_counting(bundle, above=3)
+    env = dict(os.environ, PATH=f"/usr/local/sbin:{os.environ.get('PATH', '/usr/bin:/bin')}")
+    subprocess.run(["runc", "--root", str(runc_env.root), "checkpoint", "--image-path", str(tmp_path / "plain"),
+                    "--work-path", str(tmp_path / "work"), "ctr"], check=True, env=env, capture_output=True)
+    (mounted.jobs / "imported").mkdir()
+    subprocess.run(["rsync", "-a", f"{tmp_path / 'plain'}/", f"{mounted.jobs / 'imported' / 'c1'}/"], check=True)
+    ckpt = mounted.jobs / "imported" / "c1"
+    mounted.seal(ckpt)
+
+    r = mounted.cedana("restore", "runc", "--path", ckpt, "--detach", "--out", tmp_path / "x.log")
+    assert r.returncode == 2 and "give --id and --bundle" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    log = tmp_path / "after.log"
+    r = mounted.cedana("restore", "runc", "--path", ckpt, "--id", "ctr", "--bundle", bundle, "--root", runc_env.root,
+                       "--detach", "--out", log)
+    assert r.returncode == 0, r.stderr
+    after = wait_for(lambda: (n := log_numbers(log)) and len(n) > 3 and n, what="the restored output")
+    assert_continues(log_numbers(tmp_path / "before.log"), after)

@@ -289,13 +289,25 @@ def _start_lazy_pages(settings: Settings, images_dir: str, work: str, threads: i
     return mountapp.LazyPages(images_dir, work, settings.criu.binary_path).start()
 
 
+def _runc_record(images_dir: str, req: RuncRestoreRequest) -> ContainerRecord:
+    """container.json; for a plain `runc checkpoint` directory (no record, runc's descriptors.json),
+    what --id and --bundle say, which then must both be given."""
+    if os.path.exists(os.path.join(images_dir, CONTAINER_FILE)):
+        return ContainerRecord.read(images_dir, req.path)
+    if not os.path.exists(os.path.join(images_dir, "descriptors.json")):
+        raise CheckpointError(f"{req.path} is not a container checkpoint (no {CONTAINER_FILE})")
+    if not (req.id and req.bundle):
+        raise UsageError(f"{req.path} is a plain runc checkpoint (no {CONTAINER_FILE}): give --id and --bundle")
+    return ContainerRecord(runtime=RUNC, id=req.id, bundle=os.path.abspath(req.bundle))
+
+
 def restore_runc(settings: Settings, req: RuncRestoreRequest) -> RestoreResult:
     """`restore runc --path P`: the container runs again under --id (default: the dumped id)."""
     require_root()
     if req.lazy and not req.detach:
         raise UsageError("--lazy restores a detached container: add --detach")
     with ImagesDir(req.path, settings) as images:
-        record = ContainerRecord.read(images.path, req.path)
+        record = _runc_record(images.path, req)
         if record.runtime != RUNC:
             raise UsageError(f"{req.path} is a {record.runtime} checkpoint: use `cedana restore {record.runtime}`")
         cid, root = req.id or record.id, req.root or record.root or runc.DEFAULT_ROOT
