@@ -144,6 +144,11 @@ class Containerd:
             self.proc.wait(timeout=10)
         subprocess.run(["umount", "-R", "-l", str(self.base / "state")], capture_output=True)
         subprocess.run(["umount", "-R", "-l", str(self.base / "root")], capture_output=True)
+        for parent in Path("/sys/fs/cgroup").glob(f"*/{self.namespace}"):  # the shim's, per namespace
+            try:
+                parent.rmdir()  # only when empty: nothing of anyone else's goes
+            except OSError:
+                pass
 
     def _namespaces(self) -> list[str]:
         result = self.ctr("namespace", "ls", "-q", check=False)

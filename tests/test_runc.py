@@ -187,3 +187,19 @@ def test_attached_restore_passes_output_and_exit_code(runc_env, tmp_path):
     before = log_numbers(tmp_path / "before.log")
     assert before[-1] < 40 and printed[-1] == 40
     assert_continues(before, printed)  # its stdout, from where it stopped
+
+
+def test_attached_restore_that_fails_is_one_line(runc_env, tmp_path):
+    bundle = runc_env.bundle("bundle", SCRIPT)
+    runc_env.start("held", bundle, tmp_path / "before.log")
+    wait_counting(bundle, above=2)
+    ok("dump", "runc", "held", "--root", runc_env.root, "--dir", tmp_path, "--name", "c1", "--leave-running")
+    runc_env.runc("kill", "held", "KILL")
+    wait_for(lambda: runc_env.status("held") == "stopped", what="held to stop")
+    runc_env.runc("delete", "held")
+    (tmp_path / "c1" / "pstree.img").unlink()  # the checkpoint's process tree is gone
+    result = cedana("restore", "runc", "--path", tmp_path / "c1", "--root", runc_env.root, timeout=60)
+    # Attached, runc's stderr is the container's (and ours): runc's own words may come first.
+    assert result.returncode == 6 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: runc restore of held failed"), result.stderr
+    assert runc_env.ids() == []

@@ -108,6 +108,10 @@ def _last_line(text: str) -> str:
     return line.replace("\\n", "; ")
 
 
+def _has_error(text: str) -> bool:
+    return any("level=error" in ln or "level=fatal" in ln for ln in text.splitlines())
+
+
 def find(root: str, cid: str) -> Container:
     """The container `cid` under runc root `root`; NotFound when runc does not know it."""
     if not cid or "/" in cid:
@@ -179,7 +183,9 @@ def restore(opts: RestoreOptions, stdio: tuple[int | None, int | None, int | Non
     runc_log = os.path.join(opts.work_dir, "runc.log")  # runc's own errors: its stderr is the container's
     result = _runc(opts.root, [*args, opts.id], criu_binary, capture_output=False, log_file=runc_log,
                    stdin=stdin if stdin is not None else subprocess.DEVNULL, stdout=stdout, stderr=stderr)
-    if result.returncode != 0 and opts.detach:
+    # Attached, a non-zero code is the container's own, unless runc itself logged an error.
+    failed = result.returncode != 0 and (opts.detach or _has_error(_read(runc_log)))
+    if failed:
         _remove_half_made(opts.root, opts.id)
         why = _log_errors(os.path.join(opts.work_dir, RESTORE_LOG)) or _last_line(_read(runc_log))
         raise CriuError(f"runc restore of {opts.id} failed: {why}")
