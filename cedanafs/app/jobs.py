@@ -635,8 +635,8 @@ class JobService:
                 info = state.get("job", {})
                 uids = state.get("uids") or [caller.uid]
                 job = Job(jid=jid, uid=info.get("uid", uids[0]), gid=(state.get("gids") or [caller.gid])[0],
-                          type=info.get("type", "process"), cmd=state.get("cmdline", []), cwd=state.get("cwd", ""), log=info.get("log", ""),
-                          created=time.time())
+                          cmd=state.get("cmdline", []), cwd=state.get("cwd", ""), log=info.get("log", ""),
+                          type=info.get("type", "process"), created=time.time())
             job.pid, job.start_time, job.exit_code = pid, process_start_time(pid), None
             job.host, job.restored_from = self.host, source
             self.db.put(job)
