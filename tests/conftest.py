@@ -19,6 +19,8 @@ pytest_plugins = [
         "tests.fixtures_servers",
         "tests.fixtures_mount",
         "tests.fixtures_daemon",
+        "tests.fixtures_containers",
+        "tests.fixtures_containerd",
     )
     if os.path.exists(os.path.join(os.path.dirname(__file__), p.split(".")[1] + ".py"))
 ]

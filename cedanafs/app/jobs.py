@@ -37,6 +37,7 @@ from ..catalog import check_job_name
 from ..config import Settings, format_size, host_name
 from ..errors import AlreadyExists, CedanaError, CheckpointError, CriuError, NotFound, PermissionDenied, UsageError
 from . import capture
+from . import container_jobs as app_containers
 from . import mount as app_mount
 from . import process as app_process
 from .procinfo import dumpable_process, process_state
@@ -480,15 +481,19 @@ class JobService:
                 raise NotFound(f"job {jid} has no process to dump ({status}"
                                f"{'' if job.exit_code is None else f', exit code {job.exit_code}'})")
             started = time.monotonic()
-            done = self._dump_into_mount(job, leave_running, streams)
-        path = done.path
+            if job.type in (app_containers.RUNC, app_containers.CONTAINERD):
+                done, path = None, app_containers.dump_container_job(self, job, leave_running, streams)
+            else:
+                done = self._dump_into_mount(job, leave_running, streams)
+                path = done.path
         cid = os.path.basename(path)
         info = self.catalog.latest(jid)
         size = info.size if info is not None and info.id == cid else 0
         log.info("job %s: checkpoint %s (%d bytes)", jid, cid, size)
+        timing = ({"captured_after": round(done.captured_after, 3), "committed_after": round(done.committed_after, 3),
+                   "via": done.via} if done is not None else {})
         return {"job": jid, "checkpoint": cid, "path": path, "size": size,
-                "duration": time.monotonic() - started, "leave_running": leave_running,
-                "captured_after": round(done.captured_after, 3), "committed_after": round(done.committed_after, 3), "via": done.via}
+                "duration": time.monotonic() - started, "leave_running": leave_running, **timing}
 
     def _dump_into_mount(self, job: Job, leave_running: bool, streams: int = 0) -> capture.Captured:
         """CRIU into the spool, the store takes it from there (app/capture.py).
@@ -552,7 +557,9 @@ class JobService:
                                     " dump it or kill it before restoring")
             source = path or self._checkpoint_path(jid, checkpoint)
             threads = app_process.streams_of(self.settings, streams)
-            if lazy:
+            if app_containers.is_container_job(job, source):
+                pid, state = app_containers.restore_container_job(self, caller, job, source, lazy, threads)
+            elif lazy:
                 pid, state = self._restore_lazy(caller, job, source, threads)
             else:
                 pid, state = self._restore_from(caller, job, source, threads)
@@ -630,7 +637,7 @@ class JobService:
                 uids = state.get("uids") or [caller.uid]
                 job = Job(jid=jid, uid=info.get("uid", uids[0]), gid=(state.get("gids") or [caller.gid])[0],
                           cmd=state.get("cmdline", []), cwd=state.get("cwd", ""), log=info.get("log", ""),
-                          created=time.time())
+                          type=info.get("type", "process"), created=time.time())
             job.pid, job.start_time, job.exit_code = pid, process_start_time(pid), None
             job.host, job.restored_from = self.host, source
             self.db.put(job)

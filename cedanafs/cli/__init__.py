@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from . import jobs, k8s, mount, process, store  # noqa: F401 - each registers its commands
+from . import containers, jobs, k8s, mount, process, store  # noqa: F401 - each registers its commands
 from .base import cli, fail
 
 __all__ = ["cli", "main"]

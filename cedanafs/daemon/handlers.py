@@ -14,9 +14,11 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
+from ..app import container_jobs as app_containers
 from ..app import process as app_process
 from ..app.jobs import ALIVE, Caller, JobService, RunRequest
 from ..errors import UsageError
+from ..runtimes import runc
 from .protocol import ProtocolError
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ class Handlers:
             "job.kill": self._kill, "job.delete": self._delete, "job.dump": self._dump,
             "job.restore": self._restore, "job.wait": self._wait,
             "process.dump": self._dump_process, "process.restore": self._restore_process,
+            "runc.run": self._run_runc, "runc.manage": self._manage_runc,
+            "containerd.manage": self._manage_containerd,
         }
 
     async def dispatch(self, method: str, caller: Caller, params: dict, fds: list[int]) -> Any:
@@ -107,6 +111,24 @@ class Handlers:
         if req.no_server:
             raise UsageError("--no-server restores are done by the command itself, not the daemon")
         return await self._thread(self.jobs.restore_process, caller, req)
+
+
+    async def _run_runc(self, caller: Caller, params: dict, fds: list[int]) -> Any:
+        job = await self._thread(app_containers.run_runc_job, self.jobs, caller, str(params["bundle"]),
+                                 str(params["id"]), str(params.get("root") or runc.DEFAULT_ROOT), params.get("jid"),
+                                 str(params["log"]))
+        return self.jobs._view(job)
+
+    async def _manage_runc(self, caller: Caller, params: dict, fds: list[int]) -> Any:
+        job = await self._thread(app_containers.manage_runc_job, self.jobs, caller, str(params["id"]),
+                                 str(params.get("root") or runc.DEFAULT_ROOT), params.get("jid"),
+                                 str(params.get("log") or ""))
+        return self.jobs._view(job)
+
+    async def _manage_containerd(self, caller: Caller, params: dict, fds: list[int]) -> Any:
+        job = await self._thread(app_containers.manage_containerd_job, self.jobs, caller, str(params["id"]),
+                                 str(params["address"]), str(params["namespace"]), params.get("jid"))
+        return self.jobs._view(job)
 
 
 def _streams(params: dict) -> int:
