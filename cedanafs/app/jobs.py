@@ -506,7 +506,7 @@ class JobService:
             record = state.to_dict() | {"job": {"jid": job.jid, "cmd": job.cmd, "log": job.log, "uid": job.uid}}
             with open(os.path.join(path, app_process.STATE_FILE), "w") as f:
                 json.dump(record, f, indent=2)
-            app_mount.seal(path, kind=JOB_KIND)
+            app_mount.seal(path, kind=JOB_KIND, meta=app_process.owner_meta(proc))
         except BaseException:
             _discard_quietly(path)
             _signal_tree(tree, signal.SIGCONT)
@@ -710,7 +710,7 @@ def _log_inheritance(state: dict, log_path: str) -> tuple[criu.StdioMapping, ...
     if not log_path or log_path not in state.get("stdio", {}).values():
         return ()
     try:
-        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     except OSError as exc:
         log.warning("cannot reopen job log %s: %s", log_path, exc)
         return ()

@@ -55,6 +55,38 @@ XATTR_PID = "user.cedana.pid"
 META_MOUNT = "mount"
 
 PENDING, SEALING, SEALED, DELETED = "pending", "sealing", "sealed", "deleted"
+# Manifest.meta keys naming the checkpoint's owner (the dumped process's real uid/gid, or the
+# writer's for imports): the same on every machine that reads the manifest.
+META_UID, META_GID = "uid", "gid"
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
+
+
+def access_of(manifest: Manifest, entry: FileEntry | None, default: tuple[int, int]) -> tuple[int, int, int]:
+    """(mode, uid, gid) in the mount of a sealed checkpoint's dir (entry None) or of one of its files.
+
+    A checkpoint is the memory of a process: it belongs to the uid recorded in its manifest (else
+    to the writer recorded by the mount, else to `default`), and only that owner (and root) may
+    list or read it: directories 0700, files 0600 (0700 when the writer made them executable).
+    """
+    uid, gid = _owner_of(manifest, default)
+    if entry is None:
+        return stat.S_IFDIR | PRIVATE_DIR, uid, gid
+    return stat.S_IFREG | PRIVATE_FILE | (entry.mode & 0o100), uid, gid
+
+
+def _owner_of(manifest: Manifest, default: tuple[int, int]) -> tuple[int, int]:
+    meta = manifest.meta
+    try:
+        if META_UID in meta:
+            return int(meta[META_UID]), int(meta.get(META_GID, meta[META_UID]))
+    except (TypeError, ValueError):
+        log.warning("checkpoint %s: bad owner %r; shown as root's", manifest.name, meta.get(META_UID))
+        return 0, 0
+    mount_meta = meta.get(META_MOUNT)
+    pair = mount_meta.get("dir_owner") if isinstance(mount_meta, dict) else None
+    if isinstance(pair, list) and len(pair) == 2:
+        return int(pair[0]), int(pair[1])
+    return default
 
 
 class FsError(Exception):
@@ -304,10 +336,10 @@ class VFS:
         for job, entries in listing.items():
             jobdir = self.jobs.children.get(job)
             if not isinstance(jobdir, JobDir):
-                jobdir = self._add_child(self.jobs, JobDir, job, stat.S_IFDIR | 0o755, local=False)
+                jobdir = self._add_child(self.jobs, JobDir, job, stat.S_IFDIR | PRIVATE_DIR, local=False)
             for cid, created_ns in entries:
                 if cid not in jobdir.children:
-                    self._add_child(jobdir, CheckpointDir, cid, stat.S_IFDIR | 0o755, mtime_ns=created_ns,
+                    self._add_child(jobdir, CheckpointDir, cid, stat.S_IFDIR | PRIVATE_DIR, mtime_ns=created_ns,
                                     job=job, state=SEALED)
         for job, jobdir in list(self.jobs.children.items()):
             listed = {cid for cid, _ in listing.get(job, [])}
@@ -346,6 +378,9 @@ class VFS:
 
     def _ensure_loaded(self, node: Node) -> None:
         """Fill a sealed checkpoint's files from its manifest (store I/O, outside the tree lock)."""
+        if isinstance(node, JobDir):
+            self._own_job(node)
+            return
         ckpt = node if isinstance(node, CheckpointDir) else None
         if ckpt is None or ckpt.loaded:
             return
@@ -360,27 +395,31 @@ class VFS:
     def _fill_sealed(self, ckpt: CheckpointDir, manifest: Manifest,
                      aliases: dict[str, FileNode] | None = None) -> None:
         mount_meta = manifest.meta.get(META_MOUNT, {}) if isinstance(manifest.meta.get(META_MOUNT), dict) else {}
-        owners = mount_meta.get("owners", {})
         ckpt.manifest, ckpt.loaded, ckpt.state = manifest, True, SEALED
-        ckpt.mode = stat.S_IFDIR | int(mount_meta.get("dir_mode", 0o755))
+        ckpt.mode, ckpt.uid, ckpt.gid = access_of(manifest, None, (self._uid, self._gid))
         ckpt.mtime_ns = int(mount_meta.get("dir_mtime_ns", _ns(manifest.created)))
-        ckpt.uid, ckpt.gid = self._owner(mount_meta.get("dir_owner"))
         for entry in manifest.files:
             if entry.type != "file" or "/" in entry.path:
                 log.warning("checkpoint %s: entry %r (%s) is not shown in the mount",
                             manifest.name, entry.path, entry.type)
                 continue
-            uid, gid = self._owner(owners.get(entry.path))
-            node = self._add_child(ckpt, FileNode, entry.path, stat.S_IFREG | entry.mode,
+            mode, uid, gid = access_of(manifest, entry, (self._uid, self._gid))
+            node = self._add_child(ckpt, FileNode, entry.path, mode,
                                    mtime_ns=entry.mtime_ns, uid=uid, gid=gid, entry=entry)
             if aliases and entry.path in aliases:
                 # The kernel may still know the file by its pending inode number; keep that working.
                 self._nodes[aliases[entry.path].inode] = node
 
-    def _owner(self, pair: Any) -> tuple[int, int]:
-        if isinstance(pair, list) and len(pair) == 2:
-            return int(pair[0]), int(pair[1])
-        return self._uid, self._gid
+    def _own_job(self, jobdir: JobDir) -> None:
+        """A job dir belongs to the owner of its newest checkpoint, and to that owner alone."""
+        with self._lock:
+            link = jobdir.children.get(LATEST)
+            newest = jobdir.children.get(link.target) if isinstance(link, LinkNode) else None
+        if not isinstance(newest, CheckpointDir):
+            return
+        self._ensure_loaded(newest)
+        with self._lock:
+            jobdir.mode, jobdir.uid, jobdir.gid = stat.S_IFDIR | PRIVATE_DIR, newest.uid, newest.gid
 
     # --- lookups --------------------------------------------------------------------------------
 
@@ -454,12 +493,12 @@ class VFS:
             if node is self.jobs:
                 if not is_valid_job_name(name):
                     raise FsError(errno.EINVAL, f"invalid job name {name!r}")
-                child = self._add_child(node, JobDir, name, stat.S_IFDIR | (mode & 0o7777), mtime_ns=now,
+                child = self._add_child(node, JobDir, name, stat.S_IFDIR | (mode & PRIVATE_DIR), mtime_ns=now,
                                         uid=uid, gid=gid, local=True)
             elif isinstance(node, JobDir):
                 if not _checkpoint_dir_name(name):
                     raise FsError(errno.EINVAL, f"invalid checkpoint name {name!r}")
-                child = self._add_child(node, CheckpointDir, name, stat.S_IFDIR | (mode & 0o7777),
+                child = self._add_child(node, CheckpointDir, name, stat.S_IFDIR | (mode & PRIVATE_DIR),
                                         mtime_ns=now, uid=uid, gid=gid, job=node.name, state=PENDING)
                 child.data = self._data.session() if hasattr(self._data, "session") else self._data
                 self._touch(child)
@@ -483,7 +522,7 @@ class VFS:
             else:
                 # Pending files get a fresh number each: a name can be reused after a rename.
                 inode = derive_inode(ckpt.inode, f"{name}\0{next(self._salt)}")
-                node = self._add_child(ckpt, FileNode, name, stat.S_IFREG | (mode & 0o7777), inode=inode,
+                node = self._add_child(ckpt, FileNode, name, stat.S_IFREG | (mode & PRIVATE_DIR), inode=inode,
                                        mtime_ns=time.time_ns(), uid=uid, gid=gid,
                                        pending=PendingContent(ckpt.data, self._spill_dir))
             self._touch(ckpt)
@@ -852,8 +891,10 @@ class VFS:
             mount_meta["owners"] = owners
         if (ckpt.uid, ckpt.gid) != (self._uid, self._gid):
             mount_meta["dir_owner"] = [ckpt.uid, ckpt.gid]
+        # The owner: as the dumper said (the process's uid), else whoever made the directory.
+        owner = {META_UID: str(ckpt.uid), META_GID: str(ckpt.gid)}
         manifest = make_manifest(ckpt.job, ckpt.id, entries, kind=kind, host=self.host,
-                                 meta={**ckpt.meta, META_MOUNT: mount_meta},
+                                 meta={**owner, **ckpt.meta, META_MOUNT: mount_meta},
                                  created=datetime.now(timezone.utc))
         return self._catalog.commit(manifest)
 

@@ -6,12 +6,12 @@ Synchronous and thread-safe: trio callers use trio.to_thread.run_sync. Never imp
 criu, fuse or app.
 """
 
-from .backends import Backend, ObjectInfo, open_backend
+from .backends import Backend, ObjectInfo, open_backend, open_store_backend
 from .cache import CacheStats, ChunkCache
 from .chunker import ChunkerSpec, FixedChunker, PageCdcChunker
 from .chunkstore import ChunkStore, PutResult, chunk_key, digest_of
-from .errors import (AuthError, BackendError, CorruptChunk, MissingChunk, NoSuchBucket, NoSuchObject,
-                     TemporaryFailure)
+from .errors import (AuthError, BackendError, CorruptChunk, CorruptObject, MissingChunk, NoSuchBucket,
+                     NoSuchObject, StoreFormatError, StoreKeyError, TemporaryFailure)
 from .files import INLINE_THRESHOLD, ByteBudget, FileReader, FileWriter, read_to, write_stream
 from .gc import GcResult, Lease, collect_garbage, open_lease
 from .retry import RetryPolicy
@@ -19,9 +19,10 @@ from .store import Store, StoreStats
 
 __all__ = [
     "AuthError", "Backend", "BackendError", "ByteBudget", "CacheStats", "ChunkCache", "ChunkStore",
-    "ChunkerSpec", "CorruptChunk", "FileReader", "FileWriter", "FixedChunker", "GcResult",
+    "ChunkerSpec", "CorruptChunk", "CorruptObject", "FileReader", "FileWriter", "FixedChunker", "GcResult",
     "INLINE_THRESHOLD", "Lease", "MissingChunk", "NoSuchBucket", "NoSuchObject", "ObjectInfo",
-    "PageCdcChunker", "PutResult", "RetryPolicy", "Store", "StoreStats", "TemporaryFailure",
-    "chunk_key", "collect_garbage", "digest_of", "open_backend", "open_lease", "read_to",
+    "PageCdcChunker", "PutResult", "RetryPolicy", "Store", "StoreFormatError", "StoreKeyError", "StoreStats",
+    "TemporaryFailure", "chunk_key", "collect_garbage", "digest_of", "open_backend", "open_lease",
+    "open_store_backend", "read_to",
     "write_stream",
 ]

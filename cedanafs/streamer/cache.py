@@ -68,7 +68,10 @@ class DiskCache:
         self.size = 0
         self._lock = threading.Lock()
         self._index: OrderedDict[str, int] = OrderedDict()
-        os.makedirs(root, exist_ok=True)
+        # How an entry is checked against its name; a Store with keyed chunk ids sets its own.
+        self.digest_of: Callable[[bytes], str] = lambda data: hashlib.sha256(data).hexdigest()
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        os.chmod(root, 0o700)  # plain chunk bytes: process memory, for root only
         self._load()
 
     def _path(self, digest: str) -> str:
@@ -100,7 +103,7 @@ class DiskCache:
         except OSError:
             self._drop(digest)
             return None
-        if hashlib.sha256(data).hexdigest() != digest:
+        if self.digest_of(data) != digest:
             log.warning("disk cache entry %s is corrupt; dropped", digest)
             self._drop(digest)
             return None

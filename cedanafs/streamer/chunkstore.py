@@ -1,5 +1,7 @@
 """Content-addressed chunk store over a Backend: chunks/<2 hex>/<sha256 of the plain bytes>.
 
+With an `id_key` (encrypted stores) the id is a keyed hash of the plain bytes instead.
+
 Each chunk is compressed on its own (codecs.py), uploaded only if absent, and verified against
 its digest on every read; a chunk found corrupt is remembered so readers fail fast instead of
 refetching it in a loop (a later put() of the right bytes repairs it). Writers hold a lease
@@ -9,6 +11,7 @@ refetching it in a loop (a later put() of the right bytes repairs it). Writers h
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import threading
 from dataclasses import dataclass
@@ -18,7 +21,7 @@ from cedanafs.types import ChunkRef
 
 from . import codecs
 from .backends.base import Backend
-from .errors import CorruptChunk, MissingChunk, NoSuchObject
+from .errors import CorruptChunk, CorruptObject, MissingChunk, NoSuchObject
 
 if TYPE_CHECKING:
     from .gc import Lease
@@ -26,10 +29,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PREFIX = "chunks/"
+ID_SCHEME = "sha256"  # what the store format object records for plain ids
+KEYED_ID_SCHEME = "hmac-sha256"  # ... and for ids keyed with the store key (encrypted stores)
 
 
-def digest_of(data: bytes) -> str:
-    """Hex SHA-256 of the plain bytes (SHA-NI makes it faster here than blake2b)."""
+def digest_of(data: bytes, key: bytes | None = None) -> str:
+    """The chunk id of the plain bytes: hex SHA-256 (SHA-NI makes it faster here than blake2b),
+    or with a store key HMAC-SHA256, so nobody without the key can confirm a guessed content."""
+    if key is not None:
+        return hmac.new(key, data, hashlib.sha256).hexdigest()
     return hashlib.sha256(data).hexdigest()
 
 
@@ -59,10 +67,11 @@ class ChunkInfo:
 class ChunkStore:
     """put/get/exists/delete of chunks by digest over one backend. Thread-safe."""
 
-    def __init__(self, backend: Backend, codec: str = "zstd"):
+    def __init__(self, backend: Backend, codec: str = "zstd", id_key: bytes | None = None):
         codecs.codec_id(codec)  # fail early on a bad name
         self.backend = backend
         self.codec = codec
+        self.id_key = id_key
         self._lock = threading.Lock()
         self._corrupt: set[str] = set()
 
@@ -72,7 +81,7 @@ class ChunkStore:
 
     def store(self, data: bytes, lease: "Lease | None" = None) -> PutResult:
         """Store `data` unless present; with a lease, re-put a present chunk older than the lease."""
-        digest = digest_of(data)
+        digest = self.digest_of(data)
         ref = ChunkRef(digest, len(data))
         key = chunk_key(digest)
         if digest not in self._corrupt_set():
@@ -104,14 +113,20 @@ class ChunkStore:
             blob = self.backend.get(chunk_key(digest))
         except NoSuchObject:
             raise MissingChunk(digest) from None
+        except CorruptObject as exc:  # an encrypted store's object failed authentication
+            raise self._corrupted(digest, str(exc)) from None
         return self._verify(digest, blob, ref)
+
+    def digest_of(self, data: bytes) -> str:
+        """This store's id of `data` (keyed when the store has an id key)."""
+        return digest_of(data, self.id_key)
 
     def _verify(self, digest: str, blob: bytes, ref: ChunkRef | str) -> bytes:
         try:
             data = codecs.decode(blob)
         except codecs.DecodeError as exc:
             raise self._corrupted(digest, str(exc)) from None
-        if digest_of(data) != digest:
+        if self.digest_of(data) != digest:
             raise self._corrupted(digest, "content does not match the digest")
         if isinstance(ref, ChunkRef) and len(data) != ref.size:
             raise self._corrupted(digest, f"{len(data)} bytes where {ref.size} were expected")

@@ -33,6 +33,20 @@ class TemporaryFailure(BackendError):
     """The object store is temporarily unavailable."""
 
 
+class CorruptObject(BackendError):
+    """An object of an encrypted store failed authentication: changed, truncated or moved."""
+
+
+class StoreFormatError(StoreError):
+    """The store was made by another version or with other settings; it is not read."""
+
+
+class StoreKeyError(StoreError):
+    """The store is encrypted and its key is not at hand."""
+
+    exit_code = 77  # EX_NOPERM, like PermissionDenied
+
+
 class CorruptChunk(StoreError):
     """A stored chunk does not match its digest."""
 
