@@ -115,7 +115,9 @@ def test_bucket_holds_no_memory_or_names_and_needs_the_key(kind, lazy, machines,
 
     # A second machine without the key: one line that names the key it needs.
     b = machines(url, f"{kind}-sec-b", spawn=False)
+    b.env["CEDANA_LOG_LEVEL"] = "warning"  # what a user sees (the harness logs at info)
     refused = b.cedana("checkpoint", "list")
+    b.env["CEDANA_LOG_LEVEL"] = "info"
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and f"this store is encrypted; its key id is {fmt['key_id']}; give store.key_file" \
