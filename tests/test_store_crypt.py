@@ -172,3 +172,28 @@ def test_a_plain_store_does_hold_the_marker(tmp_path):
     with open_store(settings_for(tmp_path, "off")) as store:
         store.write_bytes(payload())
     assert any(MARKER in p.read_bytes() for p in stored_files(tmp_path / "store" / "chunks"))
+
+
+def test_key_import_takes_only_the_stores_key(tmp_path):
+    from cedanafs.app.storekey import export_key, import_key
+    from cedanafs.errors import AlreadyExists, UsageError
+
+    here = settings_for(tmp_path)  # made the store, and its key
+    open_store(here).close()
+    text, info = export_key(here, str(tmp_path / "moved.key"))
+    assert stat.S_IMODE((tmp_path / "moved.key").stat().st_mode) == 0o600 and info.key_id in text
+    other = tmp_path / "other"
+    other.mkdir()
+    open_store(settings_for(other)).close()  # another store, another key
+    there = settings_for(tmp_path, "auto", str(tmp_path / "machine2" / "store.key"))
+    with pytest.raises(UsageError, match="is encrypted with key"):
+        import_key(there, str(other / "keys" / "store.key"))
+    assert import_key(there, str(tmp_path / "moved.key")).key_id == info.key_id
+    with open_store(there) as store:
+        assert store.backend.key.id == info.key_id
+    # A different key already installed is replaced only when asked, and kept aside.
+    elsewhere = dataclasses.replace(there, store=dataclasses.replace(there.store, url=str(other / "store")))
+    with pytest.raises(AlreadyExists, match="holds another key"):
+        import_key(elsewhere, str(other / "keys" / "store.key"))
+    import_key(elsewhere, str(other / "keys" / "store.key"), force=True)
+    assert (tmp_path / "machine2" / f"store.key.{info.key_id}.old").exists()
