@@ -197,3 +197,18 @@ def test_key_import_takes_only_the_stores_key(tmp_path):
         import_key(elsewhere, str(other / "keys" / "store.key"))
     import_key(elsewhere, str(other / "keys" / "store.key"), force=True)
     assert (tmp_path / "machine2" / f"store.key.{info.key_id}.old").exists()
+
+
+def test_a_lost_format_object_is_written_again_only_for_the_right_key(tmp_path):
+    settings = settings_for(tmp_path)
+    data = payload()
+    with open_store(settings) as store:
+        content = store.write_bytes(data)
+    (tmp_path / "store" / FORMAT_KEY).unlink()  # e.g. an emptied bucket refilled by a running writer
+    (tmp_path / "elsewhere").mkdir()
+    open_store(settings_for(tmp_path / "elsewhere")).close()
+    with pytest.raises(StoreFormatError, match="encrypted with another key"):
+        open_store(settings_for(tmp_path, "on", str(tmp_path / "elsewhere" / "keys" / "store.key")))
+    with open_store(settings_for(tmp_path, "auto")) as store:  # auto on a local store: the data says encrypted
+        assert store.read_bytes(content) == data
+    assert json.loads((tmp_path / "store" / FORMAT_KEY).read_text())["encryption"] == "aes-256-gcm"

@@ -22,9 +22,10 @@ from cedanafs.config import Settings
 from cedanafs.errors import ConfigError
 
 from ..chunkstore import ID_SCHEME, KEYED_ID_SCHEME, PREFIX
-from ..errors import NoSuchObject, StoreFormatError, StoreKeyError
+from ..errors import CorruptObject, NoSuchObject, StoreFormatError, StoreKeyError
 from .base import Backend
-from .crypt import CIPHER, NAMES, EncryptedBackend, InvalidKeyFile, StoreKey, read_key_file, write_key_file
+from .crypt import (CIPHER, MAGIC, NAMES, EncryptedBackend, InvalidKeyFile, StoreKey, read_key_file,
+                    write_key_file)
 from .local import LocalBackend
 
 log = logging.getLogger(__name__)
@@ -125,13 +126,19 @@ def _check(url: str, fmt: StoreFormat, want: bool | None) -> None:
 
 
 def _create(backend: Backend, settings: Settings, encrypt: bool) -> StoreFormat:
-    """Write the format object of a new store (or of a plain one from before formats were recorded)."""
-    if _has_data(backend) and encrypt:
+    """Write the format object of a new store, of a plain one from before formats were recorded,
+    or again for an encrypted store that lost it (when the configured key opens its data)."""
+    sample = _first_object(backend)
+    if sample is not None and backend.get(sample).startswith(MAGIC):
+        key = _key_of_encrypted_data(backend, settings, sample)
+        encrypt = True
+    elif sample is not None and encrypt:
         raise StoreFormatError(f"{backend.url} holds unencrypted data written before store formats were"
                                " recorded; set store.encrypt off to use it, or use a new store")
+    elif encrypt:
+        key = _key_for_new_store(settings)
     fmt = StoreFormat(codec=settings.store.codec)
     if encrypt:
-        key = _key_for_new_store(settings)
         fmt = StoreFormat(encryption=CIPHER, names=NAMES, chunk_id=KEYED_ID_SCHEME, codec=settings.store.codec,
                           key_id=key.id)
     backend.put(FORMAT_KEY, fmt.to_bytes())
@@ -142,8 +149,29 @@ def _create(backend: Backend, settings: Settings, encrypt: bool) -> StoreFormat:
     return written
 
 
-def _has_data(backend: Backend) -> bool:
-    return any(next(iter(backend.list(p)), None) is not None for p in _DATA_PREFIXES)
+def _first_object(backend: Backend) -> str | None:
+    for prefix in _DATA_PREFIXES:
+        for key in backend.list(prefix):
+            return key
+    return None
+
+
+def _key_of_encrypted_data(backend: Backend, settings: Settings, sample: str) -> StoreKey:
+    """The configured key, if it opens `sample` (an object of a store whose format object is gone)."""
+    lost = StoreFormat(encryption=CIPHER, key_id="unknown (its cedana-store.json is missing)")
+    key = load_key(backend.url, lost, settings, check_id=False)
+    sealed = EncryptedBackend(backend, key)
+    plain = sealed._dec_name(sample)
+    try:
+        if plain is None:
+            raise CorruptObject(sample)
+        sealed.open(plain, backend.get(sample))
+    except CorruptObject:
+        raise StoreFormatError(f"{backend.url}: its cedana-store.json is missing and its data is encrypted"
+                               f" with another key than {key_file_path(settings)}'s") from None
+    log.warning("%s: cedana-store.json was missing; written again for key %s, which opens the data",
+                backend.url, key.id)
+    return key
 
 
 def _key_for_new_store(settings: Settings) -> StoreKey:
@@ -167,7 +195,7 @@ def _key_for_new_store(settings: Settings) -> StoreKey:
     return key
 
 
-def load_key(url: str, fmt: StoreFormat, settings: Settings) -> StoreKey:
+def load_key(url: str, fmt: StoreFormat, settings: Settings, check_id: bool = True) -> StoreKey:
     """The key of an encrypted store, or one line saying which key it needs."""
     path = key_file_path(settings)
     need = f"{url}: this store is encrypted; its key id is {fmt.key_id}; give store.key_file"
@@ -179,7 +207,7 @@ def load_key(url: str, fmt: StoreFormat, settings: Settings) -> StoreKey:
         raise StoreKeyError(f"{need} ({path} is not readable by this user)") from None
     except (InvalidKeyFile, OSError) as exc:
         raise StoreKeyError(f"{need} ({path}: {exc})") from None
-    if key.id != fmt.key_id:
+    if check_id and key.id != fmt.key_id:
         raise StoreKeyError(f"{need} ({path} holds key {key.id})")
     return key
 
