@@ -450,3 +450,14 @@ def test_a_checkpoint_belongs_to_its_owner_on_every_view(fs_tree):
             [(0o700, *owner), (0o700, *owner), (0o600, *owner)]
         # `latest` lives in the private job dir; what it leads to is the same private checkpoint
         assert view.readlink(view.lookup(jd.inode, "latest").inode) == cid
+
+
+def test_chmod_of_a_sealed_checkpoint_never_opens_it(fs_tree):
+    v = fs_tree.vfs
+    c = sealed_checkpoint(v)
+    f = v.lookup(c, "pages-1.img").inode
+    # What `rsync -a` of the same source does again: asks for the source's 0644/0755; nothing changes.
+    assert v.setattr(f, mode=0o644).mode & 0o7777 == 0o600
+    assert v.setattr(c, mode=0o755).mode & 0o7777 == 0o700
+    with err(errno.EROFS):
+        v.setattr(f, mode=0o400)  # an owner-bit change is a change, refused on a sealed checkpoint

@@ -682,6 +682,11 @@ class VFS:
             node = self._node(inode)
         self._ensure_loaded(node)
         with self._lock:
+            sealed = getattr(self.checkpoint_of(node), "state", None) == SEALED
+            if mode is not None and sealed and (mode & 0o700) == (node.mode & 0o700):
+                # A sealed checkpoint is its owner's alone: group/other bits stay clear, and a
+                # chmod that only asks for them (`rsync -a` into it again) changes nothing.
+                mode = None
             if mode is not None:
                 mode = (node.mode & ~0o7777) | (mode & 0o7777)
             changes = {k: v for k, v in (("mode", mode), ("mtime_ns", mtime_ns), ("uid", uid), ("gid", gid))
