@@ -212,3 +212,23 @@ def test_a_lost_format_object_is_written_again_only_for_the_right_key(tmp_path):
     with open_store(settings_for(tmp_path, "auto")) as store:  # auto on a local store: the data says encrypted
         assert store.read_bytes(content) == data
     assert json.loads((tmp_path / "store" / FORMAT_KEY).read_text())["encryption"] == "aes-256-gcm"
+
+
+def _conformance_checks():
+    from tests import test_backend_conformance as suite
+
+    remote_only = ("test_s3_objects_visible_with_boto3", "test_gcs_objects_visible_with_json_api")
+    return [getattr(suite, name) for name in dir(suite) if name.startswith("test_") and name not in remote_only]
+
+
+@pytest.mark.parametrize("check", _conformance_checks(), ids=lambda f: f.__name__)
+def test_the_encrypted_backend_passes_the_backend_conformance_suite(check, tmp_path):
+    backend = open_store_backend(str(tmp_path / "store"), settings_for(tmp_path))
+    try:
+        if check.__name__ == "test_invalid_keys_rejected":
+            for key in ("", "/abs", "a//b", "a/../b", "dir/", "./x"):
+                check(backend, key)
+        else:
+            check(backend)
+    finally:
+        backend.close()

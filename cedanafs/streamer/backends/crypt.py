@@ -8,7 +8,8 @@ it with HKDF-SHA256, and its public key id), the key file that holds it, and `En
   bucket fails authentication like a changed byte. A failure raises CorruptObject: nothing
   unauthenticated is ever returned.
 - Names: the first component of a key is a namespace (`manifests`, `leases`, `chunks`) and stays
-  plain; the other components are encrypted deterministically with AES-SIV and written in base32,
+  plain (a key with one component is encrypted whole); the other components are encrypted
+  deterministically with AES-SIV and written in base32,
   so job and checkpoint names never appear in the bucket, while list() gives the layers above
   the plain names back. Keys under `chunks/` pass through: chunk ids are already keyed hashes
   (ChunkStore with `id_key`), which say nothing about the content to whoever lacks the key.
@@ -34,7 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import CorruptObject
-from .base import AtomicWriter, Backend, ObjectInfo
+from .base import AtomicWriter, Backend, ObjectInfo, check_key
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +135,15 @@ class EncryptedBackend(Backend):
 
     # -- names -----------------------------------------------------------------------------
     def _enc_name(self, key: str) -> str:
-        namespace, sep, rest = key.partition("/")
+        """The stored key of an object; a root object's whole name is encrypted."""
+        check_key(key)
+        return self._enc_dir(key) if "/" in key else self._enc_part("", key)
+
+    def _enc_dir(self, path: str) -> str:
+        """A stored path below a plain namespace (also for the directory part of list prefixes)."""
+        namespace, sep, rest = path.partition("/")
         if not sep or namespace in PLAIN_NAMESPACES:
-            return key
+            return path
         return namespace + "/" + "/".join(self._enc_part(namespace, p) for p in rest.split("/"))
 
     def _enc_part(self, namespace: str, part: str) -> str:
@@ -144,12 +151,13 @@ class EncryptedBackend(Backend):
         return base64.b32encode(sealed).decode().rstrip("=").lower()
 
     def _dec_name(self, stored: str) -> str | None:
+        """The plain key of a stored one; None for objects not named with this key (the format object)."""
         namespace, sep, rest = stored.partition("/")
-        if not sep:
-            return None  # root objects (the format object) are not the wrapper's
-        if namespace in PLAIN_NAMESPACES:
+        if sep and namespace in PLAIN_NAMESPACES:
             return stored
         try:
+            if not sep:
+                return self._dec_part("", stored)
             return namespace + "/" + "/".join(self._dec_part(namespace, p) for p in rest.split("/"))
         except (InvalidTag, ValueError, binascii.Error, UnicodeDecodeError):
             return None
@@ -185,12 +193,11 @@ class EncryptedBackend(Backend):
 
     def list(self, prefix: str = "") -> Iterator[str]:
         head, sep, _ = prefix.rpartition("/")
-        inner_prefix = self._enc_name(head) + "/" if sep else ""
+        inner_prefix = self._enc_dir(head) + "/" if sep else ""
         for stored in self.inner.list(inner_prefix):
             plain = self._dec_name(stored)
             if plain is None:
-                if "/" in stored:
-                    log.warning("%s: object %s is not named with this store's key; ignored", self.url, stored)
+                log.debug("%s: object %s is not named with this store's key; not listed", self.url, stored)
                 continue
             if plain.startswith(prefix):
                 yield plain
