@@ -232,3 +232,17 @@ def test_the_encrypted_backend_passes_the_backend_conformance_suite(check, tmp_p
             check(backend)
     finally:
         backend.close()
+
+
+def test_leases_and_gc_work_in_an_encrypted_store(tmp_path):
+    data = payload()
+    with open_store(settings_for(tmp_path)) as store:
+        keep = store.write_bytes(data)
+        with store.open_lease() as lease:
+            assert list(store.backend.list("leases/")) == [lease.key]
+            stored = [p.name for p in stored_files(tmp_path / "store" / "leases")]
+            assert len(stored) == 1 and lease.id not in stored[0]  # its name is encrypted too
+            drop = store.write_bytes(os.urandom(300 << 10), lease)
+        result = store.collect_garbage(lambda: {c.digest for c in keep.chunks}, grace_seconds=0)
+        assert result.deleted == len(drop.chunks) and result.referenced == len(keep.chunks)
+        assert store.read_bytes(keep) == data
