@@ -246,3 +246,30 @@ def test_leases_and_gc_work_in_an_encrypted_store(tmp_path):
         result = store.collect_garbage(lambda: {c.digest for c in keep.chunks}, grace_seconds=0)
         assert result.deleted == len(drop.chunks) and result.referenced == len(keep.chunks)
         assert store.read_bytes(keep) == data
+
+
+def test_a_tampered_manifest_is_a_broken_checkpoint_not_an_outage(tmp_path):
+    from cedanafs.catalog import Catalog, FileEntry, make_manifest
+    from cedanafs.types import FileContent
+
+    backend = open_store_backend(str(tmp_path / "store"), settings_for(tmp_path))
+    catalog = Catalog(backend, tmp_path / "db.sqlite")
+    try:
+        for cid in ("20261130T000000Z-0001", "20261130T000001Z-0002"):
+            files = [FileEntry("inventory.img", content=FileContent(3, (), b"inv"))]
+            catalog.commit(make_manifest("job1", cid, files))
+        victim = sorted(stored_files(tmp_path / "store" / "manifests"))[-1]
+        blob = bytearray(victim.read_bytes())
+        blob[-1] ^= 1
+        victim.write_bytes(bytes(blob))
+        fresh = Catalog(backend, tmp_path / "db2.sqlite")
+        try:
+            fresh.refresh()
+            assert len(fresh.checkpoints("job1")) == 1
+            [(_, error)] = fresh.broken()
+            assert "failed authentication" in error
+        finally:
+            fresh.close()
+    finally:
+        catalog.close()
+        backend.close()

@@ -10,7 +10,7 @@ import asyncio
 import errno
 import socket
 
-from cedanafs.errors import StoreError
+from cedanafs.errors import CheckpointError, StoreError
 
 
 class BackendError(StoreError):
@@ -33,8 +33,11 @@ class TemporaryFailure(BackendError):
     """The object store is temporarily unavailable."""
 
 
-class CorruptObject(BackendError):
-    """An object of an encrypted store failed authentication: changed, truncated or moved."""
+class CorruptObject(BackendError, CheckpointError):
+    """An object of an encrypted store failed authentication: changed, truncated or moved.
+
+    Also a CheckpointError: a manifest that fails is an unreadable checkpoint (the catalog lists
+    it as broken), not a store outage."""
 
 
 class StoreFormatError(StoreError):
