@@ -83,7 +83,7 @@ def _open_log(path: str) -> int:
     from ..errors import PermissionDenied, UsageError
 
     try:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)  # the job's output is its owner's
     except PermissionError:
         raise PermissionDenied(f"cannot write the job's output to {path}: permission denied (use -o FILE)") from None
     except OSError as exc:
