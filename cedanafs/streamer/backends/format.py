@@ -101,7 +101,8 @@ def read_format(backend: Backend) -> StoreFormat | None:
             raise ValueError("not a cedanafs store format object")
         version = int(body.get("version", 0))
     except (ValueError, AttributeError, TypeError) as exc:
-        raise StoreFormatError(f"{backend.url}: {FORMAT_KEY} is unreadable ({exc}); is this a cedanafs store?") from None
+        raise StoreFormatError(f"{backend.url}: {FORMAT_KEY} is unreadable ({exc});"
+                               " is this a cedanafs store?") from None
     if version != FORMAT_VERSION:
         raise StoreFormatError(f"{backend.url} was made by another cedanafs version (store format {version});"
                                f" this one reads format {FORMAT_VERSION}")
