@@ -138,3 +138,11 @@ def test_export_into_empty_dir_and_inspect_exclusive_bytes(name, tmp_path):
         assert (tmp_path / "out" / "pages-1.img").read_bytes() == (b / "pages-1.img").read_bytes()
         stats = cps.store_stats()
         assert stats.checkpoints == 2 and stats.dedup_ratio > 1.8 and stats.unreferenced_chunks == 0
+
+
+def test_an_import_keeps_the_owner_of_its_directory(name, tmp_path):
+    images = make_images(tmp_path / "img")
+    os.chown(images, 65534, 65534)
+    with service(MemoryBackend(name), tmp_path) as cps:
+        m = cps.import_dir(images, "job")
+        assert (m.meta["uid"], m.meta["gid"]) == ("65534", "65534")

@@ -188,7 +188,10 @@ class Checkpoints:
         parent = self.catalog.latest(job)
         with self.store.open_lease() as lease:
             files, stats = self._store_entries(root, entries, lease, progress)
-            meta = dict(meta or {}, transfer=_transfer_meta(stats))
+            # Like `cp -a`/`rsync -a` into the mount: the checkpoint keeps its directory's owner.
+            owner = root.stat()
+            meta = {"uid": str(owner.st_uid), "gid": str(owner.st_gid), **(meta or {}),
+                    "transfer": _transfer_meta(stats)}
             manifest = self._commit(job, name, files, kind=kind, meta=meta,
                                     parent=parent.id if parent else None)
         log.info("imported %s as %s: %d bytes, %d stored (%d new chunks, %d reused)", root, manifest.name,
