@@ -112,14 +112,20 @@ def read_key_file(path: str) -> StoreKey:
 
 
 def write_key_file(path: str, key: StoreKey) -> None:
-    """Create `path` (0600, its new parent dirs 0700); FileExistsError if it exists."""
+    """Create `path` (0600, its new parent dirs 0700); FileExistsError if it exists.
+
+    Written whole under a temporary name, then linked: a reader never sees half a key."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    tmp = f"{path}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, key.to_text().encode())
-        os.fsync(fd)
+        with os.fdopen(fd, "w") as f:
+            f.write(key.to_text())
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
     finally:
-        os.close(fd)
+        os.unlink(tmp)
 
 
 class EncryptedBackend(Backend):
