@@ -549,6 +549,16 @@ def mount_pids(proc: subprocess.Popen, mnt: Path) -> list[int]:
     return found
 
 
+class EncryptedMountDump(MountDump):
+    """MountDump over an encrypted local store: beside `mount`, the cost of client-side encryption."""
+
+    key = "encrypted-mount"
+    store_name = "local store, encrypted"
+
+    def extra_env(self, env):
+        return {"CEDANA_STORE_ENCRYPT": "on", "CEDANA_STORE_KEY_FILE": str(env.workdir / "bench-store.key")}
+
+
 def all_methods() -> list[Method]:
     return ([Floor(), CedanaWay("gzip"), CedanaWay("lz4")]
-            + [CedanaDump(c) for c in CEDANA_COMPRESSIONS] + [MountDump()])
+            + [CedanaDump(c) for c in CEDANA_COMPRESSIONS] + [MountDump(), EncryptedMountDump()])

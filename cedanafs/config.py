@@ -49,6 +49,10 @@ class StoreSettings:
     codec: str = "zstd"
     chunk_size: int = 1 << 20
     memory_limit: int = 256 << 20
+    # Client-side encryption: auto = on for s3:// and gs:// stores, for local ones as the store was made.
+    encrypt: str = "auto"
+    # The store key ("" = store.key beside db.path, in the state dir); made 0600 for a new encrypted store.
+    key_file: str = ""
 
 
 @dataclass(frozen=True)

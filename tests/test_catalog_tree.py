@@ -225,9 +225,10 @@ def test_rsync_pattern(fs_tree):
     view = fs_tree.new_view()
     view.refresh(force=True)
     vc = view.lookup(view.lookup(jobs(view), "j1").inode, "c1")
-    assert (vc.mode & 0o7777, vc.mtime_ns) == (0o750, 1_500_000_000_000_000_001)
+    # Times and sizes are kept; a sealed checkpoint is its owner's alone whatever modes the writer set.
+    assert (vc.mode & 0o7777, vc.mtime_ns) == (0o700, 1_500_000_000_000_000_001)
     f = view.lookup(vc.inode, "pages-1.img")
-    assert (f.mode & 0o7777, f.mtime_ns, f.size) == (0o640, 1_600_000_000_123_456_789, len(b"new content"))
+    assert (f.mode & 0o7777, f.mtime_ns, f.size) == (0o600, 1_600_000_000_123_456_789, len(b"new content"))
     assert cat(view, vc.inode, "pages-1.img") == b"new content"
 
 
@@ -593,3 +594,38 @@ def test_tree_answers_while_the_store_is_slow(tmp_path):
     v.rmdir(v.lookup(jobs(v), "j2").inode, "c3")
     v.close()
     store.close()
+def test_a_checkpoint_belongs_to_its_owner_on_every_view(fs_tree):
+    """Owner from the manifest (the dumper's uid meta, else the writer): 0700/0600 on any machine."""
+    v = fs_tree.tree
+    j = v.mkdir(jobs(v), "userjob", 0o755, uid=1000, gid=1000).inode
+    c = v.mkdir(j, "c1", 0o755, uid=1000, gid=1000).inode  # an import by uid 1000 (rsync/cp)
+    fh, _ = v.create(c, "inventory.img", 0o644, W, uid=1000, gid=1000)
+    v.write(fh, 0, b"inv")
+    v.release(fh)
+    xattrs.set(v, c, "user.cedana.seal", b"1")
+    d = pending(v, "dumped", "c2")  # made by root, for a process of uid 4242 (what a dump records)
+    put(v, d, "inventory.img", b"inv")
+    xattrs.set(v, d, "user.cedana.meta.uid", b"4242")
+    xattrs.set(v, d, "user.cedana.meta.gid", b"4343")
+    xattrs.set(v, d, "user.cedana.seal", b"1")
+    view = fs_tree.new_view()  # another machine reading the same manifests
+    view.refresh(force=True)
+    for job, cid, owner in (("userjob", "c1", (1000, 1000)), ("dumped", "c2", (4242, 4343))):
+        jd = view.lookup(jobs(view), job)
+        ck = view.lookup(jd.inode, cid)
+        f = view.lookup(ck.inode, "inventory.img")
+        assert [(a.mode & 0o7777, a.uid, a.gid) for a in (jd, ck, f)] == \
+            [(0o700, *owner), (0o700, *owner), (0o600, *owner)]
+        # `latest` lives in the private job dir; what it leads to is the same private checkpoint
+        assert view.readlink(view.lookup(jd.inode, "latest").inode) == cid
+
+
+def test_chmod_of_a_sealed_checkpoint_never_opens_it(fs_tree):
+    v = fs_tree.tree
+    c = sealed_checkpoint(v)
+    f = v.lookup(c, "pages-1.img").inode
+    # What `rsync -a` of the same source does again: asks for the source's 0644/0755; nothing changes.
+    assert v.setattr(f, mode=0o644).mode & 0o7777 == 0o600
+    assert v.setattr(c, mode=0o755).mode & 0o7777 == 0o700
+    with err(errno.EROFS):
+        v.setattr(f, mode=0o400)  # an owner-bit change is a change, refused on a sealed checkpoint

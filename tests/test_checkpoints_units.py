@@ -140,3 +140,15 @@ def test_export_into_empty_dir_and_inspect_exclusive_bytes(name, tmp_path):
         assert (tmp_path / "out" / "pages-1.img").read_bytes() == (b / "pages-1.img").read_bytes()
         stats = cps.store_stats()
         assert stats.checkpoints == 2 and stats.dedup_ratio > 1.8 and stats.unreferenced_chunks == 0
+
+
+def test_an_import_keeps_the_owner_of_its_directory_and_an_export_gives_it_back(name, tmp_path):
+    images = make_images(tmp_path / "img")
+    os.chown(images, 65534, 65534)
+    with service(MemoryBackend(name), tmp_path) as cps:
+        m = cps.import_dir(images, "job")
+        assert (m.meta["uid"], m.meta["gid"]) == ("65534", "65534")
+        out = tmp_path / "out"
+        cps.export(m.id, out)  # ...and an export gives it back to that owner, for that owner alone
+        st = out.stat()
+        assert (st.st_mode & 0o777, st.st_uid, (out / "pages-1.img").stat().st_uid) == (0o700, 65534, 65534)

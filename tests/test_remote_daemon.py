@@ -29,12 +29,16 @@ class Machines:
     def __init__(self, url: str):
         self.url = url
         self.daemons: list[DaemonHarness] = []
+        # Machines that share an encrypted bucket share its key (`cedana store key export|import`).
+        self.key_dir = Path(tempfile.mkdtemp(prefix="cedana-remote-key-", dir="/tmp"))
+        self.key_file = self.key_dir / "store.key"
 
     def start(self, host: str, **env: str) -> DaemonHarness:
         root = Path(tempfile.mkdtemp(prefix=f"cedana-remote-{host}-", dir="/tmp"))
         root.chmod(0o755)
         daemon = DaemonHarness(root)
-        daemon.env.update({"CEDANA_STORE_URL": self.url, "CEDANA_HOST": host, **env})
+        daemon.env.update({"CEDANA_STORE_URL": self.url, "CEDANA_HOST": host,
+                           "CEDANA_STORE_KEY_FILE": str(self.key_file), **env})
         self.daemons.append(daemon)
         daemon.start()
         return daemon
@@ -42,6 +46,7 @@ class Machines:
     def cleanup(self) -> None:
         for daemon in reversed(self.daemons):
             daemon.cleanup()
+        shutil.rmtree(self.key_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,8 @@ import psutil
 import pytest
 
 from cedanafs.catalog.manifest import decode_manifest
+from cedanafs.config import load_settings
+from cedanafs.streamer import open_store_backend
 from cedanafs.criu.images import read_pagemap
 from cedanafs.streamer.chunkstore import chunk_key
 from cedanafs.types import PAGE_SIZE
@@ -117,14 +120,21 @@ def test_bucket_unreachable_during_a_lazy_restore(machines, private_moto, procs)
     assert b.jobs().get("w", {}).get("status") not in ALIVE
 
 
-def _lazy_chunk_of_pages(url: str, endpoint: str, ckpt_dir, job: str, ckpt: str) -> str:
+def _manifest(url: str, key_file, job: str, ckpt: str):
+    """A checkpoint's manifest, read through the (encrypted) store with the machines' key."""
+    settings = load_settings(override_json=json.dumps({"store": {"url": url, "key_file": str(key_file)}}))
+    backend = open_store_backend(url, settings)
+    try:
+        keys = list(backend.list(f"manifests/{job}/{ckpt}/"))
+        assert len(keys) == 1, keys  # one manifest per name: manifests/<job>/<id>/<commit>.json
+        return decode_manifest(backend.get(keys[0]))
+    finally:
+        backend.close()
+
+
+def _lazy_chunk_of_pages(machines: Machines, ckpt_dir, job: str, ckpt: str) -> str:
     """The digest of a chunk of pages-*.img that only lazy pages use (not read before the process runs)."""
-    bucket, _, prefix = url[len("s3://"):].partition("/")
-    client = s3_client(endpoint)
-    listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/manifests/{job}/{ckpt}/")["Contents"]
-    assert len(listed) == 1, listed  # one manifest per name: manifests/<job>/<id>/<commit>.json
-    body = client.get_object(Bucket=bucket, Key=listed[0]["Key"])["Body"]
-    manifest = decode_manifest(body.read())
+    manifest = _manifest(machines.url, machines.key_file, job, ckpt)
     pid = int(next(n for n in os.listdir(ckpt_dir) if n.startswith("pagemap-"))[len("pagemap-"):-len(".img")])
     name, ranges = read_pagemap(str(ckpt_dir), pid)
     eager = [(r.offset, r.offset + r.length) for r in ranges if not r.lazy] + [(0, PAGE_SIZE)]
@@ -152,8 +162,7 @@ def _dumped_then_seen_elsewhere(shared_machines, moto_server, procs, name: str):
     a.cedana("dump", "job", "w", check=True)
     wait_for(lambda: no_process(info["pid"]), what="the dumped job to stop")
     ckpt = wait_for(lambda: b.jobs().get("w"), what="the second daemon to see the job")["checkpoint"]
-    digest = _lazy_chunk_of_pages(shared_machines.url, moto_server.endpoint, b.mount_dir / "jobs" / "w" / ckpt,
-                                  "w", ckpt)
+    digest = _lazy_chunk_of_pages(shared_machines, b.mount_dir / "jobs" / "w" / ckpt, "w", ckpt)
     bucket, _, prefix = shared_machines.url[len("s3://"):].partition("/")
     return b, info, digest, bucket, f"{prefix}/{chunk_key(digest)}"
 

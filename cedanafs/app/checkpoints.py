@@ -188,7 +188,10 @@ class Checkpoints:
         entries = _scan(root, images)
         with self.store.open_lease() as lease:
             files, stats = self._store_entries(root, entries, lease, progress)
-            meta = dict(meta or {}, transfer=_transfer_meta(stats))
+            # Like `cp -a`/`rsync -a` into the mount: the checkpoint keeps its directory's owner.
+            owner = root.stat()
+            meta = {"uid": str(owner.st_uid), "gid": str(owner.st_gid), **(meta or {}),
+                    "transfer": _transfer_meta(stats)}
             self.store.chunks.prepare_commit(lease)  # chunks durable, reused ones safe from GC
             manifest = self.catalog.commit_files(job, files, name=name, kind=kind, meta=meta,
                                                  host=host_name(self.settings))
@@ -267,7 +270,8 @@ class Checkpoints:
         for f in sorted((f for f in m.files if f.type == "dir"), key=lambda f: -f.path.count("/")):
             os.chmod(root / f.path, f.mode)
             os.utime(root / f.path, ns=(f.mtime_ns, f.mtime_ns))
-        os.chmod(root, 0o755)
+        os.chmod(root, 0o700)  # process memory: the exported dir is its owner's alone (docs/security.md)
+        _give_to_owner(root, m)
 
     def _write_file(self, m: Manifest, f: FileEntry, target: Path, progress: Progress | None) -> None:
         assert f.content is not None
@@ -458,6 +462,16 @@ class _Counting:
         if self._progress:
             self._progress(len(data))
         return n
+
+
+def _give_to_owner(root: Path, m: Manifest) -> None:
+    """An exported checkpoint belongs to the owner its manifest records (meta uid/gid), if any."""
+    try:
+        uid, gid = int(m.meta["uid"]), int(m.meta.get("gid", m.meta["uid"]))
+    except (KeyError, TypeError, ValueError):
+        return
+    for path in [root, *root.rglob("*")]:
+        os.chown(path, uid, gid, follow_symlinks=False)
 
 
 def _chunk_error(m: Manifest, path: str, exc: BaseException) -> CheckpointError:

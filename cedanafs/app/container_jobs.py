@@ -44,7 +44,7 @@ def _require_root(caller: Any) -> None:
 
 def run_runc_job(service: Any, caller: Any, bundle: str, cid: str, root: str, jid: str | None, log_path: str) -> Any:
     """`run runc` through the daemon: a detached container whose output a relay writes to the job's log."""
-    from .jobs import Job, new_jid, process_start_time
+    from .jobrecord import Job, new_jid, process_start_time
 
     _require_root(caller)
     jid = check_job_name(jid) if jid else new_jid()
@@ -65,7 +65,7 @@ def run_runc_job(service: Any, caller: Any, bundle: str, cid: str, root: str, ji
 
 def manage_runc_job(service: Any, caller: Any, cid: str, root: str, jid: str | None, log_path: str = "") -> Any:
     """`manage runc ID`: adopt a running runc container as a job; its output goes to log_path once restored."""
-    from .jobs import Job, new_jid, process_start_time
+    from .jobrecord import Job, new_jid, process_start_time
 
     _require_root(caller)
     container = runc.find_running(root, cid)
@@ -148,7 +148,7 @@ def containerd_cmd(address: str, namespace: str, cid: str) -> list[str]:
 def manage_containerd_job(service: Any, caller: Any, cid: str, address: str, namespace: str,
                           jid: str | None) -> Any:
     """`manage containerd ID`: adopt a running containerd container as a job (TYPE containerd)."""
-    from .jobs import Job, new_jid, process_start_time
+    from .jobrecord import Job, new_jid, process_start_time
 
     _require_root(caller)
     info = containerd.find_running(containerd.Ctr(address, namespace), cid)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -26,7 +25,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -37,6 +36,7 @@ from ..catalog import check_job_name
 from ..config import Settings, format_size, host_name
 from ..errors import AlreadyExists, CedanaError, CheckpointError, CriuError, NotFound, PermissionDenied, UsageError
 from . import capture
+from .jobrecord import Job, new_jid, process_start_time  # noqa: F401 - part of this module's interface
 from . import container_jobs as app_containers
 from . import mount as app_mount
 from . import process as app_process
@@ -50,10 +50,6 @@ RESTORE_LOG = "criu-restore.log"
 ALIVE = ("running", "sleep", "zombie")
 _START_TIME_SLACK = 0.05
 _UNKNOWN_EXIT = -1
-_ADJECTIVES = ("amber", "brave", "calm", "dapper", "eager", "fuzzy", "gentle", "happy", "jolly", "keen",
-               "lucky", "mellow", "nimble", "proud", "quiet", "rapid", "sunny", "tidy", "vivid", "witty")
-_NOUNS = ("badger", "comet", "dolphin", "falcon", "gecko", "heron", "ibis", "koala", "lynx", "marmot",
-          "otter", "panda", "quokka", "raven", "salmon", "tapir", "urchin", "walrus", "yak", "zebra")
 
 
 @dataclass(frozen=True)
@@ -70,30 +66,6 @@ class Caller:
 
 
 ROOT = Caller(0, 0)
-
-
-@dataclass
-class Job:
-    """One managed job as stored; `pid` 0 means no process (never started, or restored from nothing)."""
-
-    jid: str
-    type: str = "process"
-    pid: int = 0
-    start_time: float = 0.0
-    uid: int = 0
-    gid: int = 0
-    cmd: list[str] = field(default_factory=list)
-    cwd: str = ""
-    log: str = ""
-    host: str = ""
-    created: float = 0.0
-    exit_code: int | None = None
-    gpu: bool = False
-    pending: str = ""
-    restored_from: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -186,13 +158,6 @@ class JobDB:
 
 # --- statuses ---------------------------------------------------------------------------------
 
-def process_start_time(pid: int) -> float:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return 0.0
-
-
 def job_status(job: Job, host: str | None = None) -> str:
     """running, sleep, zombie, halted (pid gone), stale (pid reused) or remote (another host)."""
     if job.host and job.host != (host or socket.gethostname()):
@@ -211,11 +176,6 @@ def job_status(job: Job, host: str | None = None) -> str:
     if status == psutil.STATUS_ZOMBIE:
         return "zombie"
     return "running" if status == psutil.STATUS_RUNNING else "sleep"
-
-
-def new_jid() -> str:
-    """A readable random job id, e.g. `brave-otter-3f2a`."""
-    return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-{secrets.token_hex(2)}"
 
 
 def human_size(size: int | None) -> str:
@@ -516,7 +476,7 @@ class JobService:
             done = capture.dump_into_mount(
                 self.settings, binary, self.job_dir(job.jid), None, streams or self.settings.checkpoint.streams,
                 options=options, write_state=lambda images: app_process.write_state(images, record),
-                kind=JOB_KIND, began=lambda path: self._set_pending(job, path))
+                kind=JOB_KIND, meta=app_process.owner_meta(proc), began=lambda path: self._set_pending(job, path))
         finally:
             self._set_pending(job, "")
         if not leave_running:
@@ -717,7 +677,7 @@ def _log_inheritance(state: dict, log_path: str) -> tuple[criu.StdioMapping, ...
     if not log_path or log_path not in state.get("stdio", {}).values():
         return ()
     try:
-        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     except OSError as exc:
         log.warning("cannot reopen job log %s: %s", log_path, exc)
         return ()

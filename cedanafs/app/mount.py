@@ -198,7 +198,7 @@ def _server_child(settings: Settings, mp: str, url: str, autoseal_after: float, 
 def _detach_stdio(log_file: str) -> None:
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     null = os.open(os.devnull, os.O_RDWR)
-    out = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    out = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(null, 0)
     os.dup2(out, 1)
     os.dup2(out, 2)
@@ -249,7 +249,8 @@ def _serve(settings: Settings, mp: str, url: str, autoseal_after: float, ready: 
                       pool=store.read_pool)
     try:
         spill = Path(settings.cache.dir).parent / "spill"
-        spill.mkdir(parents=True, exist_ok=True)
+        spill.mkdir(mode=0o700, parents=True, exist_ok=True)
+        spill.chmod(0o700)  # pending checkpoint bytes: process memory
         tree = Tree(catalog, StoreSession(store, spill_dir=str(spill)), refresh_interval=REFRESH_INTERVAL,
                     autoseal_after=autoseal_after, host=host_name(settings))
         tree.refresh(force=True)  # a store that cannot be listed fails the mount, not the first ls

@@ -138,8 +138,32 @@ def _size(path: str) -> int:
     return os.path.getsize(path)
 
 
-def _publish(staging: str, final: str, compression: str) -> None:
-    """Give the finished dump its final name without ever replacing an existing one."""
+def owner_of(proc) -> tuple[int, int]:
+    """Who a checkpoint belongs to: the dumped process's real uid and gid."""
+    return proc.uids().real, proc.gids().real
+
+
+def owner_meta(proc) -> dict[str, str]:
+    """The owner as manifest meta (the mount shows the checkpoint as this uid's, 0700/0600)."""
+    uid, gid = owner_of(proc)
+    return {"uid": str(uid), "gid": str(gid)}
+
+
+def _make_private(images_dir: str, owner: tuple[int, int]) -> None:
+    """An images dir holds the process's memory: 0700, its files 0600, all the process owner's."""
+    for entry in os.listdir(images_dir):
+        path = os.path.join(images_dir, entry)
+        if not os.path.islink(path):
+            os.chmod(path, 0o600)
+        os.chown(path, *owner, follow_symlinks=False)
+    os.chmod(images_dir, 0o700)
+    os.chown(images_dir, *owner)
+
+
+def _publish(staging: str, final: str, compression: str, owner: tuple[int, int] = (0, 0)) -> None:
+    """Give the finished dump its final name without ever replacing an existing one.
+
+    An archive is made 0600 and the process owner's before it has any content."""
     if compression == "none":
         if os.path.exists(final):
             raise AlreadyExists(f"{final} already exists")
@@ -147,7 +171,9 @@ def _publish(staging: str, final: str, compression: str) -> None:
         return
     tmp = f"{os.path.dirname(final)}/.{os.path.basename(final)}.partial-{os.getpid()}"
     try:
-        with open(tmp, "wb") as out:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchown(fd, *owner)
+        with os.fdopen(fd, "wb") as out:
             archive.write_archive(staging, out, compression)
             out.flush()
             os.fsync(out.fileno())
@@ -183,7 +209,8 @@ def dump_process(settings: Settings, req: DumpRequest, report: capture.Report | 
     staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=parent)
     try:
         _criu_dump(binary, settings, req, proc, staging)
-        _publish(staging, final, compression)
+        _make_private(staging, owner_of(proc))
+        _publish(staging, final, compression, owner_of(proc))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -214,7 +241,7 @@ def _dump_into_mount(settings: Settings, req: DumpRequest, binary: str, proc, jo
         settings, binary, job_dir, req.name, req.streams or settings.checkpoint.streams,
         options=lambda images: _dump_options(req, settings, images, state),
         write_state=lambda images: write_state(images, state.to_dict()),
-        kind="process", meta={"pid": str(req.pid)}, report=report)
+        kind="process", meta={"pid": str(req.pid), **owner_meta(proc)}, report=report)
     return DumpResult(path=done.path, pid=req.pid, name=os.path.basename(done.path), compression="none",
                       size=_size(done.path), duration=time.monotonic() - started,
                       captured_after=round(done.captured_after, 3), committed_after=round(done.committed_after, 3),

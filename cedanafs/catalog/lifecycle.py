@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from ..errors import CedanaError, FsError, NotFound
 from ..types import FileContent
+from .access import META_GID, META_UID
 from .manifest import FileEntry, Manifest
 from .nodes import (DELETED, PENDING, SEALED, SEALING, CheckpointDir, DirNode, FileNode, JobDir, PendingFile,
                     Status, checkpoint_of, ns_of)
@@ -159,8 +160,10 @@ class Lifecycle:
         if (ckpt.uid, ckpt.gid) != (self._uid, self._gid):
             mount_meta["dir_owner"] = [ckpt.uid, ckpt.gid]
         ckpt.data.prepare_commit()  # new chunks durable, reused ones safe from GC (streamer.gc)
+        # The owner: as the dumper said (the process's uid), else whoever made the directory.
+        owner = {META_UID: str(ckpt.uid), META_GID: str(ckpt.gid)}
         return self._catalog.commit_files(ckpt.job, entries, name=ckpt.id, kind=kind, host=self.host,
-                                          meta={**ckpt.meta, META_MOUNT: mount_meta},
+                                          meta={**owner, **ckpt.meta, META_MOUNT: mount_meta},
                                           created=datetime.now(timezone.utc))
 
     def _finish_seal(self, ckpt: CheckpointDir, files: list[FileNode], manifest: Manifest) -> None:

@@ -39,6 +39,7 @@ from ..errors import CedanaError, FsError, NotFound
 from ..types import FileContent
 from .ids import is_valid_checkpoint_name, is_valid_job_name
 from .lifecycle import META_MOUNT, CatalogView, Data, Lifecycle, check_pending, discard, end_session
+from .access import PRIVATE_DIR, access_of
 from .manifest import Manifest
 from .transfers import Transfers
 from .nodes import (DELETED, LATEST, PENDING, ROOT_INODE, SEALED, SEALING, Attr, CheckpointDir, DirNode, FileNode, Handle,
@@ -147,7 +148,7 @@ class Tree(Transfers, Lifecycle):
         for job, entries in listing.items():
             jobdir = self.jobs.children.get(job)
             if not isinstance(jobdir, JobDir):
-                jobdir = self._add_child(self.jobs, JobDir, job, stat.S_IFDIR | 0o755, local=False)
+                jobdir = self._add_child(self.jobs, JobDir, job, stat.S_IFDIR | PRIVATE_DIR, local=False)
             for cid, created_ns, commit in entries:
                 known = jobdir.children.get(cid)
                 if isinstance(known, CheckpointDir) and known.state == SEALED and known.commit != commit:
@@ -165,7 +166,7 @@ class Tree(Transfers, Lifecycle):
             self._update_job(jobdir, listing.get(job, []))
 
     def _add_sealed(self, jobdir: JobDir, cid: str, commit: str, created_ns: int) -> CheckpointDir:
-        return self._add_child(jobdir, CheckpointDir, cid, stat.S_IFDIR | 0o755,
+        return self._add_child(jobdir, CheckpointDir, cid, stat.S_IFDIR | PRIVATE_DIR,
                                inode=derive_inode(jobdir.inode, f"{cid}\0{commit}"), mtime_ns=created_ns,
                                job=jobdir.name, state=SEALED, commit=commit)
 
@@ -198,6 +199,9 @@ class Tree(Transfers, Lifecycle):
 
     def _ensure_loaded(self, node: Node) -> None:
         """Fill a sealed checkpoint's files from its manifest (store I/O, outside the tree lock)."""
+        if isinstance(node, JobDir):
+            self._own_job(node)
+            return
         ckpt = node if isinstance(node, CheckpointDir) else None
         if ckpt is None or ckpt.loaded:
             return
@@ -211,35 +215,39 @@ class Tree(Transfers, Lifecycle):
 
     def _fill_sealed(self, ckpt: CheckpointDir, manifest: Manifest) -> None:
         mount_meta = manifest.meta.get(META_MOUNT, {}) if isinstance(manifest.meta.get(META_MOUNT), dict) else {}
-        owners = mount_meta.get("owners", {})
         ckpt.manifest, ckpt.loaded, ckpt.state = manifest, True, SEALED
-        ckpt.mode = stat.S_IFDIR | int(mount_meta.get("dir_mode", 0o755))
+        ckpt.mode, ckpt.uid, ckpt.gid = access_of(manifest, None, (self._uid, self._gid))
         ckpt.mtime_ns = int(mount_meta.get("dir_mtime_ns", ns_of(manifest.created)))
-        ckpt.uid, ckpt.gid = self._owner(mount_meta.get("dir_owner"))
         dirs: dict[str, DirNode] = {}
         for entry in sorted(manifest.files, key=lambda e: e.path):
             # Container checkpoints keep CRIU's images in a subdirectory: shown read-only, as stored.
             parent, _, name = entry.path.rpartition("/")
             where = dirs.get(parent) if parent else ckpt
-            uid, gid = self._owner(owners.get(entry.path))
+            mode, uid, gid = access_of(manifest, entry, (self._uid, self._gid))
             if not isinstance(where, DirNode) or entry.type not in ("file", "dir", "symlink"):
                 log.warning("checkpoint %s: entry %r (%s) is not shown in the mount",
                             manifest.name, entry.path, entry.type)
                 continue
             if entry.type == "dir":
-                dirs[entry.path] = self._add_child(where, DirNode, name, stat.S_IFDIR | entry.mode,
+                dirs[entry.path] = self._add_child(where, DirNode, name, mode,
                                                    mtime_ns=entry.mtime_ns, uid=uid, gid=gid)
             elif entry.type == "symlink":
                 self._add_child(where, LinkNode, name, stat.S_IFLNK | 0o777, mtime_ns=entry.mtime_ns,
                                 uid=uid, gid=gid, target=entry.target or "")
             else:
-                self._add_child(where, FileNode, name, stat.S_IFREG | entry.mode,
+                self._add_child(where, FileNode, name, mode,
                                 mtime_ns=entry.mtime_ns, uid=uid, gid=gid, entry=entry)
 
-    def _owner(self, pair: Any) -> tuple[int, int]:
-        if isinstance(pair, list) and len(pair) == 2:
-            return int(pair[0]), int(pair[1])
-        return self._uid, self._gid
+    def _own_job(self, jobdir: JobDir) -> None:
+        """A job dir belongs to the owner of its newest checkpoint, and to that owner alone."""
+        with self._lock:
+            link = jobdir.children.get(LATEST)
+            newest = jobdir.children.get(link.target) if isinstance(link, LinkNode) else None
+        if not isinstance(newest, CheckpointDir):
+            return
+        self._ensure_loaded(newest)
+        with self._lock:
+            jobdir.mode, jobdir.uid, jobdir.gid = stat.S_IFDIR | PRIVATE_DIR, newest.uid, newest.gid
 
     # --- lookups --------------------------------------------------------------------------------
 
@@ -309,12 +317,12 @@ class Tree(Transfers, Lifecycle):
             if node is self.jobs:
                 if not is_valid_job_name(name):
                     raise FsError(errno.EINVAL, f"invalid job name {name!r}")
-                child = self._add_child(node, JobDir, name, stat.S_IFDIR | (mode & 0o7777), mtime_ns=now,
+                child = self._add_child(node, JobDir, name, stat.S_IFDIR | (mode & PRIVATE_DIR), mtime_ns=now,
                                         uid=uid, gid=gid, local=True)
             elif isinstance(node, JobDir):
                 if not _checkpoint_dir_name(name):
                     raise FsError(errno.EINVAL, f"invalid checkpoint name {name!r}")
-                child = self._add_child(node, CheckpointDir, name, stat.S_IFDIR | (mode & 0o7777),
+                child = self._add_child(node, CheckpointDir, name, stat.S_IFDIR | (mode & PRIVATE_DIR),
                                         mtime_ns=now, uid=uid, gid=gid, job=node.name, state=PENDING)
                 child.data = self._data.session()  # no I/O: its lease is taken at the first write
                 self._touch(child)
@@ -338,7 +346,7 @@ class Tree(Transfers, Lifecycle):
             else:
                 # Pending files get a fresh number each: a name can be reused after a rename.
                 inode = derive_inode(ckpt.inode, f"{name}\0{next(self._salt)}")
-                node = self._add_child(ckpt, FileNode, name, stat.S_IFREG | (mode & 0o7777), inode=inode,
+                node = self._add_child(ckpt, FileNode, name, stat.S_IFREG | (mode & PRIVATE_DIR), inode=inode,
                                        mtime_ns=time.time_ns(), uid=uid, gid=gid, pending=ckpt.data.new_file())
             self._touch(ckpt)
         return self._open_node(node, flags | os.O_WRONLY), node.attr()
@@ -471,6 +479,11 @@ class Tree(Transfers, Lifecycle):
             node = self._node(inode)
         self._ensure_loaded(node)
         with self._lock:
+            sealed = getattr(checkpoint_of(node), "state", None) == SEALED
+            if mode is not None and sealed and (mode & 0o700) == (node.mode & 0o700):
+                # A sealed checkpoint is its owner's alone: group/other bits stay clear, and a
+                # chmod that only asks for them (`rsync -a` into it again) changes nothing.
+                mode = None
             if mode is not None:
                 mode = (node.mode & ~0o7777) | (mode & 0o7777)
             changes = {k: v for k, v in (("mode", mode), ("mtime_ns", mtime_ns), ("uid", uid), ("gid", gid))

@@ -82,8 +82,8 @@ def _open_log(path: str) -> int:
 
     from ..errors import PermissionDenied, UsageError
 
-    try:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    try:  # the job's output is its owner's alone
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     except PermissionError:
         raise PermissionDenied(f"cannot write the job's output to {path}: permission denied (use -o FILE)") from None
     except OSError as exc:

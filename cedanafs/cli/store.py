@@ -260,3 +260,37 @@ def store_stats(ctx: Context, store_url: str | None, output: str) -> None:
     emit(_as_record(r), output, lambda _: format_table(["", ""], rows).split("\n", 1)[1])
 
 # --- mount commands: mount, umount (cedanafs.app.mount) ---
+
+
+@store.group("key")
+def store_key() -> None:
+    """The key of an encrypted store (config store.key_file): move it to another machine."""
+
+
+@store_key.command("export")
+@click.option("--out", "dest", metavar="FILE", help="Write the key to this new file (0600) instead of stdout.")
+@pass_ctx
+@handle_errors
+def store_key_export(ctx: Context, dest: str | None) -> None:
+    """Print the store key (keep it secret: it reads every checkpoint in the store)."""
+    from ..app.storekey import export_key
+
+    text, info = export_key(ctx.settings, dest)
+    if dest:
+        click.echo(f"key {info.key_id} written to {dest}")
+    else:
+        click.echo(text, nl=False)
+
+
+@store_key.command("import")
+@click.argument("file")
+@_store_option
+@click.option("--force", is_flag=True, help="Replace another key already in store.key_file (it is kept as .old).")
+@pass_ctx
+@handle_errors
+def store_key_import(ctx: Context, file: str, store_url: str | None, force: bool) -> None:
+    """Install a key exported on another machine as this machine's store.key_file."""
+    from ..app.storekey import import_key
+
+    info = import_key(ctx.settings, file, store_url, force)
+    click.echo(f"key {info.key_id} installed at {info.path}")

@@ -83,13 +83,14 @@ class Daemon:
 
     def _open_state(self, stack: ExitStack) -> None:
         from ..catalog import Catalog
-        from ..streamer import open_backend
+        from ..streamer import open_store_backend
 
-        backend = open_backend(self.settings.store.url, self.settings)
+        backend = open_store_backend(self.settings.store.url, self.settings)
         self.catalog = Catalog(backend, self.settings.db.path, scope=backend.url, serve_stale=True)
         stack.callback(self.catalog.close)
         db = JobDB(jobs_db_path(self.settings))
         stack.callback(db.close)
+        _make_private(self.settings.db.path, jobs_db_path(self.settings))
         self.jobs = JobService(self.settings, db, self.catalog, self.mount_dir)
 
     # --- the service ---
@@ -215,3 +216,13 @@ def _close_quietly(fd: int) -> None:
         os.close(fd)
     except OSError:
         pass
+
+
+def _make_private(*db_paths: str) -> None:
+    """The catalog and job databases (and their WAL files) are root's alone: 0600."""
+    for base in db_paths:
+        for path in (base, base + "-wal", base + "-shm"):
+            try:
+                os.chmod(path, 0o600)
+            except FileNotFoundError:
+                pass

@@ -7,13 +7,13 @@ with its lease that the mount's tree writes through (session.py). Synchronous an
 trio callers use trio.to_thread.run_sync. Never imports catalog, criu, fuse or app.
 """
 
-from .backends import Backend, ObjectInfo, open_backend
+from .backends import Backend, ObjectInfo, open_backend, open_store_backend
 from .cache import CacheStats, ChunkCache
 from .chunker import ChunkerSpec, FixedChunker, PageCdcChunker
 from .chunkstore import ChunkStore, PutResult, chunk_key
 from .hashing import digest_of
-from .errors import (AuthError, BackendError, CorruptChunk, MissingChunk, NoSuchBucket, NoSuchObject,
-                     TemporaryFailure)
+from .errors import (AuthError, BackendError, CorruptChunk, CorruptObject, MissingChunk, NoSuchBucket,
+                     NoSuchObject, StoreFormatError, StoreKeyError, TemporaryFailure)
 from .files import INLINE_THRESHOLD, ByteBudget, FileReader, FileWriter, read_to, write_stream
 from .ingest import IngestAborted, Progress, ingest_dir, ingest_file, materialize
 from .gc import GcResult, Lease, collect_garbage, open_lease
@@ -24,10 +24,11 @@ from .store import Store, StoreStats
 
 __all__ = [
     "AuthError", "Backend", "BackendError", "ByteBudget", "CacheStats", "ChunkCache", "ChunkStore",
-    "ChunkerSpec", "CorruptChunk", "FileReader", "FileWriter", "FixedChunker", "GcResult",
+    "ChunkerSpec", "CorruptChunk", "CorruptObject", "FileReader", "FileWriter", "FixedChunker", "GcResult",
     "INLINE_THRESHOLD", "Lease", "MissingChunk", "NoSuchBucket", "NoSuchObject", "ObjectInfo",
-    "PageCdcChunker", "PendingContent", "PutResult", "RetryPolicy", "Store", "StoreSession", "StoreStats",
-    "TemporaryFailure",
-    "chunk_key", "collect_garbage", "digest_of", "ingest_dir", "ingest_file", "materialize", "IngestAborted", "Progress", "open_backend", "open_lease", "read_to",
+    "PageCdcChunker", "PendingContent", "PutResult", "RetryPolicy", "Store", "StoreFormatError", "StoreKeyError",
+    "StoreSession", "StoreStats", "TemporaryFailure", "chunk_key", "collect_garbage", "digest_of", "ingest_dir",
+    "ingest_file", "materialize", "IngestAborted", "Progress", "open_backend", "open_lease", "open_store_backend",
+    "read_to",
     "write_stream",
 ]

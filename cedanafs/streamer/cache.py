@@ -66,11 +66,13 @@ class DiskCache:
     def __init__(self, root: str, limit: int, digest: Callable[[bytes], str] = digest_of):
         self.root = root
         self.limit = limit
-        self._digest = digest
         self.size = 0
         self._lock = threading.Lock()
         self._index: OrderedDict[str, int] = OrderedDict()
-        os.makedirs(root, exist_ok=True)
+        # How an entry is checked against its name; a Store with keyed chunk ids sets its own.
+        self.digest_of: Callable[[bytes], str] = digest  # a Store with keyed chunk ids sets its own
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        os.chmod(root, 0o700)  # plain chunk bytes: process memory, for root only
         self._load()
 
     def _path(self, digest: str) -> str:
@@ -102,7 +104,7 @@ class DiskCache:
         except OSError:
             self._drop(digest)
             return None
-        if self._digest(data) != digest:
+        if self.digest_of(data) != digest:
             log.warning("disk cache entry %s is corrupt; dropped", digest)
             self._drop(digest)
             return None

@@ -5,6 +5,8 @@ and verified against its digest on every read; a chunk found corrupt or missing 
 readers fail fast instead of refetching it in a loop (a later put() of the right bytes repairs
 it): the one memory of broken chunks, which the mount relies on too.
 
+With an `id_key` (encrypted stores) the id is BLAKE3 keyed with it (hashing.py).
+
 Which chunks the store has is kept in a local index (`known`), filled by one listing of the
 backend the first time a writer needs it and by our own puts: a dedup hit costs no request at
 all. A writer records the chunks it reuses in its lease (gc.py), and before its manifest is
@@ -25,8 +27,8 @@ from cedanafs.types import ChunkRef
 
 from . import codecs
 from .backends.base import Backend
-from .errors import CorruptChunk, MissingChunk, NoSuchObject, StoreError
-from .hashing import SCHEME_PLAIN, chunk_prefix, digest_of, scheme_of
+from .errors import CorruptChunk, CorruptObject, MissingChunk, NoSuchObject, StoreError
+from .hashing import SCHEME_KEYED, SCHEME_PLAIN, chunk_prefix, digest_of, scheme_of
 
 
 
@@ -42,6 +44,8 @@ class Lease(Protocol):
 
 log = logging.getLogger(__name__)
 
+ID_SCHEME = SCHEME_PLAIN  # what the store format object records for plain ids
+KEYED_ID_SCHEME = SCHEME_KEYED  # ... and for ids keyed with the store key (encrypted stores)
 GC_RUNS = "gc-runs/"  # gc.py writes a marker here while it runs and a record when it is done
 GC_WAIT = 600.0  # at most this long for a running GC before a commit that reuses chunks fails
 
@@ -88,7 +92,10 @@ class ChunkStore:
         self._index_lock = threading.Lock()  # one listing at a time
 
     def digest(self, data: bytes) -> str:
+        """This store's id of `data` (keyed when the store has an id key)."""
         return digest_of(data, self.id_key)
+
+    digest_of = digest
 
     def key(self, digest: str) -> str:
         return chunk_key(digest, self.scheme)
@@ -195,6 +202,10 @@ class ChunkStore:
             with self._lock:
                 self._missing.add(digest)
             raise MissingChunk(digest) from None
+        except CorruptObject as exc:  # an encrypted store's object failed authentication
+            raise self._corrupted(digest, str(exc)) from None
+        except CorruptObject as exc:  # an encrypted store's object failed authentication
+            raise self._corrupted(digest, str(exc)) from None
         return self._verify(digest, blob, ref)
 
     def _verify(self, digest: str, blob: bytes, ref: ChunkRef | str) -> bytes:

@@ -15,7 +15,7 @@ import functools
 import http.client
 import importlib
 
-from cedanafs.errors import BackendError, NoSuchObject, ObjectExists, StoreError
+from cedanafs.errors import BackendError, CheckpointError, NoSuchObject, ObjectExists, StoreError
 
 __all__ = ["AuthError", "BackendError", "CorruptChunk", "MissingChunk", "NoSuchBucket", "NoSuchObject",
            "ObjectExists", "TemporaryFailure", "classify", "classify_status", "translate"]
@@ -31,6 +31,23 @@ class AuthError(BackendError):
 
 class TemporaryFailure(BackendError):
     """The object store is temporarily unavailable."""
+
+
+class CorruptObject(BackendError, CheckpointError):
+    """An object of an encrypted store failed authentication: changed, truncated or moved.
+
+    Also a CheckpointError: a manifest that fails is an unreadable checkpoint (the catalog lists
+    it as broken), not a store outage."""
+
+
+class StoreFormatError(StoreError):
+    """The store was made by another version or with other settings; it is not read."""
+
+
+class StoreKeyError(StoreError):
+    """The store is encrypted and its key is not at hand."""
+
+    exit_code = 77  # EX_NOPERM, like PermissionDenied
 
 
 class CorruptChunk(StoreError):

@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 from cedanafs.config import Settings
 from cedanafs.types import FileContent
 
-from .backends import Backend, open_backend
+from .backends import Backend, open_store_backend
 from .cache import CacheStats, ChunkCache
 from .chunker import ChunkerSpec
 from .chunkstore import ChunkStore
@@ -45,20 +45,23 @@ class Store:
                  memory_limit: int = 256 << 20, streams: int = 0, cache: ChunkCache | None = None,
                  inline_threshold: int = INLINE_THRESHOLD, readahead: int = DEFAULT_READAHEAD):
         self.backend = backend
-        self.chunks = ChunkStore(backend, codec)
+        # An encrypted store's backend brings the key of its chunk ids (backends/crypt.py).
+        self.chunks = ChunkStore(backend, codec, id_key=getattr(backend, "id_key", None))
         self.chunker = chunker or ChunkerSpec()
         self.budget = ByteBudget(max(memory_limit, self.chunker.max_size))
         self.inline_threshold = inline_threshold
         self.readahead = readahead
         self.streams = streams if streams > 0 else DEFAULT_STREAMS
         self.cache = cache or ChunkCache(memory_limit=max(64 << 20, 2 * (readahead + 2) * self.chunker.max_size))
+        if self.cache.disk is not None:
+            self.cache.disk.digest_of = self.chunks.digest_of
         self.upload_pool = ThreadPoolExecutor(self.streams, thread_name_prefix="chunk-up")
         self.read_pool = ThreadPoolExecutor(self.streams, thread_name_prefix="chunk-down")
 
     @classmethod
     def from_settings(cls, settings: Settings, url: str | None = None, *,
                       retry: RetryPolicy | None = None, chunker_kind: str = "cdc") -> "Store":
-        backend = open_backend(url or settings.store.url, settings, retry=retry)
+        backend = open_store_backend(url or settings.store.url, settings, retry=retry)
         cache = ChunkCache(
             memory_limit=max(64 << 20, settings.store.memory_limit // 4),
             disk_dir=settings.cache.dir or None,

@@ -23,8 +23,8 @@ from .remote import RemoteBackend
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AtomicWriter", "Backend", "ObjectInfo", "open_backend", "LocalBackend", "MemoryBackend",
-           "RemoteBackend", "RetryPolicy"]
+__all__ = ["AtomicWriter", "Backend", "ObjectInfo", "open_backend", "open_store_backend", "LocalBackend",
+           "MemoryBackend", "RemoteBackend", "RetryPolicy"]
 
 # Connect fast, fail fast: retry.py decides how long an endpoint is tried in total.
 CONNECT_TIMEOUT = 3
@@ -51,6 +51,21 @@ def open_backend(url: str, settings: Settings | None = None, *, retry: RetryPoli
     if scheme in ("gs", "gcs"):
         return _gcs_backend(url, parts.netloc, parts.path, settings, environ, retry)
     raise UsageError(f"{url}: unsupported store URL (use a path, file://, memory://, s3:// or gs://)")
+
+
+def open_store_backend(url: str, settings: Settings | None = None, *, retry: RetryPolicy | None = None,
+                       environ: Mapping[str, str] | None = None) -> Backend:
+    """The backend of the checkpoint store at `url`: its format checked (written if new), and
+    wrapped in an EncryptedBackend with the store key when the store is encrypted (format.py)."""
+    from .format import open_formatted
+
+    settings = settings or Settings()
+    backend = open_backend(url, settings, retry=retry, environ=environ)
+    try:
+        return open_formatted(backend, settings)
+    except BaseException:
+        backend.close()
+        raise
 
 
 def _need_bucket(url: str, bucket: str) -> None:
