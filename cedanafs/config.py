@@ -46,7 +46,7 @@ class MountSettings:
 @dataclass(frozen=True)
 class StoreSettings:
     url: str = "/var/lib/cedana/store"
-    codec: str = "zstd"
+    codec: str = "auto"  # zstd, lz4, none; auto: lz4 for a local store, zstd for a bucket
     chunk_size: int = 1 << 20
     memory_limit: int = 256 << 20
     # Client-side encryption: auto = on for s3:// and gs:// stores, for local ones as the store was made.

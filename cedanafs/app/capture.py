@@ -36,7 +36,7 @@ import psutil
 from .. import criu
 from ..config import Settings
 from ..errors import CheckpointError, CriuError
-from ..streamer.ingest import ABANDONED, COMPLETE
+from ..streamer.ingest import ABANDONED, COMPLETE, WRITER, writer_alive
 from . import mount as mountapp
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,8 @@ class _Ingest:
         self.ckpt, self.spool = ckpt, spool
         self.error: OSError | None = None
         _set_meta(ckpt, kind, meta)
+        with open(os.path.join(spool, WRITER), "w") as f:  # if we are killed, the mount stops following
+            f.write(f"{os.getpid()}\n")
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
         self._thread.start()
@@ -216,11 +218,22 @@ def spool_dir(settings: Settings, needed: int) -> Iterator[str | None]:
                  needed >> 20, room >> 20)
         yield None
         return
+    _remove_abandoned(root)
     path = tempfile.mkdtemp(prefix="dump-", dir=root)
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_abandoned(root: str) -> None:
+    """Spool dirs of dumps whose process was killed outright (nobody else removes them)."""
+    for name in os.listdir(root):
+        path = os.path.join(root, name)
+        if name.startswith("dump-") and os.path.exists(os.path.join(path, WRITER)) \
+                and not writer_alive(path, every=0):
+            log.warning("removing the spool of an interrupted dump: %s", path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def spool_room(root: str, limit: int) -> int:

@@ -16,6 +16,7 @@ from cedanafs.config import Settings
 from cedanafs.types import FileContent
 
 from .backends import Backend, open_store_backend
+from .backends.local import LocalBackend
 from .cache import CacheStats, ChunkCache
 from .chunker import ChunkerSpec
 from .chunkstore import ChunkStore
@@ -67,9 +68,15 @@ class Store:
             disk_dir=settings.cache.dir or None,
             disk_limit=settings.cache.size,
         )
-        return cls(backend, codec=settings.store.codec,
+        local = isinstance(getattr(backend, "inner", backend), LocalBackend)
+        # "auto": on local disk compression competes with the ingest for the CPU and lz4 costs half
+        # of zstd's time; over the network zstd's smaller chunks are worth it. CPU-bound work on a
+        # local store wants a thread per core, network-bound uploads more requests in flight.
+        codec = settings.store.codec if settings.store.codec != "auto" else ("lz4" if local else "zstd")
+        streams = settings.checkpoint.streams or ((os.cpu_count() or 2) if local else DEFAULT_STREAMS)
+        return cls(backend, codec=codec,
                    chunker=ChunkerSpec.for_size(chunker_kind, settings.store.chunk_size),
-                   memory_limit=settings.store.memory_limit, streams=settings.checkpoint.streams,
+                   memory_limit=settings.store.memory_limit, streams=streams,
                    cache=cache, readahead=max(DEFAULT_READAHEAD, settings.checkpoint.streams))
 
     @property
