@@ -74,6 +74,11 @@ class GcsSettings:
 
 
 @dataclass(frozen=True)
+class JobSettings:
+    log_dir: str = "/var/log"
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str = "warning"
 
@@ -89,6 +94,7 @@ class Settings:
     aws: AwsSettings = field(default_factory=AwsSettings)
     gcs: GcsSettings = field(default_factory=GcsSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    job: JobSettings = field(default_factory=JobSettings)
     address: str = "/run/cedana.sock"
     # The name this machine goes by in manifests and job records ("" = the kernel's hostname).
     # Jobs recorded by another host show as `remote`; set it to tell apart two daemons on one host.
@@ -105,7 +111,7 @@ def _section_classes() -> dict[str, type]:
     hints = {
         "checkpoint": CheckpointSettings, "db": DbSettings, "criu": CriuSettings,
         "mount": MountSettings, "store": StoreSettings, "cache": CacheSettings,
-        "aws": AwsSettings, "gcs": GcsSettings, "log": LogSettings,
+        "aws": AwsSettings, "gcs": GcsSettings, "log": LogSettings, "job": JobSettings,
     }
     return hints
 
@@ -172,7 +178,7 @@ def _apply(values: dict[str, dict[str, Any]], flat: dict[str, Any], source: str)
     known = set(all_keys())
     for key, value in flat.items():
         if key not in known:
-            raise ConfigError(f"{source}: unknown config key {key!r}")
+            raise ConfigError(f"{source}: unknown config key {key!r}{_suggestion(key)}")
         section, _, name = key.partition(".")
         if not name:
             values.setdefault("", {})[section] = value
@@ -180,10 +186,43 @@ def _apply(values: dict[str, dict[str, Any]], flat: dict[str, Any], source: str)
             values.setdefault(section, {})[name] = value
 
 
+def _suggestion(key: str) -> str:
+    """' (did you mean 'aws.endpoint'?)' for a key close to a known one, else ''."""
+    import difflib
+
+    known = all_keys()
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if not close:  # a known key with an extra word: aws.endpoint_url -> aws.endpoint
+        close = [k for k in known if key.startswith(k + "_") or key.startswith(k + ".")][:1]
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# CEDANA_* variables that are not config keys but are read elsewhere.
+OTHER_ENV = ("CEDANA_CONFIG_DIR", "CEDANA_LOG_LEVEL")
+
+
+def env_name(key: str) -> str:
+    """The environment variable of a config key: checkpoint.dir -> CEDANA_CHECKPOINT_DIR."""
+    return "CEDANA_" + key.replace(".", "_").upper()
+
+
+def unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """CEDANA_* variables that set nothing, each with the nearest known name when there is one."""
+    import difflib
+
+    environ = os.environ if environ is None else environ
+    known = [env_name(k) for k in all_keys()] + list(OTHER_ENV)
+    out = []
+    for name in sorted(n for n in environ if n.startswith("CEDANA_") and n not in known):
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.7)
+        out.append(name + (f" (did you mean {close[0]}?)" if close else ""))
+    return out
+
+
 def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
     flat = {}
     for key in all_keys():
-        env = "CEDANA_" + key.replace(".", "_").upper()
+        env = env_name(key)
         if env in environ:
             flat[key] = environ[env]
     return flat

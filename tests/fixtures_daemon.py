@@ -51,8 +51,9 @@ class DaemonHarness:
             "CEDANA_CONFIG_DIR": str(root / "cfg"), "CEDANA_ADDRESS": str(self.address),
             "CEDANA_MOUNT_DIR": str(self.mount_dir), "CEDANA_DB_PATH": str(self.db_path),
             "CEDANA_STORE_URL": str(root / "store"), "CEDANA_CACHE_DIR": str(root / "cache"),
-            "CEDANA_LOG_LEVEL": "info",
+            "CEDANA_LOG_LEVEL": "info", "CEDANA_JOB_LOG_DIR": str(root / "logs"),
         }
+        (root / "logs").mkdir(mode=0o777)
         self.proc: subprocess.Popen | None = None
 
     # --- the daemon ---
@@ -108,7 +109,7 @@ class DaemonHarness:
         return json.loads(self.cedana(*args, "--output", "json", check=True, **kwargs).stdout)
 
     def jobs(self) -> dict[str, dict]:
-        return {j["job"]: j for j in self.json("job", "list")}
+        return {j["job"]: j for j in self.json("job", "list", "--all")}
 
     def job(self, jid: str) -> dict:
         return self.jobs()[jid]

@@ -48,33 +48,47 @@ def daemon_check(ctx: Context, output: str) -> None:
 
 @run_group.command("process", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--jid", "-j", help="Job id (default: a readable random one).")
-@click.option("-o", "--out", "log_path", help="Output file (default /var/log/cedana-output-<JID>.log).")
+@click.option("-o", "--out", "log_path", help="Output file (default <job.log_dir>/cedana-output-<JID>.log).")
 @click.option("-a", "--attach", is_flag=True, help="Use this terminal's stdio and exit with the job's exit code.")
+@click.option("--attachable", is_flag=True,
+              help="Give the job a terminal kept by the daemon: `cedana attach` reaches it later.")
+@output_option
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_ctx
 @handle_errors
-def run_process(ctx: Context, jid: str | None, log_path: str | None, attach: bool, cmd: tuple[str, ...]) -> None:
+def run_process(ctx: Context, jid: str | None, log_path: str | None, attach: bool, attachable: bool, output: str,
+                cmd: tuple[str, ...]) -> None:
     """Run CMD as a managed job: a new session, this cwd and environment."""
     import os
 
-    from ..app.jobs import LOG_TEMPLATE, new_jid
+    from ..app.jobs import log_path as default_log, new_jid
     from ..catalog import check_job_name
     from ..errors import UsageError
 
-    if attach and log_path:
-        raise UsageError("--attach and --out exclude each other")
+    if attach and (log_path or attachable):
+        raise UsageError(f"--attach and {'--out' if log_path else '--attachable'} exclude each other")
+    _check_command(cmd)
     jid = check_job_name(jid) if jid else new_jid()
     params = {"cmd": list(cmd), "jid": jid, "cwd": os.getcwd(), "env": dict(os.environ), "attach": attach}
     if attach:
         result = _daemon(ctx, "job.run", params, fds=(0, 1, 2))
         sys.exit(_wait_attached(ctx, jid, result["pid"]))
-    log_file = os.path.abspath(log_path or LOG_TEMPLATE.format(jid=jid))
+    log_file = os.path.abspath(log_path or default_log(ctx.settings, jid))
     fd = _open_log(log_file)
     try:
-        result = _daemon(ctx, "job.run", params | {"log": log_file}, fds=(fd,))
+        result = _daemon(ctx, "job.run", params | {"log": log_file, "attachable": attachable}, fds=(fd,))
     finally:
         os.close(fd)
-    click.echo(f"Started job {result['job']} (PID {result['pid']}), output in {log_file}")
+    how = f"; attach with `cedana attach {result['pid']}`" if attachable else ""
+    emit(result, output, lambda r: f"Started job {r['job']} (PID {r['pid']}), output in {log_file}{how}")
+
+
+def _check_command(cmd: tuple[str, ...]) -> None:
+    """An option before the command that `run process` does not know is a mistake, not the program."""
+    from ..errors import UsageError
+
+    if cmd and cmd[0].startswith("-") and cmd[0] != "--":
+        raise UsageError(f"no such option: {cmd[0]} (put the command after `--`: cedana run process -- CMD)")
 
 
 def _open_log(path: str) -> int:
@@ -126,12 +140,14 @@ def _job_rows(jobs: list[dict]) -> str:
 
 
 @job_group.command("list")
+@click.option("--all", "-a", "all_hosts", is_flag=True, help="Include jobs of other hosts (status remote).")
 @output_option
 @pass_ctx
 @handle_errors
-def job_list(ctx: Context, output: str) -> None:
+def job_list(ctx: Context, all_hosts: bool, output: str) -> None:
     """List jobs: JOB TYPE PID STATUS GPU CHECKPOINT SIZE LOG."""
-    emit(_daemon(ctx, "job.list"), output, _job_rows)
+    jobs = [j for j in _daemon(ctx, "job.list") if all_hosts or j["status"] != "remote"]
+    emit(jobs, output, _job_rows)
 
 
 def _checkpoint_rows(rows: list[dict]) -> str:

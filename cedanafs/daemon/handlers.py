@@ -9,14 +9,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import signal
 from typing import Any, Awaitable, Callable
 
 import trio
 
 from ..app import process as app_process
-from ..app.jobs import ALIVE, Caller, JobService, RunRequest
-from ..errors import UsageError
+from ..app.jobs import ALIVE, Caller, JobService, RunRequest, new_jid
+from ..errors import NotFound, UsageError
+from .console import Console
 from .protocol import ProtocolError
 
 log = logging.getLogger(__name__)
@@ -32,11 +34,12 @@ class Handlers:
         self.jobs = jobs
         self.health = health
         self.limiter = trio.CapacityLimiter(threads)
+        self.consoles: dict[str, Console] = {}  # attachable jobs' terminals, by JID
         self.methods: dict[str, Method] = {
             "daemon.health": self._health, "job.run": self._run, "job.manage": self._manage,
             "job.list": self._list, "job.checkpoints": self._checkpoints, "job.inspect": self._inspect,
             "job.kill": self._kill, "job.delete": self._delete, "job.dump": self._dump,
-            "job.restore": self._restore, "job.wait": self._wait,
+            "job.restore": self._restore, "job.wait": self._wait, "job.attach": self._attach,
             "process.dump": self._dump_process, "process.restore": self._restore_process,
         }
 
@@ -60,7 +63,51 @@ class Handlers:
         req = RunRequest(cmd=tuple(cmd), jid=params.get("jid"), cwd=str(params.get("cwd") or "/"),
                          env=params.get("env"), log=str(params.get("log") or ""),
                          stdin=stdin, stdout=stdout, stderr=stderr)
+        if params.get("attachable"):
+            return await self._run_attachable(caller, req)
         return await self._thread(self.jobs.run, caller, req)
+
+    async def _run_attachable(self, caller: Caller, req: RunRequest) -> Any:
+        """The job's stdio is a pty of ours; its output goes to the log the caller opened, and to attachers."""
+        jid = req.jid or new_jid()
+        console = Console(jid, os.dup(req.stdout) if req.stdout is not None else None)
+        try:
+            if not caller.is_root:
+                os.fchown(console.slave, caller.uid, -1)
+            tty = os.ttyname(console.slave)
+            req = dataclasses.replace(req, jid=jid, stdin=console.slave, stdout=console.slave,
+                                      stderr=console.slave, tty=tty)
+            result = await self._thread(self.jobs.run, caller, req)
+        except BaseException:
+            console.start()
+            console.close()
+            raise
+        console.start()
+        self.consoles[jid] = console
+        return result | {"attachable": True}
+
+    async def _attach(self, caller: Caller, params: dict, fds: list[int]) -> Any:
+        """Hand the caller's end of a socket pair (its one fd) to the job's console."""
+        if len(fds) != 1:
+            raise ProtocolError("job.attach needs one socket descriptor")
+        jid = params.get("jid") or await self._jid_of_pid(caller, params.get("pid"))
+        state = await self._thread(self.jobs.exit_status, caller, jid)  # checks the caller may
+        console = self.consoles.get(jid)
+        if console is None or not console.alive:
+            self.consoles.pop(jid, None)
+            if state["status"] not in ALIVE:
+                raise NotFound(f"job {jid} is not running ({state['status']}); nothing to attach to")
+            raise NotFound(f"job {jid} is not attachable (start it with `cedana run process --attachable`)")
+        console.attach(os.dup(fds[0]), int(params.get("rows") or 0), int(params.get("cols") or 0))
+        return {"job": jid, "status": state["status"]}
+
+    async def _jid_of_pid(self, caller: Caller, pid: Any) -> str:
+        if not isinstance(pid, int) or isinstance(pid, bool):
+            raise UsageError("a job id (JID) or a PID is required")
+        for job in await self._thread(self.jobs.list, caller):
+            if job["pid"] == pid and job["status"] in ALIVE:
+                return job["job"]
+        raise NotFound(f"PID {pid} is not a job of this daemon (see `cedana job list`)")
 
     async def _manage(self, caller: Caller, params: dict, fds: list[int]) -> Any:
         return await self._thread(self.jobs.manage, caller, int(params["pid"]), params.get("jid"))
