@@ -124,12 +124,18 @@ def _inspection_text(i: Any) -> str:
 
 @checkpoint.command("inspect")
 @click.argument("ref")
+@click.option("--type", "-t", "image_type", type=click.Choice(["ps", "fd", "mem", "rss", "sk"]),
+              help="Decode CRIU's images: process tree, open files, memory mappings, resident pages, sockets.")
 @_store_option
 @output_option
 @pass_ctx
 @handle_errors
-def checkpoint_inspect(ctx: Context, ref: str, store_url: str | None, output: str) -> None:
+def checkpoint_inspect(ctx: Context, ref: str, image_type: str | None, store_url: str | None, output: str) -> None:
     """Show a checkpoint's files, sizes and chunks; REF may also be an archive path or URL, or a dir."""
+    if image_type:
+        from .inspect import inspect_images
+
+        return inspect_images(ctx, ref, image_type, store_url, output)
     with _checkpoints(ctx, store_url) as cps:
         info = cps.inspect(ref)
     emit(_as_record(info), output, lambda _: _inspection_text(info))
