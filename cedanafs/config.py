@@ -239,6 +239,16 @@ def _aws_env(environ: Mapping[str, str]) -> dict[str, Any]:
     return {key: environ[env] for env, key in names.items() if environ.get(env)}
 
 
+def override_keys(override_json: str | None) -> list[str]:
+    """The dotted keys a --config JSON sets (it was validated when the settings were loaded)."""
+    if not override_json:
+        return []
+    try:
+        return sorted(_flatten(json.loads(override_json), "--config"))
+    except (ValueError, ConfigError):
+        return []
+
+
 def config_dir(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> Path:
     environ = os.environ if environ is None else environ
     return Path(explicit or environ.get("CEDANA_CONFIG_DIR") or DEFAULT_CONFIG_DIR)

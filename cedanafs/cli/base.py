@@ -35,7 +35,31 @@ class Context:
     def settings(self) -> Settings:
         if self._settings is None:
             self._settings = load_settings(self._config_dir, self._config_json)
+            _warn_unknown_env()
         return self._settings
+
+    def check_daemon_overrides(self) -> None:
+        """--config keys a daemon-served command cannot honour are refused, never silently dropped."""
+        from ..config import override_keys
+        from ..errors import UsageError
+
+        ignored = [k for k in override_keys(self._config_json) if k not in CLIENT_SIDE_KEYS]
+        if ignored:
+            raise UsageError(f"--config {', '.join(ignored)}: the daemon serves this command with its own"
+                             " settings; set them in the daemon's config.json and restart it"
+                             f" (here --config can set {', '.join(CLIENT_SIDE_KEYS)})")
+
+
+# What this command itself uses when the daemon does the work: which daemon, and what it puts in the request.
+CLIENT_SIDE_KEYS = ("address", "job.log_dir", "checkpoint.dir", "checkpoint.compression", "criu.leave_running",
+                    "log.level")
+
+
+def _warn_unknown_env() -> None:
+    from ..config import unknown_env
+
+    for name in unknown_env():
+        click.echo(f"Warning: unknown environment variable {name} is ignored", err=True)
 
 
 def fail(message: str, code: int) -> None:
@@ -155,6 +179,7 @@ def _daemon(ctx: Context, method: str, params: dict | None = None, fds: tuple[in
     """One call to the daemon at config `address`; its errors come back as the same CedanaError."""
     from ..daemon import client
 
+    ctx.check_daemon_overrides()
     return client.call(ctx.settings.address, method, params, fds=fds, timeout=timeout)
 
 

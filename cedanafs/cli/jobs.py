@@ -9,6 +9,7 @@ import sys
 import click
 
 from ..log import setup_logging
+from .output import report, reports
 from .base import (Context, _daemon, _local_path, cli, dump, emit, format_table, handle_errors, manage_group,
                    output_option, pass_ctx, restore, run_group)
 
@@ -118,12 +119,13 @@ def _wait_attached(ctx: Context, jid: str, pid: int) -> int:
 @manage_group.command("process")
 @click.argument("pid", type=int)
 @click.option("--jid", "-j", help="Job id (default: a readable random one).")
+@reports
 @pass_ctx
 @handle_errors
 def manage_process(ctx: Context, pid: int, jid: str | None) -> None:
     """Manage the running process PID as a job."""
     result = _daemon(ctx, "job.manage", {"pid": pid, "jid": jid})
-    click.echo(f"Managing PID {pid} as job {result['job']}")
+    report(result, f"Managing PID {pid} as job {result['job']}")
 
 
 @cli.group("job")
@@ -170,17 +172,19 @@ def job_checkpoints(ctx: Context, jid: str, output: str) -> None:
 @job_group.command("kill")
 @click.argument("jid")
 @click.option("--signal", "-s", "signame", default="KILL", show_default=True, help="Signal name or number.")
+@reports
 @pass_ctx
 @handle_errors
 def job_kill(ctx: Context, jid: str, signame: str) -> None:
     """Send a signal (default KILL) to a job's process."""
     result = _daemon(ctx, "job.kill", {"jid": jid, "signal": signame})
-    click.echo(f"Sent {result['signal']} to job {jid} (PID {result['pid']})")
+    report(result, f"Sent {result['signal']} to job {jid} (PID {result['pid']})")
 
 
 @job_group.command("delete")
 @click.argument("jid")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@reports
 @pass_ctx
 @handle_errors
 def job_delete(ctx: Context, jid: str, yes: bool) -> None:
@@ -193,7 +197,7 @@ def job_delete(ctx: Context, jid: str, yes: bool) -> None:
             raise UsageError(f"deleting job {jid} also deletes its {count} checkpoint(s): confirm with --yes")
         click.confirm(f"Delete job {jid} and its {count} checkpoint(s)?", abort=True)
     result = _daemon(ctx, "job.delete", {"jid": jid})
-    click.echo(f"Deleted job {jid} and {len(result['checkpoints_deleted'])} checkpoint(s)")
+    report(result, f"Deleted job {jid} and {len(result['checkpoints_deleted'])} checkpoint(s)")
 
 
 @job_group.command("inspect")
@@ -215,13 +219,14 @@ cli.add_command(job_checkpoints, "checkpoints")
 @click.option("--leave-running", is_flag=True, help="Keep the job running after the dump.")
 @click.option("--streams", type=click.IntRange(0, 256), default=0,
               help="Chunks of each file uploading at once (default: config checkpoint.streams).")
+@reports
 @pass_ctx
 @handle_errors
 def dump_job(ctx: Context, jid: str, leave_running: bool, streams: int) -> None:
     """Checkpoint a job into the mount: mount.dir/jobs/<JID>/<new checkpoint>/."""
     params = {"jid": jid, "leave_running": leave_running, **({"streams": streams} if streams else {})}
     result = _daemon(ctx, "job.dump", params)
-    click.echo(f"Dumped job {jid} to {result['path']}")
+    report(result, f"Dumped job {jid} to {result['path']}")
 
 
 @restore.command("job")
@@ -231,6 +236,7 @@ def dump_job(ctx: Context, jid: str, leave_running: bool, streams: int) -> None:
 @click.option("--lazy", is_flag=True, help="Restore with lazy pages (memory arrives on demand).")
 @click.option("--streams", type=click.IntRange(0, 256), default=0,
               help="Parallel reads of the images ahead of CRIU (default: config checkpoint.streams).")
+@reports
 @pass_ctx
 @handle_errors
 def restore_job(ctx: Context, jid: str, path: str | None, checkpoint_id: str | None, lazy: bool,
@@ -243,4 +249,4 @@ def restore_job(ctx: Context, jid: str, path: str | None, checkpoint_id: str | N
     params = {"jid": jid, "path": _local_path(path), "checkpoint": checkpoint_id, "lazy": lazy,
               **({"streams": streams} if streams else {})}
     result = _daemon(ctx, "job.restore", params)
-    click.echo(f"Restored job {jid} (PID {result['pid']}) from {result['path']}")
+    report(result, f"Restored job {jid} (PID {result['pid']}) from {result['path']}")

@@ -1,5 +1,5 @@
 """Cedana's short verbs and the command's own tooling: `exec` (alias of `run process`), `kill`,
-`delete`, `features`, `completion bash|zsh|fish`.
+`delete`, `features`, `completion bash|zsh|fish`, `daemon stop`.
 """
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ from __future__ import annotations
 import click
 
 from .base import Context, _daemon, cli, emit, format_table, handle_errors, output_option, pass_ctx
-from .jobs import job_delete, job_group, run_process
+from .jobs import daemon_group, job_delete, job_group, run_process
+from .output import report, reports
 
 cli.add_command(run_process, "exec")
 
@@ -86,3 +87,36 @@ def completion_cmd(shell: str) -> None:
 
 
 __all__ = ["job_group"]
+
+
+@daemon_group.command("stop")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for it to stop.")
+@reports
+@pass_ctx
+@handle_errors
+def daemon_stop(ctx: Context, timeout: float) -> None:
+    """Stop the daemon (SIGTERM): it unmounts its mount and leaves every job running."""
+    import os
+    import signal
+    import time
+
+    from ..daemon import client
+    from ..errors import CedanaError
+
+    pid = int(_daemon(ctx, "daemon.health", timeout=30)["pid"])
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while client.is_listening(ctx.settings.address) or _alive(pid):
+        if time.monotonic() > deadline:
+            raise CedanaError(f"the daemon (pid {pid}) did not stop within {timeout:.0f}s")
+        time.sleep(0.1)
+    report({"pid": pid, "stopped": True}, f"Stopped the cedana daemon (pid {pid})")
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -10,6 +10,7 @@ import click
 
 from ..config import format_size
 from .base import Context, cli, emit, fail, format_table, handle_errors, output_option, pass_ctx
+from .output import report as report_result, reports
 
 _store_option = click.option("--store", "store_url", metavar="URL",
                              help="Checkpoint store: a path, file://, s3://bucket/prefix, gs://bucket/prefix"
@@ -80,6 +81,7 @@ def checkpoint_import(ctx: Context, directory: str, job: str, name: str | None, 
 @click.argument("ref")
 @click.argument("dest")
 @_store_option
+@reports
 @pass_ctx
 @handle_errors
 def checkpoint_export(ctx: Context, ref: str, dest: str, store_url: str | None) -> None:
@@ -88,7 +90,8 @@ def checkpoint_export(ctx: Context, ref: str, dest: str, store_url: str | None) 
         m = cps.catalog.find(ref)
         with _Progress(m.size, f"export {m.name}") as progress:
             cps.export(m.name, dest, progress=progress)
-    click.echo(f"{m.name} -> {dest} ({len(m.files)} files, {_human(m.size)})")
+    report_result({"job": m.job, "id": m.id, "dest": dest, "files": len(m.files), "size": m.size},
+                  f"{m.name} -> {dest} ({len(m.files)} files, {_human(m.size)})")
 
 
 @checkpoint.command("list")
@@ -162,13 +165,14 @@ def checkpoint_verify(ctx: Context, ref: str, store_url: str | None, output: str
 @checkpoint.command("delete")
 @click.argument("ref")
 @_store_option
+@reports
 @pass_ctx
 @handle_errors
 def checkpoint_delete(ctx: Context, ref: str, store_url: str | None) -> None:
     """Delete checkpoint REF; its chunks are freed by the next `cedana gc`."""
     with _checkpoints(ctx, store_url) as cps:
         m = cps.delete(ref)
-    click.echo(f"deleted {m.name}")
+    report_result({"job": m.job, "id": m.id, "deleted": True}, f"deleted {m.name}")
 
 
 @cli.command()
