@@ -101,6 +101,58 @@ class Settings:
     host: str = ""
 
 
+# One line per key for docs/config.md (generated: `make docs`; a test keeps it current).
+KEY_HELP = {
+    "address": "The daemon's control socket.",
+    "host": "The name this machine goes by in manifests and job records (default: the hostname).",
+    "checkpoint.dir": "Default parent directory (or s3:// / gs:// URL) of `dump process`.",
+    "checkpoint.compression": "Default archive format of `dump process`: none, tar, gzip, lz4, zlib, zstd.",
+    "checkpoint.streams": "Parallel transfer streams (0: automatic).",
+    "db.path": "The catalog index (SQLite); the job database sits beside it.",
+    "criu.binary_path": "The CRIU binary (default: found in PATH, /usr/local/sbin first).",
+    "criu.leave_running": "Keep processes running after `dump process` by default.",
+    "mount.dir": "Where the daemon mounts the checkpoint store.",
+    "store.url": "Where the store keeps its chunks: a directory, s3://bucket/prefix or gs://bucket/prefix.",
+    "store.codec": "Chunk compression: zstd, lz4 or none.",
+    "store.chunk_size": "Target chunk size in bytes (e.g. 1M).",
+    "store.memory_limit": "Memory the store may use for chunks in flight (e.g. 256M).",
+    "cache.dir": "Local cache of chunks read from the store.",
+    "cache.size": "Size limit of the chunk cache (e.g. 2G).",
+    "aws.access_key_id": "S3 access key (also AWS_ACCESS_KEY_ID).",
+    "aws.secret_access_key": "S3 secret key (also AWS_SECRET_ACCESS_KEY).",
+    "aws.session_token": "S3 session token (also AWS_SESSION_TOKEN).",
+    "aws.region": "S3 region (also AWS_REGION, AWS_DEFAULT_REGION).",
+    "aws.endpoint": "S3-compatible endpoint URL (also AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_S3).",
+    "gcs.project": "GCS project (also GOOGLE_CLOUD_PROJECT).",
+    "gcs.credentials": "GCS service account key file (also GOOGLE_APPLICATION_CREDENTIALS).",
+    "gcs.endpoint": "GCS endpoint, e.g. an emulator (also STORAGE_EMULATOR_HOST).",
+    "log.level": "debug, info, warning or error.",
+    "job.log_dir": "Where managed jobs' output goes: <dir>/cedana-output-<JID>.log (`run process -o` overrides).",
+}
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One configuration key as the docs show it."""
+
+    key: str
+    type: str
+    default: Any
+    env: str
+    help: str
+
+
+def describe_keys() -> list[KeyInfo]:
+    """Every key with its type, default, environment variable and description, in file order."""
+    defaults = Settings()
+    out = []
+    for key in all_keys():
+        section, _, name = key.partition(".")
+        value = getattr(getattr(defaults, section), name) if name else getattr(defaults, section)
+        out.append(KeyInfo(key, type(value).__name__, value, env_name(key), KEY_HELP.get(key, "")))
+    return out
+
+
 def host_name(settings: "Settings | None" = None) -> str:
     """The host name recorded in manifests and job records: config `host`, else the hostname."""
     import socket
