@@ -39,3 +39,16 @@ def test_readme_rsync_import_works_as_written(mounted, procs, cedana, tmp_path):
     assert again.stdout == ""  # nothing copied the second time
     ps = json.loads(cedana("checkpoint", "inspect", ckpt, "--type", "ps", "--output", "json", check=True).stdout)
     assert [p["pid"] for p in ps] == [proc.pid] and ps[0]["comm"] == "sleep"
+
+
+def test_dump_into_the_mount_outside_a_job_dir_or_compressed_is_a_clear_error(mounted, procs, cedana):
+    proc = procs.start(["sleep", "600"])
+    for target, extra, needle in ((mounted.jobs, (), "go into a job's directory"),
+                                  (mounted.mountpoint, (), "go into a job's directory"),
+                                  (mounted.jobs / "j1", ("--compression", "gzip"), "compresses them itself")):
+        result = cedana("dump", "process", proc.pid, "--dir", target, "--no-server", "--leave-running", *extra)
+        assert result.returncode == 2 and needle in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert not (mounted.jobs / "j1").exists() or not [p for p in (mounted.jobs / "j1").iterdir()]
+    ok = cedana("dump", "process", proc.pid, "--dir", mounted.jobs / "j1", "--no-server", "--leave-running",
+                "--compression", "none", check=True)
+    assert str(mounted.jobs / "j1") in ok.stdout
