@@ -47,18 +47,5 @@ clean:
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # Also forget the CRIU build, so the next setup rebuilds it from source.
-dist# docs/commands.md, docs/config.md, docs/exit-codes.md from the help and the settings (tests check them).
-docs: setup
-	@$(PY) -m cedanafs.cli.docgen
-
-# One man page per command, from the help (click-man): `man -l build/man/cedana-attach.1`.
-man: setup
-	@$(PY) -m cedanafs.cli.docgen --man $(MAN_DIR)
-
-# cedana for every user: a world-readable virtualenv in INSTALL_VENV, $(PREFIX)/bin/cedana (where
-# contrib/cedana.service runs it), the unit in SYSTEMD_DIR, man pages in $(PREFIX)/share/man/man1.
-install: setup
-	@INSTALL_VENV=$(INSTALL_VENV) PREFIX=$(PREFIX) SYSTEMD_DIR=$(SYSTEMD_DIR) VENV=$(VENV) bash scripts/install.sh
-
-clean: clean
+distclean: clean
 	rm -rf /var/cache/cedanafs
