@@ -142,3 +142,15 @@ def test_exec_is_run_process_and_kill_ends_jobs(daemon):
     killed = daemon.json("kill", "viaexec")
     assert killed == [{"job": "viaexec", "pid": started["pid"], "signal": "SIGKILL"}]
     wait_status(daemon, "viaexec", ("halted",))
+
+
+def test_detach_keys_are_found_even_split_across_reads():
+    from cedanafs.cli.attach import _Relay
+
+    relay = _Relay(None)
+    assert relay._keys(b"ab\x10") == (b"ab", False)  # a Ctrl-P is held back ...
+    assert relay._keys(b"\x11") == (b"", True)  # ... and with Ctrl-Q it detaches
+    relay = _Relay(None)
+    assert relay._keys(b"\x10") == (b"", False)
+    assert relay._keys(b"x") == (b"\x10x", False)  # a lone Ctrl-P goes to the job after all
+    assert relay._keys(b"ls\x10\x11rest") == (b"ls", True)
