@@ -119,3 +119,49 @@ def test_features_lists_criu_and_stores_as_json(cedana):
     assert items["criu"]["available"] and "4.2" in items["criu"]["detail"]
     assert items["s3 store"]["available"] and items["gcs store"]["available"]
     assert "FEATURE" in cedana("features", check=True).stdout
+
+
+@pytest.fixture
+def private_cgroup():
+    """A cgroup v2 group of our own (the tree alone in it); removed at the end once empty."""
+    import os
+    import uuid
+
+    from cedanafs.app.freeze import cgroup2_root
+
+    root = cgroup2_root()
+    if not root or not os.access(root, os.W_OK):
+        pytest.skip("no writable cgroup v2 hierarchy on this machine")
+    path = os.path.join(root, f"cedana-freeze-test-{uuid.uuid4().hex[:8]}")
+    os.mkdir(path)
+    try:
+        yield path
+    finally:
+        for pid in open(os.path.join(path, "cgroup.procs")).read().split():
+            try:
+                os.kill(int(pid), 9)
+            except ProcessLookupError:
+                pass
+        with open(os.path.join(path, "cgroup.freeze"), "w") as f:
+            f.write("0")
+        wait_for(lambda: not open(os.path.join(path, "cgroup.procs")).read().strip(), what="the cgroup to empty")
+        os.rmdir(path)
+
+
+def test_freeze_uses_the_cgroup_freezer_when_the_tree_has_its_own_cgroup(procs, cedana, tmp_path, private_cgroup):
+    import os
+
+    files = [tmp_path / "a", tmp_path / "b"]
+    # The shell moves itself into the group before it forks the counters: the tree is alone in it.
+    shell = procs.start(["sh", "-c", f"echo $$ > {private_cgroup}/cgroup.procs; {TREE}", *map(str, files)])
+    wait_for(lambda: all(counts(*files)) and len(states(shell.pid)) == 3, what="the tree to count")
+    run = lambda *a: json.loads(cedana(*a, "--output", "json", check=True).stdout)  # noqa: E731
+    frozen = run("freeze", "process", shell.pid)
+    assert frozen["method"] == "cgroup" and frozen["cgroup"] == "/" + os.path.basename(private_cgroup)
+    assert "frozen 1" in open(os.path.join(private_cgroup, "cgroup.events")).read()
+    before = counts(*files)
+    time.sleep(1.0)
+    assert counts(*files) == before, "a frozen counter went on counting"
+    assert run("unfreeze", "process", shell.pid)["method"] == "cgroup"
+    assert "frozen 0" in open(os.path.join(private_cgroup, "cgroup.events")).read()
+    wait_for(lambda: all(a > b for a, b in zip(counts(*files), before)), what="both counters to resume")

@@ -21,7 +21,7 @@ from .procinfo import dumpable_process
 
 log = logging.getLogger(__name__)
 
-CGROUP_ROOT = "/sys/fs/cgroup"
+CGROUP_ROOT = "/sys/fs/cgroup"  # where the cgroup v2 hierarchy usually is; cgroup2_root() finds it
 _PASSES = 10
 _FROZEN_TIMEOUT = 10.0
 
@@ -83,9 +83,10 @@ def own_cgroup(pid: int) -> str:
     except OSError:
         return ""
     rel = next((line[3:] for line in lines if line.startswith("0::")), "")
-    if rel in ("", "/"):
+    root = cgroup2_root()
+    if rel in ("", "/") or not root:
         return ""
-    path = os.path.join(CGROUP_ROOT, rel.lstrip("/"))
+    path = os.path.join(root, rel.lstrip("/"))
     if not os.path.exists(os.path.join(path, "cgroup.freeze")):
         return ""
     try:
@@ -94,6 +95,20 @@ def own_cgroup(pid: int) -> str:
     except (OSError, ValueError):
         return ""
     return path if not subgroups and members == set(tree_pids(pid)) else ""
+
+
+def cgroup2_root() -> str:
+    """The mount point of the cgroup v2 hierarchy (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid
+    systems), '' without one."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                if right.split(" ", 1)[0] == "cgroup2":
+                    return left.split()[4]
+    except OSError:
+        pass
+    return ""
 
 
 def _set_frozen(group: str, frozen: bool) -> None:
@@ -142,4 +157,4 @@ def _read(path: str) -> str:
 
 
 def _rel(group: str) -> str:
-    return "/" + os.path.relpath(group, CGROUP_ROOT)
+    return "/" + os.path.relpath(group, cgroup2_root() or CGROUP_ROOT)
