@@ -111,6 +111,12 @@ def test_query_predicts_shell_job_file_locks_and_size(procs, cedana, tmp_path):
     assert any(f["path"] == str(holder) for f in found["processes"][0]["files"])
     table = cedana("query", "process", str(locker.pid), check=True).stdout
     assert "needs --file-locks" in table and "COMMAND" in table
+    assert str(holder) in cedana("query", "process", str(locker.pid), "--inspect", check=True).stdout
+    # The prediction against what CRIU then writes as pages.
+    cedana("dump", "process", locker.pid, "--dir", tmp_path, "--name", "real", "--no-server", "--leave-running",
+           "--file-locks", check=True)
+    pages = sum(p.stat().st_size for p in (tmp_path / "real").glob("pages-*.img"))
+    assert 0.8 * pages <= found["predicted_size"] <= 1.25 * pages, (found["predicted_size"], pages)
 
 
 def test_features_lists_criu_and_stores_as_json(cedana):
