@@ -1,5 +1,6 @@
 """The `cedana` command's common ground: the root group, the per-call context, error handling,
-output formatting, the option sets shared by several command families, and the call to the daemon.
+the option sets shared by several command families, and the call to the daemon. Output
+formatting (emit, format_table, --output) lives in output.py and is re-exported here.
 
 User errors (CedanaError) become one line on stderr and the error's exit code; nothing else is
 caught here except to report it as a bug in one line (the traceback only in debug logs).
@@ -8,7 +9,6 @@ caught here except to report it as a bug in one line (the traceback only in debu
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import sys
 from typing import Any, Callable
@@ -19,6 +19,7 @@ from .. import __version__
 from ..config import Settings, load_settings
 from ..errors import CedanaError
 from ..log import setup_logging
+from .output import emit, format_table, output_option  # noqa: F401 - re-exported for the command families
 
 log = logging.getLogger(__name__)
 
@@ -92,26 +93,6 @@ def handle_errors(func: Callable) -> Callable:
 
 
 pass_ctx = click.make_pass_decorator(Context)
-
-
-def emit(data: Any, output: str, table: Callable[[Any], str] | None = None) -> None:
-    """Print data as JSON when asked (--output json), else as the given table text."""
-    if output == "json" or table is None:
-        click.echo(json.dumps(data, indent=2, default=str))
-    else:
-        click.echo(table(data))
-
-
-def format_table(headers: list[str], rows: list[list[Any]]) -> str:
-    cells = [headers] + [["" if c is None else str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
-
-
-output_option = click.option(
-    "--output", "-O", type=click.Choice(["table", "json"]), default="table", show_default=True,
-    help="Output format.",
-)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
