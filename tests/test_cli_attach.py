@@ -98,6 +98,8 @@ def test_attach_in_a_terminal_answers_detaches_and_the_job_goes_on(daemon, tmux)
     tmux.keys("C-p", "C-q")
     wait_for(lambda: tmux.screen().count("[detached from job talker]") == 2, what="the second detach")
     assert pid_alive(pid)
+    refused = daemon.cedana("dump", "job", "talker")  # not yet: its terminal is outside what CRIU dumps
+    assert refused.returncode == 2 and "attachable" in refused.stderr and pid_alive(pid)
 
 
 def test_attach_refuses_a_job_that_is_not_attachable(daemon):

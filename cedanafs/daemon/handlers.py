@@ -128,6 +128,10 @@ class Handlers:
         return await self._thread(self.jobs.delete, caller, _jid(params))
 
     async def _dump(self, caller: Caller, params: dict, fds: list[int]) -> Any:
+        console = self.consoles.get(_jid(params))
+        if console is not None and console.alive:
+            raise UsageError(f"job {params['jid']} is attachable: its terminal is the daemon's, and dumping"
+                             " such a job is not supported yet (run it without --attachable to checkpoint it)")
         return await self._thread(self.jobs.dump, caller, _jid(params), bool(params.get("leave_running")),
                                   streams=_streams(params))
 
