@@ -97,7 +97,8 @@ class DaemonHarness:
     def cedana(self, *args, as_nobody: bool = False, check: bool = False, timeout: float = 180,
                **kwargs) -> subprocess.CompletedProcess:
         argv = [sys.executable, "-c", _AS_NOBODY] if as_nobody else list(CEDANA)
-        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        if "input" not in kwargs:
+            kwargs.setdefault("stdin", subprocess.DEVNULL)
         result = subprocess.run([*argv, *map(str, args)], capture_output=True, text=True, timeout=timeout,
                                 env=self.env, cwd=str(ROOT), **kwargs)
         if check and result.returncode != 0:

@@ -12,7 +12,9 @@ import uuid
 
 import pytest
 
-from tests.fixtures_daemon import ALIVE, wait_status
+import psutil
+
+from tests.fixtures_daemon import ALIVE, NOBODY, wait_status
 from tests.fixtures_procs import CEDANA, ROOT, pid_alive, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -156,3 +158,22 @@ def test_detach_keys_are_found_even_split_across_reads():
     assert relay._keys(b"\x10") == (b"", False)
     assert relay._keys(b"x") == (b"\x10x", False)  # a lone Ctrl-P goes to the job after all
     assert relay._keys(b"ls\x10\x11rest") == (b"ls", True)
+
+
+def test_a_user_attaches_to_their_own_job_from_a_script_and_not_to_roots(daemon):
+    logs = daemon.root / "nobody-logs"
+    logs.mkdir()
+    logs.chmod(0o777)
+    mine = daemon.cedana("run", "process", "--jid", "theirs", "--attachable", "-o", logs / "t.log", "--", "sh", "-c",
+                         ANSWERER, as_nobody=True)
+    assert mine.returncode == 0, mine.stderr
+    pid = daemon.job("theirs")["pid"]
+    assert psutil.Process(pid).uids().real == NOBODY
+    wait_for(lambda: "ready" in (logs / "t.log").read_text(), what="the job's first line")
+    piped = daemon.cedana("attach", pid, as_nobody=True, input="from a script\n", timeout=60)
+    assert piped.returncode == 0, piped.stderr
+    assert "answer: from a script" in piped.stdout and pid_alive(pid)
+
+    daemon.cedana("run", "process", "--jid", "roots", "--attachable", "--", "sleep", "600", check=True)
+    denied = daemon.cedana("job", "attach", "roots", as_nobody=True)
+    assert denied.returncode == 77 and "another user" in denied.stderr

@@ -16,6 +16,7 @@ from .base import Context, _daemon, cli, handle_errors, pass_ctx
 from .jobs import job_group
 
 DETACH_KEYS = b"\x10\x11"  # Ctrl-P Ctrl-Q, as docker attach
+QUIET_AFTER_EOF = 1.0  # seconds without output after the end of input before detaching
 _ALIVE = ("running", "sleep", "zombie")
 
 
@@ -53,7 +54,8 @@ def _attach(ctx: Context, params: dict) -> int:
 
 
 class _Relay:
-    """This terminal <-> the job's terminal, in raw mode, until detach keys, EOF on stdin or the job's end."""
+    """This terminal <-> the job's terminal, in raw mode, until the detach keys, the job's end, or the end
+    of input followed by a second of quiet (so `echo cmd | cedana attach PID` shows the answer)."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
@@ -72,8 +74,11 @@ class _Relay:
                 termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
 
     def _loop(self, stdin: int) -> bool:
+        inputs = [stdin, self.sock]
         while True:
-            ready, _, _ = select.select([stdin, self.sock], [], [])
+            ready, _, _ = select.select(inputs, [], [], None if stdin in inputs else QUIET_AFTER_EOF)
+            if not ready:
+                return True  # input ended and the job has said what it had to say
             if self.sock in ready:
                 data = self.sock.recv(65536)
                 if not data:
@@ -81,8 +86,9 @@ class _Relay:
                 _write(sys.stdout.fileno(), data)
             if stdin in ready:
                 data = os.read(stdin, 4096)
-                if not data:
-                    return True
+                if not data:  # end of input (a script's pipe): let the answer come, then detach
+                    inputs.remove(stdin)
+                    continue
                 data, detach = self._keys(data)
                 if data:
                     self.sock.sendall(data)
