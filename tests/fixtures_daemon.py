@@ -51,9 +51,10 @@ class DaemonHarness:
             "CEDANA_CONFIG_DIR": str(root / "cfg"), "CEDANA_ADDRESS": str(self.address),
             "CEDANA_MOUNT_DIR": str(self.mount_dir), "CEDANA_DB_PATH": str(self.db_path),
             "CEDANA_STORE_URL": str(root / "store"), "CEDANA_CACHE_DIR": str(root / "cache"),
-            "CEDANA_LOG_LEVEL": "info", "CEDANA_JOB_LOG_DIR": str(root / "logs"),
+            "CEDANA_LOG_LEVEL": "info", "CEDANA_JOB_LOG_DIR": str(root / "joblogs"),
         }
-        (root / "logs").mkdir(mode=0o777)
+        (root / "joblogs").mkdir()
+        (root / "joblogs").chmod(0o777)  # jobs of any user write their output here
         self.proc: subprocess.Popen | None = None
 
     # --- the daemon ---

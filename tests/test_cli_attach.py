@@ -77,7 +77,7 @@ def cedana_line(*args: str) -> str:
 def test_attach_in_a_terminal_answers_detaches_and_the_job_goes_on(daemon, tmux):
     started = run_json(daemon, "run", "process", "--jid", "talker", "--attachable", "--", "sh", "-c", ANSWERER)
     pid = started["pid"]
-    log = daemon.root / "logs" / "cedana-output-talker.log"
+    log = daemon.root / "joblogs" / "cedana-output-talker.log"
     wait_for(lambda: log.exists() and "ready" in log.read_text(), what="the job's first line in its log")
 
     tmux.type(f"cd {shlex.quote(str(ROOT))}; {cedana_line('attach', pid)}")
@@ -115,7 +115,7 @@ def test_attach_refuses_a_job_that_is_not_attachable(daemon):
 def test_job_logs_follow_until_the_job_ends_and_delete_removes_the_log(daemon):
     script = "for i in 1 2 3 4 5 6; do echo line$i; sleep 0.4; done"
     daemon.cedana("run", "process", "--jid", "chatty", "--", "sh", "-c", script, check=True)
-    log = daemon.root / "logs" / "cedana-output-chatty.log"
+    log = daemon.root / "joblogs" / "cedana-output-chatty.log"
     assert daemon.job("chatty")["log"] == str(log)
     follow = subprocess.Popen([*CEDANA, "job", "logs", "chatty", "-f"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=daemon.env, cwd=str(ROOT))
