@@ -35,6 +35,11 @@ def test_every_reporting_command_speaks_json_through_the_daemon(daemon, procs, t
     assert {"job", "type", "pid", "status", "gpu", "checkpoint", "size", "log"} <= set(listed[0])  # the table's columns
     dumped = j("dump", "job", "js")
     assert dumped["job"] == "js" and dumped["checkpoint"] and dumped["path"].startswith(str(daemon.mount_dir))
+    from cedanafs.config import format_size
+
+    size = format_size(dumped["size"])  # one size format in every table
+    assert size in daemon.cedana("job", "list", check=True).stdout
+    assert size in daemon.cedana("job", "checkpoints", "js", check=True).stdout
     ckpts = j("job", "checkpoints", "js")
     assert [c["id"] for c in ckpts] == [dumped["checkpoint"]] and {"id", "time", "size", "path"} <= set(ckpts[0])
     restored = j("restore", "job", "js")

@@ -222,8 +222,9 @@ def new_jid() -> str:
 
 
 def human_size(size: int | None) -> str:
-    """The SIZE column of the job tables: blank when unknown or empty, else e.g. 7.4MiB."""
-    return format_size(size, sep="") if size else ""
+    """The SIZE column of the job tables: blank when unknown or empty, else e.g. 7.4 MiB (one format
+    everywhere: config.format_size)."""
+    return format_size(size) if size else ""
 
 
 def _exit_code(returncode: int) -> int:
