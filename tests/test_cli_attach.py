@@ -174,6 +174,13 @@ def test_a_user_attaches_to_their_own_job_from_a_script_and_not_to_roots(daemon)
     assert piped.returncode == 0, piped.stderr
     assert "answer: from a script" in piped.stdout and pid_alive(pid)
 
+    ending = daemon.cedana("run", "process", "--jid", "ends", "--attachable", "-o", logs / "e.log", "--", "sh", "-c",
+                           "read -r line; echo \"bye $line\"; exit 3", as_nobody=True)
+    assert ending.returncode == 0, ending.stderr
+    attached = daemon.cedana("job", "attach", "ends", as_nobody=True, input="now\n", timeout=60)
+    assert attached.returncode == 3 and "bye now" in attached.stdout  # the job's own exit code
+    assert "[job ends ended, exit code 3]" in attached.stderr
+
     daemon.cedana("run", "process", "--jid", "roots", "--attachable", "--", "sleep", "600", check=True)
     denied = daemon.cedana("job", "attach", "roots", as_nobody=True)
     assert denied.returncode == 77 and "another user" in denied.stderr

@@ -49,8 +49,13 @@ def _attach(ctx: Context, params: dict) -> int:
             theirs.close()
         jid = result["job"]
         detached = _Relay(ours).run(f"[attached to job {jid}; detach with Ctrl-P Ctrl-Q]\r\n")
-    click.echo(f"\r\n[{'detached from' if detached else 'end of'} job {jid}]", err=True)
-    return 0
+    if detached:
+        click.echo(f"\r\n[detached from job {jid}]", err=True)
+        return 0
+    state = _daemon(ctx, "job.wait", {"jid": jid}, timeout=60)  # its terminal closed: it has ended
+    code = state["exit_code"] if state.get("exit_code") is not None else 0
+    click.echo(f"\r\n[job {jid} ended, exit code {code}]", err=True)
+    return code
 
 
 class _Relay:
