@@ -124,3 +124,20 @@ def test_config_overrides_the_daemon_cannot_honour_are_refused(daemon):
     assert refused.returncode == 2 and "store.url" in refused.stderr and "daemon" in refused.stderr
     honoured = daemon.cedana("--config", json.dumps({"address": str(daemon.address)}), "job", "list", check=True)
     assert "JOB" in honoured.stdout
+
+
+@pytest.mark.slow
+def test_mount_seal_and_umount_speak_json(mount_factory, cedana, procs, tmp_path):
+    m = mount_factory(autoseal_after=0)
+    mounted = as_json(m.cedana("mount", m.mountpoint, "--autoseal-after", "0", "--output", "json"))
+    assert mounted == {"mountpoint": str(m.mountpoint), "store": str(m.store)}
+    proc = procs.start(["sleep", "600"])
+    cedana("dump", "process", proc.pid, "--dir", tmp_path, "--name", "c", "--no-server", check=True)
+    target = m.jobs / "s1" / "c1"
+    target.mkdir(parents=True)
+    for f in (tmp_path / "c").iterdir():
+        (target / f.name).write_bytes(f.read_bytes())
+    assert as_json(m.cedana("checkpoint", "seal", target, "--output", "json")) == {"path": str(target),
+                                                                                 "sealed": "s1/c1"}
+    assert as_json(m.cedana("umount", m.mountpoint, "--output", "json")) == {"mountpoint": str(m.mountpoint),
+                                                                          "unmounted": True}
