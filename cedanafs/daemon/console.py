@@ -8,6 +8,11 @@ client sends goes to the job's terminal. A client is the caller's connection to 
 the caller's end of a socket pair it sent with `job.attach`; the stream is raw terminal bytes both
 ways, starting with the scrollback (so an attacher sees the prompt it is expected to answer).
 Detaching is the client's business (it closes its connection); the job never notices.
+
+The relay never waits for anyone: each client has an output queue of at most CLIENT_QUEUE bytes
+(a client that stops reading, such as a suspended `cedana attach`, is dropped when it overflows),
+and input the job does not read is dropped once the terminal's input queue is full, so neither
+can stall the job's output.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import threading
 log = logging.getLogger(__name__)
 
 SCROLLBACK = 16 << 10
+CLIENT_QUEUE = 4 << 20
 _READ = 65536
 
 
@@ -34,9 +40,10 @@ class Console:
         self.master, self.slave = os.openpty()
         for fd in (self.master, self.slave):
             os.set_inheritable(fd, False)
+        os.set_blocking(self.master, False)
         self._log_fd = log_fd
         self._lock = threading.Lock()
-        self._clients: set[int] = set()
+        self._clients: dict[int, bytearray] = {}  # fd -> output not yet taken by that client
         self._scrollback = b""
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.master, selectors.EVENT_READ, "pty")
@@ -81,7 +88,7 @@ class Console:
             self._shutdown()
 
     def _step(self) -> bool:
-        for key, _ in self._selector.select():
+        for key, events in self._selector.select():
             what = key.data
             if what == "pty":
                 if not self._from_job():
@@ -90,7 +97,9 @@ class Console:
                 if b"q" in os.read(self._wake_r, 64):
                     return False
                 self._add_pending()
-            else:
+            elif events & selectors.EVENT_WRITE and key.fd in self._clients:
+                self._flush(key.fd)
+            if what == "client" and events & selectors.EVENT_READ and key.fd in self._clients:
                 self._from_client(key.fd)
         return True
 
@@ -98,42 +107,66 @@ class Console:
         with self._lock:
             new, self._pending = self._pending, []
         for fd in new:
-            os.set_blocking(fd, True)
-            if self._scrollback and not _send(fd, self._scrollback):
-                os.close(fd)
-                continue
-            self._clients.add(fd)
+            os.set_blocking(fd, False)
+            self._clients[fd] = bytearray()
             self._selector.register(fd, selectors.EVENT_READ, "client")
+            self._queue(fd, self._scrollback)
 
     def _from_job(self) -> bool:
         try:
             data = os.read(self.master, _READ)
+        except BlockingIOError:
+            return True
         except OSError:  # EIO: every slave side is closed, the job has ended
             data = b""
         if not data:
             log.info("job %s: its terminal closed", self.jid)
             return False
         if self._log_fd is not None:
-            _write_all(self._log_fd, data)
+            _write_log(self._log_fd, data)
         self._scrollback = (self._scrollback + data)[-SCROLLBACK:]
         for fd in list(self._clients):
-            if not _send(fd, data):
-                self._drop(fd)
+            self._queue(fd, data)
         return True
+
+    def _queue(self, fd: int, data: bytes) -> None:
+        queue = self._clients[fd]
+        if len(queue) + len(data) > CLIENT_QUEUE:
+            log.warning("job %s: dropping a client that does not read its output", self.jid)
+            self._drop(fd)
+            return
+        queue += data
+        self._flush(fd)
+
+    def _flush(self, fd: int) -> None:
+        """Send what the client can take now; wait for it to be writable for the rest."""
+        queue = self._clients[fd]
+        try:
+            while queue:
+                del queue[:os.write(fd, queue)]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._drop(fd)
+            return
+        self._selector.modify(fd, selectors.EVENT_READ | (selectors.EVENT_WRITE if queue else 0), "client")
 
     def _from_client(self, fd: int) -> None:
         try:
             data = os.read(fd, _READ)
+        except BlockingIOError:
+            return
         except OSError:
             data = b""
         if not data:
             self._drop(fd)
             return
-        _write_all(self.master, data)
+        if not _send(self.master, data):
+            log.debug("job %s: input dropped (the job does not read its terminal)", self.jid)
 
     def _drop(self, fd: int) -> None:
         if fd in self._clients:
-            self._clients.discard(fd)
+            del self._clients[fd]
             self._selector.unregister(fd)
             os.close(fd)
             log.info("job %s: a client detached", self.jid)
@@ -155,14 +188,20 @@ class Console:
 
 
 def _send(fd: int, data: bytes) -> bool:
+    """Write all of `data` to a non-blocking fd now, or say it could not (full, or gone)."""
+    view = memoryview(data)
     try:
-        _write_all(fd, data)
-    except OSError:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:  # BlockingIOError included: whoever does not keep up loses this
         return False
     return True
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+def _write_log(fd: int, data: bytes) -> None:
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as exc:  # a full disk must not stop the relay
+        log.warning("cannot write to the job's log: %s", exc)
