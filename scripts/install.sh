@@ -10,12 +10,38 @@ INSTALL_VENV="${INSTALL_VENV:-/opt/cedanafs}"
 PREFIX="${PREFIX:-/usr/local}"
 SYSTEMD_DIR="${SYSTEMD_DIR:-/etc/systemd/system}"
 STAMP_DIR="${STAMP_DIR:-/var/cache/cedanafs}"
-PYTHON="${PYTHON:-python3}"
 DEV_VENV="${VENV:-$HERE/.venv}"
 
 log() { printf '[install] %s\n' "$*"; }
 
-log "virtualenv $INSTALL_VENV"
+# Whether every user can run PATH: the file and each directory above it are open to others.
+everyone_can_run() {
+  local p
+  p="$(readlink -f "$1")" || return 1
+  [ -x "$p" ] && [ "$(( 0$(stat -c %a "$p") & 1 ))" = 1 ] || return 1
+  while [ "$p" != / ]; do
+    p="$(dirname "$p")"
+    [ "$(( 0$(stat -c %a "$p") & 1 ))" = 1 ] || return 1
+  done
+}
+
+# The virtualenv must not point into a root-only directory (a pyenv under /root, say): prefer the
+# system's python3, which every user can run.
+pick_python() {
+  local c
+  for c in "${PYTHON:-}" /usr/bin/python3 "$(command -v python3 || true)"; do
+    [ -n "$c" ] || continue
+    if everyone_can_run "$c" && "$c" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      echo "$c"
+      return
+    fi
+  done
+  echo "install: no Python >= 3.11 with venv that every user can run (set PYTHON=...)" >&2
+  exit 1
+}
+PYTHON="$(pick_python)"
+
+log "virtualenv $INSTALL_VENV ($PYTHON)"
 umask 022
 [ -x "$INSTALL_VENV/bin/python" ] || "$PYTHON" -m venv "$INSTALL_VENV"
 pip=("$INSTALL_VENV/bin/pip" install -q --disable-pip-version-check)

@@ -42,6 +42,10 @@ def test_make_install_gives_nobody_a_working_cedana_and_the_unit(install_root, d
     subprocess.run(["bash", "scripts/install.sh"], cwd=str(ROOT), env=env, check=True, timeout=580,
                    capture_output=True)
     cedana = install_root / "prefix" / "bin" / "cedana"
+    # Nothing on the way to the interpreter may be closed to other users (no pyenv under /root).
+    python = Path(os.path.realpath(install_root / "venv" / "bin" / "python3"))
+    for part in [python, *python.parents]:
+        assert part.stat().st_mode & 0o001, f"{part} is closed to other users"
     version = as_nobody(str(cedana), "version")
     assert version.returncode == 0 and version.stdout.startswith("cedana "), version.stderr
     listed = as_nobody(str(cedana), "job", "list", "--output", "json", env=daemon.env | {"HOME": "/"})
