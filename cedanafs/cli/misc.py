@@ -7,7 +7,7 @@ from __future__ import annotations
 import click
 
 from .base import Context, _daemon, cli, emit, format_table, handle_errors, output_option, pass_ctx
-from .jobs import daemon_group, job_delete, job_group, run_process
+from .jobs import daemon_group, job_delete, run_process
 from .output import report, reports
 
 cli.add_command(run_process, "exec")
@@ -86,7 +86,6 @@ def completion_cmd(shell: str) -> None:
     click.echo(comp.source())
 
 
-__all__ = ["job_group"]
 
 
 @daemon_group.command("stop")
