@@ -86,8 +86,6 @@ def completion_cmd(shell: str) -> None:
     click.echo(comp.source())
 
 
-
-
 @daemon_group.command("stop")
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for it to stop.")
 @reports
