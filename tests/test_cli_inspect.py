@@ -1,6 +1,6 @@
 """`checkpoint inspect --type ps|fd|mem|rss|sk`: one real checkpoint (a parent with a listening TCP
 socket, an open file at an offset and a child) decodes to the same JSON from its directory, a
-.tar.zst of it, the mount and an S3 store.
+.tar.zst of it (local and on S3), the mount and an S3 store.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import pytest
 
 from cedanafs.app.archive import write_archive
 from tests.fixtures_procs import wait_for
+from tests.fixtures_servers import s3_client
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -73,12 +74,14 @@ def test_same_json_from_directory_archive_mount_and_s3(checkpoint_dir, cedana, t
                         if (mounted.jobs / "insp").exists() else None, what="the checkpoint in the mount")[0]
     s3 = f"s3://{s3_bucket}/store"
     cedana("checkpoint", "import", path, "--job", "insp", "--store", s3, check=True)
+    s3_client(s3_env["AWS_ENDPOINT_URL"]).upload_file(str(archive), s3_bucket, "archives/c.tar.zst")
     for kind in TYPES:
         want = inspect(cedana, path, kind)
         assert want, kind
         assert inspect(cedana, archive, kind) == want, f"{kind} from the .tar.zst"
         assert inspect(cedana, in_mount, kind) == want, f"{kind} from the mount"
         assert inspect(cedana, "insp", kind, "--store", s3) == want, f"{kind} from the S3 store"
+        assert inspect(cedana, f"s3://{s3_bucket}/archives/c.tar.zst", kind) == want, f"{kind} from an S3 archive"
 
 
 def test_inspect_of_something_that_is_not_a_checkpoint_is_one_line(cedana, tmp_path):
