@@ -88,7 +88,8 @@ def _check_command(cmd: tuple[str, ...]) -> None:
     """An option before the command that `run process` does not know is a mistake, not the program."""
     from ..errors import UsageError
 
-    if cmd and cmd[0].startswith("-") and cmd[0] != "--":
+    after_dashes = "--" in sys.argv and sys.argv[sys.argv.index("--") + 1:][:1] == list(cmd[:1])
+    if cmd and cmd[0].startswith("-") and not after_dashes:
         raise UsageError(f"no such option: {cmd[0]} (put the command after `--`: cedana run process -- CMD)")
 
 
