@@ -97,7 +97,8 @@ class Handlers:
             self.consoles.pop(jid, None)
             if state["status"] not in ALIVE:
                 raise NotFound(f"job {jid} is not running ({state['status']}); nothing to attach to")
-            raise NotFound(f"job {jid} is not attachable (start it with `cedana run process --attachable`)")
+            raise NotFound(f"job {jid} is not attachable (start it with `cedana run process --attachable`;"
+                           " a job's terminal does not outlive the daemon that started it)")
         console.attach(os.dup(fds[0]), int(params.get("rows") or 0), int(params.get("cols") or 0))
         return {"job": jid, "status": state["status"]}
 
