@@ -8,6 +8,7 @@ import json
 import shlex
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -184,3 +185,15 @@ def test_a_user_attaches_to_their_own_job_from_a_script_and_not_to_roots(daemon)
     daemon.cedana("run", "process", "--jid", "roots", "--attachable", "--", "sleep", "600", check=True)
     denied = daemon.cedana("job", "attach", "roots", as_nobody=True)
     assert denied.returncode == 77 and "another user" in denied.stderr
+
+
+def test_an_attachable_job_outlives_its_daemon_and_is_attached_again(daemon):
+    daemon.cedana("run", "process", "--jid", "lasting", "--attachable", "--", "sh", "-c", ANSWERER, check=True)
+    pid = daemon.job("lasting")["pid"]
+    daemon.cedana("daemon", "stop", check=True)
+    time.sleep(1)  # a hung-up terminal would have ended it by now
+    assert pid_alive(pid)
+    daemon.start()
+    assert daemon.job("lasting")["status"] in ALIVE
+    again = daemon.cedana("attach", pid, input="still there\n", timeout=60)
+    assert again.returncode == 0 and "answer: still there" in again.stdout, again.stderr

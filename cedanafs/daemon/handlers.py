@@ -16,9 +16,9 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from ..app import process as app_process
-from ..app.jobs import ALIVE, Caller, JobService, RunRequest, new_jid
+from ..app.jobs import ALIVE, Caller, JobService, RunRequest, jobs_db_path, new_jid
 from ..errors import NotFound, UsageError
-from .console import Console
+from . import console
 from .protocol import ProtocolError
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,8 @@ class Handlers:
         self.jobs = jobs
         self.health = health
         self.limiter = trio.CapacityLimiter(threads)
-        self.consoles: dict[str, Console] = {}  # attachable jobs' terminals, by JID
+        # The sockets of attachable jobs' console keepers, beside the job database.
+        self.consoles_dir = os.path.join(os.path.dirname(jobs_db_path(jobs.settings)), "consoles")
         self.methods: dict[str, Method] = {
             "daemon.health": self._health, "job.run": self._run, "job.manage": self._manage,
             "job.list": self._list, "job.checkpoints": self._checkpoints, "job.inspect": self._inspect,
@@ -68,38 +69,34 @@ class Handlers:
         return await self._thread(self.jobs.run, caller, req)
 
     async def _run_attachable(self, caller: Caller, req: RunRequest) -> Any:
-        """The job's stdio is a pty of ours; its output goes to the log the caller opened, and to attachers."""
+        """The job's stdio is a new pty; its master side goes to a keeper process (console.py) that
+        writes the output to the log the caller opened and relays it to attachers."""
         jid = req.jid or new_jid()
-        console = Console(jid, os.dup(req.stdout) if req.stdout is not None else None)
+        master, slave = os.openpty()
         try:
             if not caller.is_root:
-                os.fchown(console.slave, caller.uid, -1)
-            tty = os.ttyname(console.slave)
-            req = dataclasses.replace(req, jid=jid, stdin=console.slave, stdout=console.slave,
-                                      stderr=console.slave, tty=tty)
-            result = await self._thread(self.jobs.run, caller, req)
-        except BaseException:
-            console.start()
-            console.close()
-            raise
-        console.start()
-        self.consoles[jid] = console
+                os.fchown(slave, caller.uid, -1)
+            tty = os.ttyname(slave)
+            run = dataclasses.replace(req, jid=jid, stdin=slave, stdout=slave, stderr=slave, tty=tty)
+            result = await self._thread(self.jobs.run, caller, run)
+            await self._thread(console.start_keeper, self.consoles_dir, jid, master, req.stdout)
+        finally:
+            os.close(slave)
+            os.close(master)
         return result | {"attachable": True}
 
     async def _attach(self, caller: Caller, params: dict, fds: list[int]) -> Any:
-        """Hand the caller's end of a socket pair (its one fd) to the job's console."""
+        """Hand the caller's end of a socket pair (its one fd) to the job's console keeper."""
         if len(fds) != 1:
             raise ProtocolError("job.attach needs one socket descriptor")
         jid = params.get("jid") or await self._jid_of_pid(caller, params.get("pid"))
         state = await self._thread(self.jobs.exit_status, caller, jid)  # checks the caller may
-        console = self.consoles.get(jid)
-        if console is None or not console.alive:
-            self.consoles.pop(jid, None)
-            if state["status"] not in ALIVE:
-                raise NotFound(f"job {jid} is not running ({state['status']}); nothing to attach to")
-            raise NotFound(f"job {jid} is not attachable (start it with `cedana run process --attachable`;"
-                           " a job's terminal does not outlive the daemon that started it)")
-        console.attach(os.dup(fds[0]), int(params.get("rows") or 0), int(params.get("cols") or 0))
+        if state["status"] not in ALIVE:
+            raise NotFound(f"job {jid} is not running ({state['status']}); nothing to attach to")
+        handed = await self._thread(console.hand_over, self.consoles_dir, jid, fds[0],
+                                    int(params.get("rows") or 0), int(params.get("cols") or 0))
+        if not handed:
+            raise NotFound(f"job {jid} is not attachable (start it with `cedana run process --attachable`)")
         return {"job": jid, "status": state["status"]}
 
     async def _jid_of_pid(self, caller: Caller, pid: Any) -> str:
@@ -129,8 +126,7 @@ class Handlers:
         return await self._thread(self.jobs.delete, caller, _jid(params))
 
     async def _dump(self, caller: Caller, params: dict, fds: list[int]) -> Any:
-        console = self.consoles.get(_jid(params))
-        if console is not None and console.alive:
+        if await self._thread(console.has_console, self.consoles_dir, _jid(params)):
             raise UsageError(f"job {params['jid']} is attachable: its terminal is the daemon's, and dumping"
                              " such a job is not supported yet (run it without --attachable to checkpoint it)")
         return await self._thread(self.jobs.dump, caller, _jid(params), bool(params.get("leave_running")),
