@@ -88,6 +88,11 @@ class GcsSettings:
 
 
 @dataclass(frozen=True)
+class JobSettings:
+    log_dir: str = "/var/log"
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str = "warning"
 
@@ -114,10 +119,63 @@ class Settings:
     gcs: GcsSettings = field(default_factory=GcsSettings)
     log: LogSettings = field(default_factory=LogSettings)
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+    job: JobSettings = field(default_factory=JobSettings)
     address: str = "/run/cedana.sock"
     # The name this machine goes by in manifests and job records ("" = the kernel's hostname).
     # Jobs recorded by another host show as `remote`; set it to tell apart two daemons on one host.
     host: str = ""
+
+
+# One line per key for docs/config.md (generated: `make docs`; a test keeps it current).
+KEY_HELP = {
+    "address": "The daemon's control socket.",
+    "host": "The name this machine goes by in manifests and job records (default: the hostname).",
+    "checkpoint.dir": "Default parent directory (or s3:// / gs:// URL) of `dump process`.",
+    "checkpoint.compression": "Default archive format of `dump process`: none, tar, gzip, lz4, zlib, zstd.",
+    "checkpoint.streams": "Parallel transfer streams (0: automatic).",
+    "db.path": "The catalog index (SQLite); the job database sits beside it.",
+    "criu.binary_path": "The CRIU binary (default: found in PATH, /usr/local/sbin first).",
+    "criu.leave_running": "Keep processes running after `dump process` by default.",
+    "mount.dir": "Where the daemon mounts the checkpoint store.",
+    "store.url": "Where the store keeps its chunks: a directory, s3://bucket/prefix or gs://bucket/prefix.",
+    "store.codec": "Chunk compression: zstd, lz4 or none.",
+    "store.chunk_size": "Target chunk size in bytes (e.g. 1M).",
+    "store.memory_limit": "Memory the store may use for chunks in flight (e.g. 256M).",
+    "cache.dir": "Local cache of chunks read from the store.",
+    "cache.size": "Size limit of the chunk cache (e.g. 2G).",
+    "aws.access_key_id": "S3 access key (also AWS_ACCESS_KEY_ID).",
+    "aws.secret_access_key": "S3 secret key (also AWS_SECRET_ACCESS_KEY).",
+    "aws.session_token": "S3 session token (also AWS_SESSION_TOKEN).",
+    "aws.region": "S3 region (also AWS_REGION, AWS_DEFAULT_REGION).",
+    "aws.endpoint": "S3-compatible endpoint URL (also AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_S3).",
+    "gcs.project": "GCS project (also GOOGLE_CLOUD_PROJECT).",
+    "gcs.credentials": "GCS service account key file (also GOOGLE_APPLICATION_CREDENTIALS).",
+    "gcs.endpoint": "GCS endpoint, e.g. an emulator (also STORAGE_EMULATOR_HOST).",
+    "log.level": "debug, info, warning or error.",
+    "job.log_dir": "Where managed jobs' output goes: <dir>/cedana-output-<JID>.log (`run process -o` overrides).",
+}
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One configuration key as the docs show it."""
+
+    key: str
+    type: str
+    default: Any
+    env: str
+    help: str
+
+
+def describe_keys() -> list[KeyInfo]:
+    """Every key with its type, default, environment variable and description, in file order."""
+    defaults = Settings()
+    out = []
+    for key in all_keys():
+        section, _, name = key.partition(".")
+        value = getattr(getattr(defaults, section), name) if name else getattr(defaults, section)
+        out.append(KeyInfo(key, type(value).__name__, value, env_name(key), KEY_HELP.get(key, "")))
+    return out
 
 
 def host_name(settings: "Settings | None" = None) -> str:
@@ -130,7 +188,7 @@ def _section_classes() -> dict[str, type]:
     hints = {
         "checkpoint": CheckpointSettings, "db": DbSettings, "criu": CriuSettings,
         "mount": MountSettings, "store": StoreSettings, "cache": CacheSettings, "spool": SpoolSettings,
-        "aws": AwsSettings, "gcs": GcsSettings, "log": LogSettings,
+        "aws": AwsSettings, "gcs": GcsSettings, "log": LogSettings, "job": JobSettings,
         "kubernetes": KubernetesSettings,
     }
     return hints
@@ -198,7 +256,7 @@ def _apply(values: dict[str, dict[str, Any]], flat: dict[str, Any], source: str)
     known = set(all_keys())
     for key, value in flat.items():
         if key not in known:
-            raise ConfigError(f"{source}: unknown config key {key!r}")
+            raise ConfigError(f"{source}: unknown config key {key!r}{_suggestion(key)}")
         section, _, name = key.partition(".")
         if not name:
             values.setdefault("", {})[section] = value
@@ -206,10 +264,43 @@ def _apply(values: dict[str, dict[str, Any]], flat: dict[str, Any], source: str)
             values.setdefault(section, {})[name] = value
 
 
+def _suggestion(key: str) -> str:
+    """' (did you mean 'aws.endpoint'?)' for a key close to a known one, else ''."""
+    import difflib
+
+    known = all_keys()
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if not close:  # a known key with an extra word: aws.endpoint_url -> aws.endpoint
+        close = [k for k in known if key.startswith(k + "_") or key.startswith(k + ".")][:1]
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# CEDANA_* variables that are not config keys but are read elsewhere.
+OTHER_ENV = ("CEDANA_CONFIG_DIR", "CEDANA_LOG_LEVEL")
+
+
+def env_name(key: str) -> str:
+    """The environment variable of a config key: checkpoint.dir -> CEDANA_CHECKPOINT_DIR."""
+    return "CEDANA_" + key.replace(".", "_").upper()
+
+
+def unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """CEDANA_* variables that set nothing, each with the nearest known name when there is one."""
+    import difflib
+
+    environ = os.environ if environ is None else environ
+    known = [env_name(k) for k in all_keys()] + list(OTHER_ENV)
+    out = []
+    for name in sorted(n for n in environ if n.startswith("CEDANA_") and n not in known):
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.7)
+        out.append(name + (f" (did you mean {close[0]}?)" if close else ""))
+    return out
+
+
 def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
     flat = {}
     for key in all_keys():
-        env = "CEDANA_" + key.replace(".", "_").upper()
+        env = env_name(key)
         if env in environ:
             flat[key] = environ[env]
     return flat
@@ -224,6 +315,16 @@ def _aws_env(environ: Mapping[str, str]) -> dict[str, Any]:
         "STORAGE_EMULATOR_HOST": "gcs.endpoint", "GOOGLE_CLOUD_PROJECT": "gcs.project",
     }
     return {key: environ[env] for env, key in names.items() if environ.get(env)}
+
+
+def override_keys(override_json: str | None) -> list[str]:
+    """The dotted keys a --config JSON sets (it was validated when the settings were loaded)."""
+    if not override_json:
+        return []
+    try:
+        return sorted(_flatten(json.loads(override_json), "--config"))
+    except (ValueError, ConfigError):
+        return []
 
 
 def config_dir(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> Path:

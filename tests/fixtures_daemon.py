@@ -51,8 +51,10 @@ class DaemonHarness:
             "CEDANA_CONFIG_DIR": str(root / "cfg"), "CEDANA_ADDRESS": str(self.address),
             "CEDANA_MOUNT_DIR": str(self.mount_dir), "CEDANA_DB_PATH": str(self.db_path),
             "CEDANA_STORE_URL": str(root / "store"), "CEDANA_CACHE_DIR": str(root / "cache"),
-            "CEDANA_LOG_LEVEL": "info",
+            "CEDANA_LOG_LEVEL": "info", "CEDANA_JOB_LOG_DIR": str(root / "joblogs"),
         }
+        (root / "joblogs").mkdir()
+        (root / "joblogs").chmod(0o777)  # jobs of any user write their output here
         self.proc: subprocess.Popen | None = None
 
     # --- the daemon ---
@@ -96,7 +98,8 @@ class DaemonHarness:
     def cedana(self, *args, as_nobody: bool = False, check: bool = False, timeout: float = 180,
                **kwargs) -> subprocess.CompletedProcess:
         argv = [sys.executable, "-c", _AS_NOBODY] if as_nobody else list(CEDANA)
-        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        if "input" not in kwargs:
+            kwargs.setdefault("stdin", subprocess.DEVNULL)
         result = subprocess.run([*argv, *map(str, args)], capture_output=True, text=True, timeout=timeout,
                                 env=self.env, cwd=str(ROOT), **kwargs)
         if check and result.returncode != 0:
@@ -108,7 +111,7 @@ class DaemonHarness:
         return json.loads(self.cedana(*args, "--output", "json", check=True, **kwargs).stdout)
 
     def jobs(self) -> dict[str, dict]:
-        return {j["job"]: j for j in self.json("job", "list")}
+        return {j["job"]: j for j in self.json("job", "list", "--all")}
 
     def job(self, jid: str) -> dict:
         return self.jobs()[jid]

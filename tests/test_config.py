@@ -77,3 +77,32 @@ def test_cli_reports_unknown_key_in_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "cedanafs.cli", "--config-dir", str(tmp_path), "dump", "process", "1"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 78 and r.stderr.count("\n") == 1 and "checkpoint.dri" in r.stderr
+
+
+@pytest.mark.parametrize("wrong,right", [
+    ("aws.endpoint_url", "aws.endpoint"), ("checkpoint.dri", "checkpoint.dir"), ("job.logdir", "job.log_dir"),
+    ("mount.dirs", "mount.dir"),
+])
+def test_unknown_key_suggests_the_nearest_known_one(tmp_path, wrong, right):
+    section, name = wrong.split(".")
+    with pytest.raises(ConfigError, match=f"did you mean '{right}'"):
+        load_settings(str(tmp_path), json.dumps({section: {name: "x"}}), environ={})
+
+
+def test_unknown_cedana_env_is_reported_with_the_nearest_name():
+    from cedanafs.config import unknown_env
+
+    env = {"CEDANA_CHECKPOINT_DRI": "/x", "CEDANA_ADDRESS": "/s", "CEDANA_LOG_LEVEL": "info",
+           "CEDANA_CONFIG_DIR": "/c", "CEDANA_WHATEVER": "1", "PATH": "/bin"}
+    assert unknown_env(env) == ["CEDANA_CHECKPOINT_DRI (did you mean CEDANA_CHECKPOINT_DIR?)", "CEDANA_WHATEVER"]
+
+
+def test_the_command_warns_about_an_unknown_cedana_variable(cedana, monkeypatch):
+    monkeypatch.setenv("CEDANA_STORE_ULR", "/x")
+    result = cedana("features", check=True)
+    assert "Warning: unknown environment variable CEDANA_STORE_ULR (did you mean CEDANA_STORE_URL?)" in result.stderr
+
+
+def test_job_log_dir_key(tmp_path):
+    assert load_settings(str(tmp_path), environ={}).job.log_dir == "/var/log"
+    assert load_settings(str(tmp_path), environ={"CEDANA_JOB_LOG_DIR": "/l"}).job.log_dir == "/l"

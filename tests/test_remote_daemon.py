@@ -94,6 +94,7 @@ def test_job_moves_to_a_second_machine_lazily_and_back_eagerly(machines_s3, proc
     # The second machine sees the job as another host's, with the same checkpoint.
     job_b = wait_for(lambda: b.jobs().get("w"), what="the second daemon to list the job")
     assert job_b["status"] == "remote" and job_b["checkpoint"] == ckpt["id"] and job_b["host"] == "host-a"
+    assert "w" not in {j["job"] for j in b.json("job", "list")}  # other hosts' jobs only with --all
     assert [r["id"] for r in b.checkpoints("w")] == [ckpt["id"]]
     assert ckpt["id"] in os.listdir(b.mount_dir / "jobs" / "w")
     b.cedana("checkpoint", "verify", f"w/{ckpt['id']}", check=True)  # every chunk is there, hashes right

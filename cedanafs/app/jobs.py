@@ -80,6 +80,11 @@ class RunRequest:
     stdin: int | None = None
     stdout: int | None = None
     stderr: int | None = None
+    tty: str = ""  # a terminal to become the job's controlling terminal and stdio (attachable jobs)
+
+
+# A session leader that opens a terminal makes it its controlling terminal; then the command runs.
+_TTY_EXEC = 'exec "$@" <>"$0" >&0 2>&0'
 
 
 # --- the job database -------------------------------------------------------------------------
@@ -179,8 +184,9 @@ def job_status(job: Job, host: str | None = None) -> str:
 
 
 def human_size(size: int | None) -> str:
-    """The SIZE column of the job tables: blank when unknown or empty, else e.g. 7.4MiB."""
-    return format_size(size, sep="") if size else ""
+    """The SIZE column of the job tables: blank when unknown or empty, else e.g. 7.4 MiB (one format
+    everywhere: config.format_size)."""
+    return format_size(size) if size else ""
 
 
 def _exit_code(returncode: int) -> int:
@@ -257,9 +263,14 @@ class JobService:
 
     def _spawn(self, caller: Caller, req: RunRequest) -> subprocess.Popen:
         user = {} if caller.is_root else {"user": caller.uid, "group": caller.gid, "extra_groups": []}
+        argv = list(req.cmd)
+        if req.tty:
+            if shutil.which(argv[0], path=(req.env or {}).get("PATH", os.defpath)) is None and "/" not in argv[0]:
+                raise NotFound(f"cannot run {argv[0]!r}: No such file or directory")
+            argv = ["/bin/sh", "-c", _TTY_EXEC, req.tty, *argv]
         try:
             return subprocess.Popen(
-                list(req.cmd), cwd=req.cwd or "/", env=req.env, start_new_session=True, close_fds=True,
+                argv, cwd=req.cwd or "/", env=req.env, start_new_session=True, close_fds=True,
                 stdin=req.stdin if req.stdin is not None else subprocess.DEVNULL,
                 stdout=req.stdout if req.stdout is not None else subprocess.DEVNULL,
                 stderr=req.stderr if req.stderr is not None else subprocess.DEVNULL, **user,
@@ -365,8 +376,9 @@ class JobService:
             for cid in removed:
                 self._delete_checkpoint(jid, cid)
             self.db.delete(jid)
+            log_removed = _remove_job_log(job)
         log.info("job %s: deleted with %d checkpoint(s)", jid, len(removed))
-        return {"job": jid, "checkpoints_deleted": removed}
+        return {"job": jid, "checkpoints_deleted": removed, "log_deleted": log_removed}
 
     def _delete_checkpoint(self, jid: str, cid: str) -> None:
         path = os.path.join(self.job_dir(jid), cid)
@@ -752,6 +764,25 @@ def _holds(pid: int, path: str) -> bool:
         if target == path or target.startswith(path.rstrip("/") + "/"):
             return True
     return False
+
+
+def log_path(settings: Settings, jid: str) -> str:
+    """Where a job's output goes unless `run process -o` says otherwise: job.log_dir/cedana-output-<JID>.log."""
+    return os.path.join(settings.job.log_dir, os.path.basename(LOG_TEMPLATE.format(jid=jid)))
+
+
+def _remove_job_log(job: Job) -> str:
+    """Remove the output file cedana named for the job (never a file the user chose with -o)."""
+    if not job.log or os.path.basename(job.log) != os.path.basename(LOG_TEMPLATE.format(jid=job.jid)):
+        return ""
+    try:
+        os.unlink(job.log)
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        log.warning("job %s: cannot remove its log %s: %s", job.jid, job.log, exc)
+        return ""
+    return job.log
 
 
 def _discard_quietly(path: str) -> None:

@@ -200,6 +200,7 @@ def dump_process(settings: Settings, req: DumpRequest, report: capture.Report | 
     if remote.is_remote(target):
         return _dump_to_bucket(settings, req, binary, proc, target, name, compression)
     if mountapp.mount_of(target) is not None:
+        _check_mount_target(target, req.compression)
         return _dump_into_mount(settings, req, binary, proc, target, report)
     parent = _check_parent(target)
     final = os.path.join(parent, archive.archive_name(name, compression))
@@ -216,6 +217,18 @@ def dump_process(settings: Settings, req: DumpRequest, report: capture.Report | 
         raise
     return DumpResult(path=final, pid=req.pid, name=name, compression=compression,
                       size=_size(final), duration=time.monotonic() - started)
+
+
+def _check_mount_target(target: str, compression: str | None) -> None:
+    """A dump into the mount goes into a job's directory, MOUNT/jobs/<JOB>, as an images directory."""
+    mp = mountapp.mount_of(target)
+    parts = os.path.relpath(os.path.abspath(target), mp).split(os.sep)
+    if parts[:1] != ["jobs"] or len(parts) != 2:
+        raise UsageError(f"--dir {target}: checkpoints in the mount go into a job's directory:"
+                         f" --dir {os.path.join(mp, 'jobs', '<JOB>')}")
+    if compression not in (None, "none"):
+        raise UsageError(f"--compression {compression}: the mount keeps checkpoints as images directories and"
+                         " compresses them itself (config store.codec); leave --compression out")
 
 
 def _criu_dump(binary: str, settings: Settings, req: DumpRequest, proc, images_dir: str) -> None:

@@ -11,6 +11,7 @@ import sys
 import click
 
 from . import containers, jobs, k8s, mount, process, store  # noqa: F401 - each registers its commands
+from . import attach, misc, query  # noqa: F401 - the same, after the groups they extend
 from .base import cli, fail
 
 __all__ = ["cli", "main"]

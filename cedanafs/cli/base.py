@@ -1,5 +1,6 @@
 """The `cedana` command's common ground: the root group, the per-call context, error handling,
-output formatting, the option sets shared by several command families, and the call to the daemon.
+the option sets shared by several command families, and the call to the daemon. Output
+formatting (emit, format_table, --output) lives in output.py and is re-exported here.
 
 User errors (CedanaError) become one line on stderr and the error's exit code; nothing else is
 caught here except to report it as a bug in one line (the traceback only in debug logs).
@@ -8,7 +9,6 @@ caught here except to report it as a bug in one line (the traceback only in debu
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import sys
 from typing import Any, Callable
@@ -19,6 +19,7 @@ from .. import __version__
 from ..config import Settings, load_settings
 from ..errors import CedanaError
 from ..log import setup_logging
+from .output import emit, format_table, output_option  # noqa: F401 - re-exported for the command families
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,31 @@ class Context:
     def settings(self) -> Settings:
         if self._settings is None:
             self._settings = load_settings(self._config_dir, self._config_json)
+            _warn_unknown_env()
         return self._settings
+
+    def check_daemon_overrides(self) -> None:
+        """--config keys a daemon-served command cannot honour are refused, never silently dropped."""
+        from ..config import override_keys
+        from ..errors import UsageError
+
+        ignored = [k for k in override_keys(self._config_json) if k not in CLIENT_SIDE_KEYS]
+        if ignored:
+            raise UsageError(f"--config {', '.join(ignored)}: the daemon serves this command with its own"
+                             " settings; set them in the daemon's config.json and restart it"
+                             f" (here --config can set {', '.join(CLIENT_SIDE_KEYS)})")
+
+
+# What this command itself uses when the daemon does the work: which daemon, and what it puts in the request.
+CLIENT_SIDE_KEYS = ("address", "job.log_dir", "checkpoint.dir", "checkpoint.compression", "criu.leave_running",
+                    "log.level")
+
+
+def _warn_unknown_env() -> None:
+    from ..config import unknown_env
+
+    for name in unknown_env():
+        click.echo(f"Warning: unknown environment variable {name} is ignored", err=True)
 
 
 def fail(message: str, code: int) -> None:
@@ -68,26 +93,6 @@ def handle_errors(func: Callable) -> Callable:
 
 
 pass_ctx = click.make_pass_decorator(Context)
-
-
-def emit(data: Any, output: str, table: Callable[[Any], str] | None = None) -> None:
-    """Print data as JSON when asked (--output json), else as the given table text."""
-    if output == "json" or table is None:
-        click.echo(json.dumps(data, indent=2, default=str))
-    else:
-        click.echo(table(data))
-
-
-def format_table(headers: list[str], rows: list[list[Any]]) -> str:
-    cells = [headers] + [["" if c is None else str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
-
-
-output_option = click.option(
-    "--output", "-O", type=click.Choice(["table", "json"]), default="table", show_default=True,
-    help="Output format.",
-)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -155,6 +160,7 @@ def _daemon(ctx: Context, method: str, params: dict | None = None, fds: tuple[in
     """One call to the daemon at config `address`; its errors come back as the same CedanaError."""
     from ..daemon import client
 
+    ctx.check_daemon_overrides()
     return client.call(ctx.settings.address, method, params, fds=fds, timeout=timeout)
 
 

@@ -9,6 +9,7 @@ import sys
 import click
 
 from ..log import setup_logging
+from .output import report, reports
 from .base import (Context, IngestProgress, _daemon, _local_path, cli, dump, emit, format_table, handle_errors, manage_group,
                    output_option, pass_ctx, restore, run_group)
 
@@ -48,33 +49,48 @@ def daemon_check(ctx: Context, output: str) -> None:
 
 @run_group.command("process", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--jid", "-j", help="Job id (default: a readable random one).")
-@click.option("-o", "--out", "log_path", help="Output file (default /var/log/cedana-output-<JID>.log).")
+@click.option("-o", "--out", "log_path", help="Output file (default <job.log_dir>/cedana-output-<JID>.log).")
 @click.option("-a", "--attach", is_flag=True, help="Use this terminal's stdio and exit with the job's exit code.")
+@click.option("--attachable", is_flag=True,
+              help="Give the job a terminal kept by the daemon: `cedana attach` reaches it later.")
+@output_option
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_ctx
 @handle_errors
-def run_process(ctx: Context, jid: str | None, log_path: str | None, attach: bool, cmd: tuple[str, ...]) -> None:
+def run_process(ctx: Context, jid: str | None, log_path: str | None, attach: bool, attachable: bool, output: str,
+                cmd: tuple[str, ...]) -> None:
     """Run CMD as a managed job: a new session, this cwd and environment."""
     import os
 
-    from ..app.jobs import LOG_TEMPLATE, new_jid
+    from ..app.jobs import log_path as default_log, new_jid
     from ..catalog import check_job_name
     from ..errors import UsageError
 
-    if attach and log_path:
-        raise UsageError("--attach and --out exclude each other")
+    if attach and (log_path or attachable):
+        raise UsageError(f"--attach and {'--out' if log_path else '--attachable'} exclude each other")
+    _check_command(cmd)
     jid = check_job_name(jid) if jid else new_jid()
     params = {"cmd": list(cmd), "jid": jid, "cwd": os.getcwd(), "env": dict(os.environ), "attach": attach}
     if attach:
         result = _daemon(ctx, "job.run", params, fds=(0, 1, 2))
         sys.exit(_wait_attached(ctx, jid, result["pid"]))
-    log_file = os.path.abspath(log_path or LOG_TEMPLATE.format(jid=jid))
+    log_file = os.path.abspath(log_path or default_log(ctx.settings, jid))
     fd = _open_log(log_file)
     try:
-        result = _daemon(ctx, "job.run", params | {"log": log_file}, fds=(fd,))
+        result = _daemon(ctx, "job.run", params | {"log": log_file, "attachable": attachable}, fds=(fd,))
     finally:
         os.close(fd)
-    click.echo(f"Started job {result['job']} (PID {result['pid']}), output in {log_file}")
+    how = f"; attach with `cedana attach {result['pid']}`" if attachable else ""
+    emit(result, output, lambda r: f"Started job {r['job']} (PID {r['pid']}), output in {log_file}{how}")
+
+
+def _check_command(cmd: tuple[str, ...]) -> None:
+    """An option before the command that `run process` does not know is a mistake, not the program."""
+    from ..errors import UsageError
+
+    after_dashes = "--" in sys.argv and sys.argv[sys.argv.index("--") + 1:][:1] == list(cmd[:1])
+    if cmd and cmd[0].startswith("-") and not after_dashes:
+        raise UsageError(f"no such option: {cmd[0]} (put the command after `--`: cedana run process -- CMD)")
 
 
 def _open_log(path: str) -> int:
@@ -104,12 +120,13 @@ def _wait_attached(ctx: Context, jid: str, pid: int) -> int:
 @manage_group.command("process")
 @click.argument("pid", type=int)
 @click.option("--jid", "-j", help="Job id (default: a readable random one).")
+@reports
 @pass_ctx
 @handle_errors
 def manage_process(ctx: Context, pid: int, jid: str | None) -> None:
     """Manage the running process PID as a job."""
     result = _daemon(ctx, "job.manage", {"pid": pid, "jid": jid})
-    click.echo(f"Managing PID {pid} as job {result['job']}")
+    report(result, f"Managing PID {pid} as job {result['job']}")
 
 
 @cli.group("job")
@@ -127,12 +144,14 @@ def _job_rows(jobs: list[dict]) -> str:
 
 
 @job_group.command("list")
+@click.option("--all", "-a", "all_hosts", is_flag=True, help="Include jobs of other hosts (status remote).")
 @output_option
 @pass_ctx
 @handle_errors
-def job_list(ctx: Context, output: str) -> None:
+def job_list(ctx: Context, all_hosts: bool, output: str) -> None:
     """List jobs: JOB TYPE PID STATUS GPU CHECKPOINT SIZE LOG."""
-    emit(_daemon(ctx, "job.list"), output, _job_rows)
+    jobs = [j for j in _daemon(ctx, "job.list") if all_hosts or j["status"] != "remote"]
+    emit(jobs, output, _job_rows)
 
 
 def _checkpoint_rows(rows: list[dict]) -> str:
@@ -155,17 +174,19 @@ def job_checkpoints(ctx: Context, jid: str, output: str) -> None:
 @job_group.command("kill")
 @click.argument("jid")
 @click.option("--signal", "-s", "signame", default="KILL", show_default=True, help="Signal name or number.")
+@reports
 @pass_ctx
 @handle_errors
 def job_kill(ctx: Context, jid: str, signame: str) -> None:
     """Send a signal (default KILL) to a job's process."""
     result = _daemon(ctx, "job.kill", {"jid": jid, "signal": signame})
-    click.echo(f"Sent {result['signal']} to job {jid} (PID {result['pid']})")
+    report(result, f"Sent {result['signal']} to job {jid} (PID {result['pid']})")
 
 
 @job_group.command("delete")
 @click.argument("jid")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@reports
 @pass_ctx
 @handle_errors
 def job_delete(ctx: Context, jid: str, yes: bool) -> None:
@@ -178,7 +199,7 @@ def job_delete(ctx: Context, jid: str, yes: bool) -> None:
             raise UsageError(f"deleting job {jid} also deletes its {count} checkpoint(s): confirm with --yes")
         click.confirm(f"Delete job {jid} and its {count} checkpoint(s)?", abort=True)
     result = _daemon(ctx, "job.delete", {"jid": jid})
-    click.echo(f"Deleted job {jid} and {len(result['checkpoints_deleted'])} checkpoint(s)")
+    report(result, f"Deleted job {jid} and {len(result['checkpoints_deleted'])} checkpoint(s)")
 
 
 @job_group.command("inspect")
@@ -200,6 +221,7 @@ cli.add_command(job_checkpoints, "checkpoints")
 @click.option("--leave-running", is_flag=True, help="Keep the job running after the dump.")
 @click.option("--streams", type=click.IntRange(0, 256), default=0,
               help="Chunks of each file uploading at once (default: config checkpoint.streams).")
+@reports
 @pass_ctx
 @handle_errors
 def dump_job(ctx: Context, jid: str, leave_running: bool, streams: int) -> None:
@@ -209,7 +231,7 @@ def dump_job(ctx: Context, jid: str, leave_running: bool, streams: int) -> None:
     params = {"jid": jid, "leave_running": leave_running, **({"streams": streams} if streams else {})}
     with IngestProgress(os.path.join(ctx.settings.mount.dir, "jobs", jid)):
         result = _daemon(ctx, "job.dump", params)
-    click.echo(f"Dumped job {jid} to {result['path']}")
+    report(result, f"Dumped job {jid} to {result['path']}")
     if result.get("committed_after") is not None:
         IngestProgress.timing(result["captured_after"], result["committed_after"])
 
@@ -221,6 +243,7 @@ def dump_job(ctx: Context, jid: str, leave_running: bool, streams: int) -> None:
 @click.option("--lazy", is_flag=True, help="Restore with lazy pages (memory arrives on demand).")
 @click.option("--streams", type=click.IntRange(0, 256), default=0,
               help="Parallel reads of the images ahead of CRIU (default: config checkpoint.streams).")
+@reports
 @pass_ctx
 @handle_errors
 def restore_job(ctx: Context, jid: str, path: str | None, checkpoint_id: str | None, lazy: bool,
@@ -233,4 +256,4 @@ def restore_job(ctx: Context, jid: str, path: str | None, checkpoint_id: str | N
     params = {"jid": jid, "path": _local_path(path), "checkpoint": checkpoint_id, "lazy": lazy,
               **({"streams": streams} if streams else {})}
     result = _daemon(ctx, "job.restore", params)
-    click.echo(f"Restored job {jid} (PID {result['pid']}) from {result['path']}")
+    report(result, f"Restored job {jid} (PID {result['pid']}) from {result['path']}")

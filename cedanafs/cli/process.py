@@ -13,6 +13,7 @@ import click
 from ..config import COMPRESSIONS
 from .base import (Context, IngestProgress, _criu_flags, _daemon, _daemon_listening, _local_path, cli, dump, emit, format_table,
                    handle_errors, output_option, pass_ctx, restore)
+from .output import report, reports
 
 @cli.command()
 @click.option("--full", is_flag=True, help="Also run CRIU's extended checks.")
@@ -43,6 +44,7 @@ def check(ctx: Context, full: bool, output: str) -> None:
 @click.option("--no-server", is_flag=True, help="Do the dump in this process, not through the daemon.")
 @click.option("--result-file", help="Write the result as JSON to this file.")
 @_criu_flags
+@reports
 @pass_ctx
 @handle_errors
 def dump_process_cmd(ctx: Context, pid: int, directory: str | None, name: str | None, compression: str | None,
@@ -64,7 +66,7 @@ def dump_process_cmd(ctx: Context, pid: int, directory: str | None, name: str | 
     if result_file:
         with open(result_file, "w") as f:
             json.dump(result.to_dict(), f, indent=2)
-    click.echo(f"Dumped PID {pid} to {result.path}")
+    report(result.to_dict(), f"Dumped PID {pid} to {result.path}")
     if result.committed_after is not None:
         IngestProgress.timing(result.captured_after, result.committed_after)
 
@@ -80,6 +82,7 @@ def dump_process_cmd(ctx: Context, pid: int, directory: str | None, name: str | 
 @click.option("--lazy", is_flag=True, help="Restore with lazy pages (memory arrives on demand).")
 @click.option("--streams", type=int, default=0, help="Parallel transfer streams for remote storage.")
 @_criu_flags
+@reports
 @pass_ctx
 @handle_errors
 def restore_process_cmd(ctx: Context, path: str, pid_file: str | None, no_server: bool, attach: bool,
@@ -98,7 +101,7 @@ def restore_process_cmd(ctx: Context, path: str, pid_file: str | None, no_server
     result = result or restore_process(ctx.settings, req)
     if result.exit_code is not None:
         sys.exit(result.exit_code)
-    click.echo(f"Restored PID {result.pid}")
+    report({"pid": result.pid, "path": path}, f"Restored PID {result.pid}")
 
 
 

@@ -13,6 +13,7 @@ import click
 from ..config import format_size
 from ..errors import UsageError
 from .base import Context, cli, emit, fail, format_table, handle_errors, output_option, pass_ctx
+from .output import report as report_result, reports
 
 _store_option = click.option("--store", "store_url", metavar="URL",
                              help="Checkpoint store: a path, file://, s3://bucket/prefix, gs://bucket/prefix"
@@ -102,6 +103,7 @@ def checkpoint_import(ctx: Context, directory: str, job: str | None, name: str |
 @click.option("--image", help="Image name of a --format oci-image archive"
                               " (default: localhost/cedana-checkpoint/<job>:<id>).")
 @_store_option
+@reports
 @pass_ctx
 @handle_errors
 def checkpoint_export(ctx: Context, ref: str, dest: str, fmt: str, compression: str, image: str | None,
@@ -121,7 +123,8 @@ def checkpoint_export(ctx: Context, ref: str, dest: str, fmt: str, compression: 
         m = cps.catalog.find(ref)
         with _Progress(m.size, f"export {m.name}") as progress:
             cps.export(m.name, dest, progress=progress)
-    click.echo(f"{m.name} -> {dest} ({len(m.files)} files, {_human(m.size)})")
+    report_result({"job": m.job, "id": m.id, "dest": dest, "files": len(m.files), "size": m.size},
+                  f"{m.name} -> {dest} ({len(m.files)} files, {_human(m.size)})")
 
 
 @checkpoint.command("list")
@@ -173,12 +176,18 @@ def _inspection_text(i: Any) -> str:
 
 @checkpoint.command("inspect")
 @click.argument("ref")
+@click.option("--type", "-t", "image_type", type=click.Choice(["ps", "fd", "mem", "rss", "sk"]),
+              help="Decode CRIU's images: process tree, open files, memory mappings, resident pages, sockets.")
 @_store_option
 @output_option
 @pass_ctx
 @handle_errors
-def checkpoint_inspect(ctx: Context, ref: str, store_url: str | None, output: str) -> None:
+def checkpoint_inspect(ctx: Context, ref: str, image_type: str | None, store_url: str | None, output: str) -> None:
     """Show a checkpoint's files, sizes and chunks; REF may also be an archive path or URL, or a dir."""
+    if image_type:
+        from .inspect import inspect_images
+
+        return inspect_images(ctx, ref, image_type, store_url, output)
     with _checkpoints(ctx, store_url) as cps:
         info = cps.inspect(ref)
     if info.kind == "archive" and os.path.isfile(ref):  # a container checkpoint archive says what it holds
@@ -209,13 +218,14 @@ def checkpoint_verify(ctx: Context, ref: str, store_url: str | None, output: str
 @checkpoint.command("delete")
 @click.argument("ref")
 @_store_option
+@reports
 @pass_ctx
 @handle_errors
 def checkpoint_delete(ctx: Context, ref: str, store_url: str | None) -> None:
     """Delete checkpoint REF; its chunks are freed by the next `cedana gc`."""
     with _checkpoints(ctx, store_url) as cps:
         m = cps.delete(ref)
-    click.echo(f"deleted {m.name}")
+    report_result({"job": m.job, "id": m.id, "deleted": True}, f"deleted {m.name}")
 
 
 @cli.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import signal
 from typing import Any, Awaitable, Callable
 
@@ -16,9 +17,10 @@ import trio
 
 from ..app import container_jobs as app_containers
 from ..app import process as app_process
-from ..app.jobs import ALIVE, Caller, JobService, RunRequest
-from ..errors import UsageError
+from ..app.jobs import ALIVE, Caller, JobService, RunRequest, jobs_db_path, new_jid
+from ..errors import NotFound, UsageError
 from ..runtimes import runc
+from . import console
 from .protocol import ProtocolError
 
 log = logging.getLogger(__name__)
@@ -34,11 +36,13 @@ class Handlers:
         self.jobs = jobs
         self.health = health
         self.limiter = trio.CapacityLimiter(threads)
+        # The sockets of attachable jobs' console keepers, beside the job database.
+        self.consoles_dir = os.path.join(os.path.dirname(jobs_db_path(jobs.settings)), "consoles")
         self.methods: dict[str, Method] = {
             "daemon.health": self._health, "job.run": self._run, "job.manage": self._manage,
             "job.list": self._list, "job.checkpoints": self._checkpoints, "job.inspect": self._inspect,
             "job.kill": self._kill, "job.delete": self._delete, "job.dump": self._dump,
-            "job.restore": self._restore, "job.wait": self._wait,
+            "job.restore": self._restore, "job.wait": self._wait, "job.attach": self._attach,
             "process.dump": self._dump_process, "process.restore": self._restore_process,
             "runc.run": self._run_runc, "runc.manage": self._manage_runc,
             "containerd.manage": self._manage_containerd,
@@ -64,7 +68,48 @@ class Handlers:
         req = RunRequest(cmd=tuple(cmd), jid=params.get("jid"), cwd=str(params.get("cwd") or "/"),
                          env=params.get("env"), log=str(params.get("log") or ""),
                          stdin=stdin, stdout=stdout, stderr=stderr)
+        if params.get("attachable"):
+            return await self._run_attachable(caller, req)
         return await self._thread(self.jobs.run, caller, req)
+
+    async def _run_attachable(self, caller: Caller, req: RunRequest) -> Any:
+        """The job's stdio is a new pty; its master side goes to a keeper process (console.py) that
+        writes the output to the log the caller opened and relays it to attachers."""
+        jid = req.jid or new_jid()
+        master, slave = os.openpty()
+        try:
+            if not caller.is_root:
+                os.fchown(slave, caller.uid, -1)
+            tty = os.ttyname(slave)
+            run = dataclasses.replace(req, jid=jid, stdin=slave, stdout=slave, stderr=slave, tty=tty)
+            result = await self._thread(self.jobs.run, caller, run)
+            await self._thread(console.start_keeper, self.consoles_dir, jid, master, req.stdout)
+        finally:
+            os.close(slave)
+            os.close(master)
+        return result | {"attachable": True}
+
+    async def _attach(self, caller: Caller, params: dict, fds: list[int]) -> Any:
+        """Hand the caller's end of a socket pair (its one fd) to the job's console keeper."""
+        if len(fds) != 1:
+            raise ProtocolError("job.attach needs one socket descriptor")
+        jid = params.get("jid") or await self._jid_of_pid(caller, params.get("pid"))
+        state = await self._thread(self.jobs.exit_status, caller, jid)  # checks the caller may
+        if state["status"] not in ALIVE:
+            raise NotFound(f"job {jid} is not running ({state['status']}); nothing to attach to")
+        handed = await self._thread(console.hand_over, self.consoles_dir, jid, fds[0],
+                                    int(params.get("rows") or 0), int(params.get("cols") or 0))
+        if not handed:
+            raise NotFound(f"job {jid} is not attachable (start it with `cedana run process --attachable`)")
+        return {"job": jid, "status": state["status"]}
+
+    async def _jid_of_pid(self, caller: Caller, pid: Any) -> str:
+        if not isinstance(pid, int) or isinstance(pid, bool):
+            raise UsageError("a job id (JID) or a PID is required")
+        for job in await self._thread(self.jobs.list, caller):
+            if job["pid"] == pid and job["status"] in ALIVE:
+                return job["job"]
+        raise NotFound(f"PID {pid} is not a job of this daemon (see `cedana job list`)")
 
     async def _manage(self, caller: Caller, params: dict, fds: list[int]) -> Any:
         return await self._thread(self.jobs.manage, caller, int(params["pid"]), params.get("jid"))
@@ -85,6 +130,9 @@ class Handlers:
         return await self._thread(self.jobs.delete, caller, _jid(params))
 
     async def _dump(self, caller: Caller, params: dict, fds: list[int]) -> Any:
+        if await self._thread(console.has_console, self.consoles_dir, _jid(params)):
+            raise UsageError(f"job {params['jid']} is attachable: its terminal is the daemon's, and dumping"
+                             " such a job is not supported yet (run it without --attachable to checkpoint it)")
         return await self._thread(self.jobs.dump, caller, _jid(params), bool(params.get("leave_running")),
                                   streams=_streams(params))
 
