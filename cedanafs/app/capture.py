@@ -36,7 +36,7 @@ import psutil
 from .. import criu
 from ..config import Settings
 from ..errors import CheckpointError, CriuError
-from ..streamer.ingest import ABANDONED, COMPLETE, WRITER, writer_alive
+from ..spool import ABANDONED, COMPLETE, WRITER, writer_alive
 from . import mount as mountapp
 
 log = logging.getLogger(__name__)

@@ -11,13 +11,15 @@ import io
 import os
 import shutil
 from contextlib import contextmanager
-from typing import BinaryIO, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Iterator
 from urllib.parse import urlsplit
 
 from ..config import Settings
-from ..errors import AlreadyExists, NotFound
-from ..streamer import Backend, NoSuchObject, open_backend
+from ..errors import AlreadyExists, NoSuchObject, NotFound
 from . import archive
+
+if TYPE_CHECKING:  # the store's code is loaded only by the commands that go to a bucket
+    from ..streamer import Backend
 
 REMOTE_SCHEMES = ("s3", "s3a", "gs", "gcs")
 _COPY_BUFFER = 8 << 20
@@ -77,6 +79,8 @@ def upload_checkpoint(backend: Backend, url: str, images_dir: str, name: str, co
 def download_checkpoint(settings: Settings, url: str, dest: str) -> None:
     """Fetch the checkpoint at url (an archive object or a dir of images) into the empty dest."""
     parent, name = split_url(url)
+    from ..streamer import open_backend
+
     backend = open_backend(parent, settings)
     # Object stores have no directories: a name with keys under it is an images dir.
     keys = list(backend.list(f"{name}/"))

@@ -11,10 +11,12 @@ from __future__ import annotations
 import errno
 import json
 import os
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from ..catalog import Status, Tree
 from ..errors import FsError
+
+if TYPE_CHECKING:  # the dump command reads the names here without loading the tree
+    from ..catalog import Status, Tree
 
 PREFIX = "user.cedana."
 SEAL = PREFIX + "seal"

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from cedanafs.errors import CheckpointError, UsageError
+from cedanafs.spool import ABANDONED, COMPLETE, writer_alive
 from cedanafs.types import FileContent, TransferStats
 
 from .chunkstore import PutResult
@@ -43,9 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BLOCK = 16 << 20
-COMPLETE = ".complete"  # the spool's writer is done: every file is final
-ABANDONED = ".abandoned"  # the spool's writer failed: stop, store nothing more
-WRITER = ".writer"  # the pid of the spool's writer: if it dies (SIGKILL), the ingest stops too
 _PAGES = re.compile(r"pages-(\d+)\.img$")
 _POLL = 0.002
 
@@ -114,34 +112,6 @@ def _final(source: str) -> bool:
     if os.path.exists(os.path.join(source, ABANDONED)) or not os.path.isdir(source) or not writer_alive(source):
         raise IngestAborted(f"the dump writing {source} failed; nothing was stored")
     return False
-
-
-_writer_checked: dict[str, float] = {}
-
-
-def writer_alive(source: str, every: float = 0.5) -> bool:
-    """Whether the process named in `source`/.writer still runs (checked at most every `every` s).
-
-    A writer killed outright (SIGKILL) drops no marker: without this, an ingest following its
-    spool would wait for ever, and with it the killed writer's own request into the mount."""
-    now = time.monotonic()
-    if now - _writer_checked.get(source, 0.0) < every:
-        return True
-    _writer_checked[source] = now
-    try:
-        with open(os.path.join(source, WRITER)) as f:
-            pid = int(f.read().strip())
-    except (OSError, ValueError):
-        return True  # no writer named: markers and the directory decide
-    return _running(pid)
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
 
 
 def _pages(source: str) -> list[str]:
