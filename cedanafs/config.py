@@ -8,6 +8,7 @@ the JSON given with `--config` for one call. Unknown keys are an error that name
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 from dataclasses import dataclass, field
@@ -266,7 +267,6 @@ def _apply(values: dict[str, dict[str, Any]], flat: dict[str, Any], source: str)
 
 def _suggestion(key: str) -> str:
     """' (did you mean 'aws.endpoint'?)' for a key close to a known one, else ''."""
-    import difflib
 
     known = all_keys()
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
@@ -286,7 +286,6 @@ def env_name(key: str) -> str:
 
 def unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
     """CEDANA_* variables that set nothing, each with the nearest known name when there is one."""
-    import difflib
 
     environ = os.environ if environ is None else environ
     known = [env_name(k) for k in all_keys()] + list(OTHER_ENV)

@@ -205,7 +205,7 @@ def test_corrupt_chunk_named_and_never_exported(workload, tmp_path):
     bad = pages.chunks[len(pages.chunks) // 2]
     from cedanafs.streamer import codecs
     # Valid encoding of other bytes: only the digest check can catch it.
-    (store_dir / "chunks" / bad.digest[:2] / bad.digest).write_bytes(codecs.encode(b"\x00" * bad.size, "zstd"))
+    (store_dir / "chunks-b3" / bad.digest[:2] / bad.digest).write_bytes(codecs.encode(b"\x00" * bad.size, "zstd"))
     from cedanafs.errors import CheckpointError
     with open_checkpoints(settings_for(tmp_path, str(store_dir))) as cps:
         with pytest.raises(CheckpointError) as err:

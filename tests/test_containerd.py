@@ -16,7 +16,7 @@ from tests.fixtures_containers import COUNTER, read_count
 from tests.fixtures_procs import wait_for
 from tests.test_runc import cedana, digest, ok, one_line_error
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.real, pytest.mark.timeout(300)]
 
 SCRIPT = f"echo written-before > /data/before; {COUNTER}"
 

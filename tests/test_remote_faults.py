@@ -164,7 +164,7 @@ def _dumped_then_seen_elsewhere(shared_machines, moto_server, procs, name: str):
     ckpt = wait_for(lambda: b.jobs().get("w"), what="the second daemon to see the job")["checkpoint"]
     digest = _lazy_chunk_of_pages(shared_machines, b.mount_dir / "jobs" / "w" / ckpt, "w", ckpt)
     bucket, _, prefix = shared_machines.url[len("s3://"):].partition("/")
-    return b, info, digest, bucket, f"{prefix}/{chunk_key(digest)}"
+    return b, info, digest, bucket, f"{prefix}/{chunk_key(digest, 'kb3')}"
 
 
 def test_missing_chunk_during_a_lazy_restore_kills_the_restored_process(shared_machines, moto_server, procs):

@@ -15,7 +15,7 @@ import pytest
 from tests.fixtures_containers import COUNTER, wait_counting
 from tests.fixtures_procs import CEDANA, ROOT, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.slow, pytest.mark.real, pytest.mark.timeout(240)]
 
 NOTE = "written before the checkpoint"
 SCRIPT = f"echo '{NOTE}' > /dev/shm/note; echo started > /data/started; {COUNTER}"

@@ -17,7 +17,7 @@ from tests.fixtures_procs import wait_for
 from tests.test_runc import (SCRIPT, assert_continues, assert_one_run, cedana, digest, log_numbers, ok,
                              one_line_error)
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.real, pytest.mark.timeout(300)]
 
 
 def test_runc_job_run_dump_restore(daemon, runc_env, tmp_path):

@@ -16,7 +16,7 @@ from tests.fixtures_containers import wait_counting
 from tests.fixtures_procs import wait_for
 from tests.test_runc import SCRIPT, assert_continues, assert_resumed, log_numbers
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.real, pytest.mark.timeout(300)]
 
 
 def _dump(mounted, runc_env, cid: str, job: str, *extra: str) -> str:

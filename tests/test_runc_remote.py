@@ -13,7 +13,7 @@ from tests.fixtures_procs import wait_for
 from tests.test_remote_daemon import Machines
 from tests.test_runc import SCRIPT, assert_one_run, assert_resumed, log_numbers, ok
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.slow, pytest.mark.real, pytest.mark.timeout(420)]
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ leaves wrong bytes behind.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -192,12 +193,30 @@ class Checkpoints:
             owner = root.stat()
             meta = {"uid": str(owner.st_uid), "gid": str(owner.st_gid), **(meta or {}),
                     "transfer": _transfer_meta(stats)}
+            files = self._store_gone_again(root, entries, files, lease)
             self.store.chunks.prepare_commit(lease)  # chunks durable, reused ones safe from GC
             manifest = self.catalog.commit_files(job, files, name=name, kind=kind, meta=meta,
                                                  host=host_name(self.settings))
         log.info("imported %s as %s: %d bytes, %d stored (%d new chunks, %d reused)", root, manifest.name,
                  stats.logical_bytes, stats.stored_bytes, stats.new_chunks, stats.reused_chunks)
         return manifest
+
+    def _store_gone_again(self, root: Path, entries: list[_Entry], files: list[FileEntry],
+                          lease: Any) -> list[FileEntry]:
+        """A GC that ran meanwhile may have deleted chunks found in the store: the files that reuse
+        them are stored again (they upload now), so the commit does not fail for it."""
+        gone = set(self.store.chunks.reused_gone(lease))
+        if not gone:
+            return files
+        log.info("%d reused chunks were deleted by a GC meanwhile; storing their files again", len(gone))
+        by_path = {e.rel: e for e in entries}
+        again = []
+        for f in files:
+            if f.content is not None and gone & {c.digest for c in f.content.chunks}:
+                content, _ = self._store_file(root / f.path, by_path[f.path], lease, None)
+                f = dataclasses.replace(f, content=content)
+            again.append(f)
+        return again
 
     def total_bytes(self, path: str | os.PathLike) -> int:
         """Bytes an import of `path` will read (for a progress bar)."""
