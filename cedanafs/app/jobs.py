@@ -38,7 +38,7 @@ from ..config import Settings, format_size, host_name
 from ..errors import AlreadyExists, CedanaError, CheckpointError, CriuError, NotFound, PermissionDenied, UsageError
 from . import mount as app_mount
 from . import process as app_process
-from .procinfo import dumpable_process, process_state
+from .procinfo import dumpable_process
 
 log = logging.getLogger(__name__)
 
@@ -380,16 +380,17 @@ class JobService:
     # --- kill and delete ---
 
     def kill(self, caller: Caller, jid: str, signum: int = signal.SIGKILL) -> dict:
+        """Signal the job's whole session (or process group, or tree): a pipeline dies whole."""
         job = self._job(caller, jid)
         status = job_status(job, self.host)
         if status not in ("running", "sleep"):
             raise UsageError(f"job {jid} is not running ({status}); nothing to kill")
-        try:
-            os.kill(job.pid, signum)
-        except ProcessLookupError:
-            raise NotFound(f"job {jid}: PID {job.pid} is gone") from None
-        log.info("job %s: sent signal %d to pid %d", jid, signum, job.pid)
-        return {"job": jid, "pid": job.pid, "signal": signal.Signals(signum).name}
+        targets = job_processes(job.pid)
+        if not targets:
+            raise NotFound(f"job {jid}: PID {job.pid} is gone")
+        _signal_tree(targets, signum)
+        log.info("job %s: sent signal %d to %d process(es) of pid %d", jid, signum, len(targets), job.pid)
+        return {"job": jid, "pid": job.pid, "signal": signal.Signals(signum).name, "pids": targets}
 
     def delete(self, caller: Caller, jid: str) -> dict:
         job = self._job(caller, jid)
@@ -469,15 +470,22 @@ class JobService:
 
     # --- dump ---
 
-    def dump(self, caller: Caller, jid: str, leave_running: bool = False, streams: int = 0) -> dict:
+    def dump(self, caller: Caller, jid: str, leave_running: bool = False, streams: int = 0,
+             flags: dict[str, Any] | None = None) -> dict:
+        """Checkpoint a job into the mount; `flags` are the CRIU flags `dump process` takes."""
         job = self._job(caller, jid)
+        req = app_process.DumpRequest(pid=job.pid, leave_running=leave_running, **(flags or {}))
         with self._exclusive(jid, "dump"):
             status = job_status(job, self.host)
             if status not in ("running", "sleep"):
                 raise NotFound(f"job {jid} has no process to dump ({status}"
                                f"{'' if job.exit_code is None else f', exit code {job.exit_code}'})")
             started = time.monotonic()
-            path = self._dump_into_mount(job, leave_running, streams)
+            try:
+                path = self._dump_into_mount(job, leave_running, streams, req)
+            except CedanaError as exc:
+                log.error("job %s: dump failed: %s", jid, exc)
+                raise
         cid = os.path.basename(path)
         info = self.catalog.latest(jid)
         size = info.size if info is not None and info.id == cid else 0
@@ -485,31 +493,30 @@ class JobService:
         return {"job": jid, "checkpoint": cid, "path": path, "size": size,
                 "duration": time.monotonic() - started, "leave_running": leave_running}
 
-    def _dump_into_mount(self, job: Job, leave_running: bool, streams: int = 0) -> str:
+    def _dump_into_mount(self, job: Job, leave_running: bool, streams: int = 0,
+                         req: app_process.DumpRequest | None = None) -> str:
         """CRIU into a pending checkpoint dir in the mount, then seal it.
 
         Without --leave-running, CRIU leaves the tree stopped rather than killing it, and it is
         killed only once the checkpoint is sealed: if anything fails before (or the daemon dies),
-        the process is resumed instead of being lost with no checkpoint.
+        the process is resumed instead of being lost with no checkpoint. The tree killed is the
+        one in the images (pstree.img), so a child forked just before the freeze goes too.
         """
+        req = req or app_process.DumpRequest(pid=job.pid, leave_running=leave_running)
         proc = dumpable_process(job.pid)
-        state = process_state(proc)
-        tree = [job.pid, *state.children]
         path = str(app_mount.begin_checkpoint(self.job_dir(job.jid),
                                               streams=streams or self.settings.checkpoint.streams))
         self._set_pending(job, path)
+        tree: list[int] = []
         try:
-            criu.dump(criu.find_criu(self.settings.criu.binary_path), criu.DumpOptions(
-                images_dir=path, log_file=app_process.DUMP_LOG, pid=job.pid, leave_running=leave_running,
-                shell_job=state.shell_job, tcp_established=state.tcp_established,
-                extra={} if leave_running else {"leave_stopped": True}))
-            record = state.to_dict() | {"job": {"jid": job.jid, "cmd": job.cmd, "log": job.log, "uid": job.uid}}
-            with open(os.path.join(path, app_process.STATE_FILE), "w") as f:
-                json.dump(record, f, indent=2)
+            app_process.criu_dump(criu.find_criu(self.settings.criu.binary_path), self.settings, req, proc, path,
+                                  record={"job": {"jid": job.jid, "cmd": job.cmd, "log": job.log, "uid": job.uid}},
+                                  leave_stopped=not leave_running)
+            tree = dumped_tree(path)
             app_mount.seal(path, kind=JOB_KIND)
         except BaseException:
             _discard_quietly(path)
-            _signal_tree(tree, signal.SIGCONT)
+            _signal_tree(tree or [job.pid, *_children(job.pid)], signal.SIGCONT)
             raise
         finally:
             self._set_pending(job, "")
@@ -541,7 +548,8 @@ class JobService:
     # --- restore ---
 
     def restore(self, caller: Caller, jid: str, path: str | None = None, checkpoint: str | None = None,
-                lazy: bool = False, streams: int = 0) -> dict:
+                lazy: bool = False, streams: int = 0, flags: dict[str, Any] | None = None) -> dict:
+        """Restore a job as our child; `flags` are the CRIU flags `restore process` takes, over the recorded ones."""
         job = self.db.get(jid)
         if job is not None:
             job = self._job(caller, jid)
@@ -552,10 +560,15 @@ class JobService:
                                     " dump it or kill it before restoring")
             source = path or self._checkpoint_path(jid, checkpoint)
             threads = app_process.streams_of(self.settings, streams)
-            if lazy:
-                pid, state = self._restore_lazy(caller, job, source, threads)
-            else:
-                pid, state = self._restore_from(caller, job, source, threads)
+            req = app_process.RestoreRequest(path=source, lazy=lazy, **(flags or {}))
+            try:
+                if lazy:
+                    pid, state = self._restore_lazy(caller, job, req, threads)
+                else:
+                    pid, state = self._restore_from(caller, job, req, threads)
+            except CedanaError as exc:
+                log.error("job %s: restore from %s failed: %s", jid, source, exc)
+                raise
             job = self._restored_job(caller, jid, job, state, pid, source)
         log.info("job %s: restored pid %d from %s", jid, pid, source)
         return self._view(job) | {"path": source}
@@ -572,26 +585,39 @@ class JobService:
             raise NotFound(f"job {jid} has no checkpoints to restore (cedana dump job {jid} first)")
         return os.path.join(self.job_dir(jid), info.id)
 
-    def _restore_lazy(self, caller: Caller, job: Job | None, source: str, threads: int) -> tuple[int, dict]:
+    def _restore_lazy(self, caller: Caller, job: Job | None, req: app_process.RestoreRequest,
+                      threads: int) -> tuple[int, dict]:
         """Lazy pages from the mount: the job runs once its small images are read, memory follows on fault.
 
         `criu restore --restore-sibling` makes the process our child, as an eager restore does;
         the lazy-pages server is our child too until it has sent every page.
         """
+        source = req.path
         if app_mount.mount_of(source) is None or not os.path.isdir(source):
             raise UsageError("--lazy restores from a checkpoint directory in the mount, not from --path elsewhere")
         state = _read_state(source)
         _check_owner(caller, state, source)
         app_process.check_pids_free(source)
         work = tempfile.mkdtemp(prefix="cedana-lazy-job-")
-        restored = app_mount.lazy_restore(source, work, shell_job=state.get("shell_job", False),
-                                          criu=self.settings.criu.binary_path, extra_args=("--restore-sibling",),
-                                          threads=threads)
+        inherit = _log_inheritance(state, job.log if job else state.get("job", {}).get("log", ""))
+        options = app_process.restore_options(req, os.path.abspath(source), work, state, inherit=inherit,
+                                              sibling=True, default_shell_job=False)
+        try:
+            restored = app_mount.lazy_restore(source, work, options=options, criu=self.settings.criu.binary_path,
+                                              threads=threads)
+        except BaseException:
+            reap_failed_restore(source)
+            raise
+        finally:
+            for m in inherit:
+                os.close(m.fd)
         with self._lock:
             self._page_servers.append(restored.pages)
         return restored.pid, state
 
-    def _restore_from(self, caller: Caller, job: Job | None, source: str, threads: int) -> tuple[int, dict]:
+    def _restore_from(self, caller: Caller, job: Job | None, req: app_process.RestoreRequest,
+                      threads: int) -> tuple[int, dict]:
+        source = req.path
         binary = criu.find_criu(self.settings.criu.binary_path)
         with _images(self.settings, source) as images:
             state = _read_state(images.path)
@@ -607,11 +633,10 @@ class JobService:
             work = tempfile.mkdtemp(prefix="cedana-restore-job-")
             inherit = _log_inheritance(state, job.log if job else state.get("job", {}).get("log", ""))
             try:
-                pid = criu.restore(binary, criu.RestoreOptions(
-                    images_dir=images.path, work_dir=work, log_file=RESTORE_LOG,
-                    shell_job=state.get("shell_job", False), tcp_established=state.get("tcp_established", False),
-                    rst_sibling=True, inherit=inherit))
+                pid = criu.restore(binary, app_process.restore_options(
+                    req, images.path, work, state, inherit=inherit, sibling=True, default_shell_job=False))
             except CriuError as exc:
+                reap_failed_restore(images.path)
                 why = app_mount.read_error(source) if app_mount.mount_of(source) else ""
                 if why:  # the mount could not read an image: say which chunk, not only CRIU's EIO
                     raise CriuError(f"{exc} (the store: {why})") from None
@@ -750,6 +775,57 @@ def _children(pid: int) -> list[int]:
         return [c.pid for c in psutil.Process(pid).children(recursive=True)]
     except psutil.Error:
         return []
+
+
+def dumped_tree(images_dir: str) -> list[int]:
+    """The pids of the tree CRIU dumped (pstree.img), root first; empty if the images cannot say."""
+    try:
+        return [entry.pid for entry in criu.read_pstree(images_dir)]
+    except CedanaError as exc:
+        log.warning("cannot read the dumped tree from %s: %s", images_dir, exc)
+        return []
+
+
+def job_processes(pid: int) -> list[int]:
+    """Every process of a job: its session if it leads one, else its process group, else its tree."""
+    try:
+        sid, pgid = os.getsid(pid), os.getpgid(pid)
+    except ProcessLookupError:
+        return []
+    if pid not in (sid, pgid):
+        return [pid, *_children(pid)]
+    found = [pid]
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != pid and (os.getsid(proc.pid) == sid if pid == sid else os.getpgid(proc.pid) == pgid):
+                found.append(proc.pid)
+        except (ProcessLookupError, PermissionError):
+            continue
+    return found + [c for c in _children(pid) if c not in found]
+
+
+def reap_failed_restore(images_dir: str, wait: float = 5.0) -> None:
+    """Reap what a failed restore left as our child (its root, killed by CRIU): its pid is free again."""
+    try:
+        root = criu.read_pstree(images_dir)[0].pid
+    except CedanaError:
+        return
+    deadline, killed = time.monotonic() + wait, False
+    while True:
+        try:
+            done, _ = os.waitpid(root, os.WNOHANG)
+        except ChildProcessError:
+            return  # not our child: nothing to reap
+        if done:
+            log.info("reaped pid %d of a failed restore", root)
+            return
+        if time.monotonic() > deadline:
+            if killed:
+                log.warning("pid %d of a failed restore does not end", root)
+                return
+            _signal_tree([root], signal.SIGKILL)
+            deadline, killed = time.monotonic() + wait, True
+        time.sleep(0.05)
 
 
 def _signal_tree(pids: list[int], signum: int) -> None:
