@@ -35,9 +35,11 @@ import psutil
 from .. import criu
 from ..catalog import check_job_name
 from ..config import Settings, format_size, host_name
-from ..errors import AlreadyExists, CedanaError, CheckpointError, CriuError, NotFound, PermissionDenied, UsageError
+from ..errors import (AlreadyExists, CedanaError, CheckpointError, CriuError, NotFound, PermissionDenied, StoreError,
+                      UsageError)
 from . import mount as app_mount
 from . import process as app_process
+from . import remote as app_remote
 from .procinfo import dumpable_process
 
 log = logging.getLogger(__name__)
@@ -668,13 +670,15 @@ class JobService:
         if not caller.is_root:
             _check_process_owner(caller, req.pid)
             _check_dir_owner(caller, req.dir or self.settings.checkpoint.dir)
-        return app_process.dump_process(self.settings, req).to_dict()
+        with _daemon_credentials(req.dir or self.settings.checkpoint.dir):
+            return app_process.dump_process(self.settings, req).to_dict()
 
     def restore_process(self, caller: Caller, req: app_process.RestoreRequest) -> dict:
-        if not caller.is_root:
-            with _images(self.settings, req.path) as images:
-                _check_owner(caller, _read_state(images.path), req.path)
-        result = app_process.restore_process(self.settings, req)
+        with _daemon_credentials(req.path):
+            if not caller.is_root:
+                with _images(self.settings, req.path) as images:
+                    _check_owner(caller, _read_state(images.path), req.path)
+            result = app_process.restore_process(self.settings, req)
         return {"pid": result.pid}
 
 
@@ -740,6 +744,24 @@ def _log_inheritance(state: dict, log_path: str) -> tuple[criu.StdioMapping, ...
         log.warning("cannot reopen job log %s: %s", log_path, exc)
         return ()
     return (criu.StdioMapping(key=log_path.lstrip("/"), fd=fd),)
+
+
+_CREDENTIAL_WORDS = ("credentials", "access denied", "accessdenied", "forbidden", "not authorized")
+
+
+@contextmanager
+def _daemon_credentials(target: str | None) -> Iterator[None]:
+    """A bucket through the daemon is reached with the daemon's credentials: say so when it has none."""
+    try:
+        yield
+    except StoreError as exc:
+        text = str(exc)
+        if not app_remote.is_remote(target) or not any(w in text.lower() for w in _CREDENTIAL_WORDS):
+            raise
+        raise PermissionDenied(
+            f"the cedana daemon (pid {os.getpid()}) has no credentials for {target}: {text} -- the daemon,"
+            " not this command, talks to the bucket: give its service the AWS_*/GOOGLE_APPLICATION_CREDENTIALS"
+            " environment or the aws.*/gcs.* config, or run this command with --no-server") from None
 
 
 def _check_owner(caller: Caller, state: dict, source: str) -> None:
