@@ -18,7 +18,7 @@ DEB_PACKAGES=(
   fuse3 libfuse3-dev pkg-config iptables rsync busybox-static runc procps iproute2 psmisc
   build-essential libbsd-dev libcap-dev libgnutls28-dev libnet1-dev libnftables-dev libnl-3-dev
   libprotobuf-c-dev libprotobuf-dev protobuf-c-compiler protobuf-compiler uuid-dev python3-protobuf
-  git ca-certificates
+  git ca-certificates tmux
 )
 
 log() { printf '[setup] %s\n' "$*"; }

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import criu
+from ..criu import terminal as criu_terminal
 from ..config import COMPRESSIONS, Settings
 from ..errors import AlreadyExists, CheckpointError, CriuError, NotFound, PermissionDenied, UsageError
 from . import archive, remote
@@ -452,7 +453,10 @@ def restore_process(settings: Settings, req: RestoreRequest) -> RestoreResult:
         inherit = _stdio_inheritance(state) if req.no_server else ()
         try:
             opts = restore_options(req, images.path, work, state, inherit=inherit, sibling=req.no_server)
-            pid = criu.restore(binary, opts)
+            if req.no_server and opts.shell_job:  # the caller's terminal becomes the restored tree's
+                pid = criu_terminal.restore_in_terminal(binary, opts)
+            else:
+                pid = criu.restore(binary, opts)
         finally:
             for m in inherit:
                 os.close(m.fd)
