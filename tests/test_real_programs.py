@@ -65,6 +65,8 @@ def test_tcp_client_keeps_its_connection_through_a_job(daemon, lazy):
     assert not session(pid), "processes of the dumped job were left behind"
     at_dump = read_lines(d / "count")[-1]
     assert latest_state(daemon, "tcp")["criu"]["tcp_established"] is True
+    dump_log = daemon.mount_dir / "jobs" / "tcp" / "latest" / "criu-dump.log"
+    assert "Dumping finished successfully" in dump_log.read_text(), "CRIU's log was not copied into the checkpoint"
 
     daemon.cedana("restore", "job", "tcp", *lazy_args(lazy), check=True)  # the recorded flag applies
     wait_for(lambda: counting(d / "count", at_dump + 10), what="the restored client to go on")
@@ -139,7 +141,8 @@ def test_sqlite_wal_writer_as_a_job_with_file_locks(daemon, lazy):
         conn.close()
 
 
-def test_shell_loop_dumped_and_restored_three_times(daemon):
+@pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
+def test_shell_loop_dumped_and_restored_three_times(daemon, lazy):
     out = daemon.root / "loop.count"
     pid = run_job(daemon, "loop", "sh", "-c", f'i=0; while :; do i=$((i+1)); echo $i >> {out}; sleep 0.02; done')
     wait_for(lambda: counting(out, 5), what="the loop to count")
@@ -149,13 +152,14 @@ def test_shell_loop_dumped_and_restored_three_times(daemon):
         left = [(p.pid, p.status()) for p in session(pid)]
         assert not left, f"round {round_ + 1}: the dump left processes of the job behind: {left}"
         at_dump = read_lines(out)[-1]
-        daemon.cedana("restore", "job", "loop", check=True)
+        daemon.cedana("restore", "job", "loop", *lazy_args(lazy), check=True)
         wait_for(lambda: counting(out, at_dump + 5), what="the restored loop to go on")
     values = read_lines(out)
     assert values == list(range(1, len(values) + 1))
 
 
-def test_failed_restore_is_reaped_and_retry_works(daemon):
+@pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
+def test_failed_restore_is_reaped_and_retry_works(daemon, lazy):
     out = daemon.root / "c.count"
     run_job(daemon, "retry", sys.executable, PROGRAMS / "counter.py", out)
     wait_for(lambda: counting(out, 5), what="the counter to count")
@@ -163,13 +167,13 @@ def test_failed_restore_is_reaped_and_retry_works(daemon):
     at_dump = read_lines(out)[-1]
     moved = out.with_name("moved")
     out.rename(moved)  # the file the process has open is gone: CRIU fails inside the restored tree
-    failed = daemon.cedana("restore", "job", "retry")
+    failed = daemon.cedana("restore", "job", "retry", *lazy_args(lazy))
     assert failed.returncode != 0 and len(failed.stderr.strip().splitlines()) == 1, failed.stderr
     assert daemon.job("retry")["status"] == "halted"
     zombies = [c.pid for c in psutil.Process(daemon.proc.pid).children() if c.status() == psutil.STATUS_ZOMBIE]
     assert not zombies, f"the failed restore left zombies in the daemon: {zombies}"
     moved.rename(out)
-    daemon.cedana("restore", "job", "retry", check=True)  # at once, same daemon
+    daemon.cedana("restore", "job", "retry", *lazy_args(lazy), check=True)  # at once, same daemon
     wait_for(lambda: counting(out, at_dump + 5), what="the retried restore to go on")
     assert daemon.job("retry")["status"] in ALIVE
 

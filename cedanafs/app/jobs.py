@@ -33,6 +33,7 @@ from typing import Any, Iterator
 import psutil
 
 from .. import criu
+from ..criu.processes import stop_orphan_criu
 from ..catalog import check_job_name
 from ..config import Settings, format_size, host_name
 from ..errors import (AlreadyExists, CedanaError, CheckpointError, CriuError, NotFound, PermissionDenied, StoreError,
@@ -459,7 +460,7 @@ class JobService:
             if not job.pending:
                 continue
             log.warning("job %s: discarding unfinished checkpoint %s", job.jid, job.pending)
-            _stop_orphan_criu(job.pending)
+            stop_orphan_criu(job.pending)
             try:
                 if app_mount.checkpoint_state(job.pending) == "pending":
                     app_mount.discard_checkpoint(job.pending)
@@ -856,33 +857,6 @@ def _signal_tree(pids: list[int], signum: int) -> None:
             os.kill(pid, signum)
         except ProcessLookupError:
             pass
-
-
-def _stop_orphan_criu(images_dir: str, timeout: float = 10.0) -> None:
-    """Kill a CRIU still writing into `images_dir` (its daemon died): its checkpoint will never be sealed."""
-    found = []
-    for proc in psutil.process_iter(["name"]):
-        if proc.info["name"] == "criu" and _holds(proc.pid, images_dir):
-            found.append(proc)
-    for proc in found:
-        log.warning("stopping orphaned CRIU pid %d writing into %s", proc.pid, images_dir)
-        proc.kill()
-    psutil.wait_procs(found, timeout=timeout)
-
-
-def _holds(pid: int, path: str) -> bool:
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target == path or target.startswith(path.rstrip("/") + "/"):
-            return True
-    return False
 
 
 def _discard_quietly(path: str) -> None:
