@@ -11,10 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import select
-import shutil
-import signal
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -489,9 +486,7 @@ def _pread(path: str, offset: int, length: int) -> int:
         os.close(fd)
 
 
-LazyPages = criu_lazy.LazyPages
-LazyRestore = criu_lazy.LazyRestore
-kill_tree = criu_lazy.kill_tree
+LazyRestore = criu_lazy.LazyRestore  # the lazy-pages daemon and its watchdog live in criu/lazy.py
 
 
 def lazy_restore(ckpt_dir: str | Path, work_dir: str | Path, *, options: RestoreOptions | None = None,
@@ -520,12 +515,3 @@ def lazy_restore(ckpt_dir: str | Path, work_dir: str | Path, *, options: Restore
         if why:  # the mount could not read an image: say which chunk, not only CRIU's EIO
             raise CheckpointError(f"{exc} (the store: {why})") from None
         raise
-
-
-def _log_tail(path: str, lines: int = 2) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            errors = [ln.strip() for ln in f if "Error" in ln]
-    except OSError:
-        return "no log"
-    return "; ".join(errors[-lines:]) or "see " + path
