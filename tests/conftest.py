@@ -1,5 +1,6 @@
 """Shared pytest wiring: fixture plugins live in tests/fixtures_*.py and are listed here."""
 
+import json
 import os
 
 import pytest
@@ -19,5 +20,7 @@ pytest_plugins = [
 def _isolated_config(tmp_path_factory, monkeypatch):
     """Each test sees an empty config dir, so /etc/cedana on the machine cannot change results."""
     cfg = tmp_path_factory.mktemp("cedana-config")
+    # State (the catalog index, failed dumps' CRIU logs) in the test's own dir, never the machine's.
+    (cfg / "config.json").write_text(json.dumps({"db": {"path": str(cfg / "state" / "cedana.db")}}))
     monkeypatch.setenv("CEDANA_CONFIG_DIR", str(cfg))
     yield cfg
