@@ -9,8 +9,8 @@ import sys
 import click
 
 from ..log import setup_logging
-from .base import (Context, _criu_flags, _daemon, _local_path, cli, dump, emit, format_table, handle_errors, manage_group,
-                   output_option, pass_ctx, restore, run_group)
+from .base import (Context, _criu_flags, _daemon, _local_path, cli, dump, emit, format_table, handle_errors,
+                   manage_group, output_option, pass_ctx, restore, run_group)
 
 @cli.group("daemon")
 def daemon_group() -> None:
