@@ -80,7 +80,8 @@ def test_tcp_client_keeps_its_connection_through_a_job(daemon, lazy):
     assert daemon.job("tcp")["status"] in ALIVE
 
 
-def test_udp_socket_answers_after_restore(daemon):
+@pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
+def test_udp_socket_answers_after_restore(daemon, lazy):
     d = daemon.root / "udp"
     d.mkdir()
     run_job(daemon, "udp", sys.executable, NET, "udp", d)
@@ -91,7 +92,7 @@ def test_udp_socket_answers_after_restore(daemon):
         sock.sendto(b"a", ("127.0.0.1", port))
         assert sock.recv(64) == b"1 a"
         daemon.cedana("dump", "job", "udp", check=True)
-        daemon.cedana("restore", "job", "udp", check=True)
+        daemon.cedana("restore", "job", "udp", *lazy_args(lazy), check=True)
         sock.sendto(b"b", ("127.0.0.1", port))
         assert sock.recv(64) == b"2 b", "the restored UDP server lost its state or its socket"
     finally:
