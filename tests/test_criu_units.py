@@ -59,3 +59,20 @@ def test_failed_dump_logs_are_kept_and_pruned(tmp_path, monkeypatch):
     assert kept[-1].startswith(str(where)) and open(kept[-1]).read() == FAILED_DUMP_LOG
     assert sorted(str(p) for p in where.iterdir()) == sorted(kept[-app_process.KEEP_FAILED_DUMPS:])
     assert (where.stat().st_mode & 0o777) == 0o700
+
+
+def test_a_zombie_holding_a_pid_is_not_taken_for_free():
+    import signal
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        child.send_signal(signal.SIGKILL)
+        import time
+
+        time.sleep(0.3)  # dead, not reaped: a zombie of ours
+        holder = app_process._pid_holder(child.pid, wait=0.2)
+        assert holder is not None and "zombie" in holder
+    finally:
+        child.wait()
+    assert app_process._pid_holder(child.pid, wait=0.2) is None

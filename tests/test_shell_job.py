@@ -6,10 +6,12 @@ takes typed input again and its exit code comes back through cedana.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 from tests.fixtures_procs import CEDANA, ROOT, wait_for
@@ -35,8 +37,11 @@ class Tmux:
         return self("capture-pane", "-p", "-t", f"t:{window}")
 
     def wait_text(self, window: str, text: str, timeout: float = 60) -> str:
-        return wait_for(lambda: text in self.screen(window) and self.screen(window), timeout=timeout,
-                        what=f"{text!r} in the {window} terminal")
+        try:
+            return wait_for(lambda: text in self.screen(window) and self.screen(window), timeout=timeout,
+                            what=f"{text!r} in the {window} terminal")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the terminal shows:\n{self.screen(window).strip()}") from None
 
 
 @pytest.fixture
@@ -46,7 +51,9 @@ def tmux(tmp_path):
     t = Tmux(str(tmp_path / "tmux.sock"))
     shell = "bash --norc --noprofile"
     t("new-session", "-d", "-s", "t", "-x", "160", "-y", "40", "-n", "home", shell)
-    t("new-window", "-t", "t", "-n", "victim", shell)
+    # The victim bash leads its own session on the pane's terminal (setsid -c), under a parent that
+    # waits for it (setsid -w), so its end is reaped at once and its pid is free for the restore.
+    t("new-window", "-t", "t", "-n", "victim", f"setsid -w -c {shell}")
     try:
         yield t
     finally:
@@ -56,8 +63,10 @@ def tmux(tmp_path):
 def test_interactive_bash_restored_in_a_terminal_takes_input(tmux, tmp_path, procs):
     tmux.type("victim", "SECRET=4242; PS1='restored> '")
     tmux.wait_text("victim", "restored>")
-    pid = int(tmux("display", "-p", "-t", "t:victim", "#{pane_pid}"))
+    pane = int(tmux("display", "-p", "-t", "t:victim", "#{pane_pid}"))
+    pid = wait_for(lambda: psutil.Process(pane).children(), what="the victim bash").pop().pid
     procs.watch(pid)
+    assert os.getsid(pid) == pid, "the victim bash should lead its session (a shell job by its terminal alone)"
     dump = subprocess.run([*CEDANA, "dump", "process", str(pid), "--dir", str(tmp_path), "--name", "sh",
                            "--no-server"], capture_output=True, text=True, timeout=120, cwd=str(ROOT))
     assert dump.returncode == 0, dump.stderr

@@ -352,8 +352,12 @@ def _pid_holder(pid: int, wait: float = 3.0) -> str | None:
     while True:
         try:
             proc = psutil.Process(pid)
-            if proc.status() != psutil.STATUS_ZOMBIE or time.monotonic() > deadline:
+            if proc.status() == psutil.STATUS_ZOMBIE and time.monotonic() > deadline:
+                return f"a zombie its parent, PID {proc.ppid()}, has not reaped"
+            if proc.status() != psutil.STATUS_ZOMBIE:
                 return " ".join(proc.cmdline()) or proc.name()
+        except psutil.ZombieProcess:
+            pass  # became a zombie between two calls: look again
         except psutil.NoSuchProcess:
             return None
         except psutil.Error:
