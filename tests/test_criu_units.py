@@ -4,6 +4,10 @@ line, and the app's keeping of failed dumps' logs.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
+
 import pytest
 
 from cedanafs.app import process as app_process
@@ -62,14 +66,9 @@ def test_failed_dump_logs_are_kept_and_pruned(tmp_path, monkeypatch):
 
 
 def test_a_zombie_holding_a_pid_is_not_taken_for_free():
-    import signal
-    import subprocess
-
     child = subprocess.Popen(["sleep", "60"])
     try:
         child.send_signal(signal.SIGKILL)
-        import time
-
         time.sleep(0.3)  # dead, not reaped: a zombie of ours
         holder = app_process._pid_holder(child.pid, wait=0.2)
         assert holder is not None and "zombie" in holder
