@@ -13,6 +13,7 @@ CRIU_DEB_VERSION="${CRIU_DEB_VERSION:-4.2.1-1}"
 CRIU_BUILD_DIR="${CRIU_BUILD_DIR:-/var/cache/cedanafs/criu-build-$CRIU_VERSION}"
 CRIU_PREFIX="${CRIU_PREFIX:-/usr/local}"
 STAMP_DIR="${STAMP_DIR:-/var/cache/cedanafs}"
+ZDTM_DIR="${ZDTM_DIR:-$STAMP_DIR/zdtm}"
 
 DEB_PACKAGES=(
   fuse3 libfuse3-dev pkg-config iptables rsync busybox-static runc containerd procps iproute2 psmisc
@@ -131,6 +132,31 @@ ensure_criu() {
   log "CRIU installed: $CRIU_PREFIX/sbin/criu ($("$CRIU_PREFIX/sbin/criu" --version | head -n1))"
 }
 
+# CRIU's conformance programs (test/zdtm/static) that tests/test_zdtm.py runs, built from the same
+# source tree into $ZDTM_DIR (only those listed in tests/zdtm/programs.txt: ~15 s on 2 cores).
+ensure_zdtm() {
+  local list="$HERE/tests/zdtm/programs.txt" stamp="$ZDTM_DIR/.programs" want names tmp
+  want="$(cat "$list" "$STAMP_DIR/criu-src/Makefile.versions" 2>/dev/null | sha256sum | cut -d' ' -f1)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    log "zdtm programs up to date: $ZDTM_DIR"
+    return
+  fi
+  names="$(sed 's/#.*//' "$list" | awk 'NF {print $1}' | tr '\n' ' ')"
+  log "building CRIU's zdtm programs into $ZDTM_DIR"
+  tmp="$(mktemp -d "$STAMP_DIR/zdtm.build.XXXXXX")"
+  cp -r "$STAMP_DIR/criu-src/test/zdtm/lib" "$STAMP_DIR/criu-src/test/zdtm/static" \
+    "$STAMP_DIR/criu-src/test/zdtm/Makefile.inc" "$tmp/"
+  # shellcheck disable=SC2086
+  { make -C "$tmp/lib" -j"$(nproc)" libzdtmtst.a && make -C "$tmp/static" -j"$(nproc)" $names; } \
+    >"$tmp/build.log" 2>&1 || {
+    tail -n 30 "$tmp/build.log" >&2
+    echo "setup: building the zdtm programs failed (log: $tmp/build.log)" >&2
+    exit 1
+  }
+  echo "$want" > "$tmp/.programs"
+  rm -rf "$ZDTM_DIR" && mv -T "$tmp" "$ZDTM_DIR"
+}
+
 ensure_venv() {
   local stamp="$VENV/.cedanafs-setup"
   local want
@@ -159,6 +185,7 @@ main() {
   mkdir -p "$STAMP_DIR"
   install_debian_packages
   ensure_criu
+  ensure_zdtm
   ensure_venv
   log "ready"
 }

@@ -8,6 +8,7 @@ Two rules hold for every test:
   report nobody reads, as S3QL's test plugin has it.
 """
 
+import json
 import logging
 import os
 
@@ -32,6 +33,8 @@ TIERS = ("unit", "ops", "conformance", "real")
 def _isolated_config(tmp_path_factory, monkeypatch):
     """Each test sees an empty config dir, so /etc/cedana on the machine cannot change results."""
     cfg = tmp_path_factory.mktemp("cedana-config")
+    # State (the catalog index, failed dumps' CRIU logs) in the test's own dir, never the machine's.
+    (cfg / "config.json").write_text(json.dumps({"db": {"path": str(cfg / "state" / "cedana.db")}}))
     monkeypatch.setenv("CEDANA_CONFIG_DIR", str(cfg))
     yield cfg
 

@@ -71,3 +71,76 @@ def test_device_members_refused(tmp_path):
         tar.addfile(info)
     with pytest.raises(CheckpointError, match="unsupported member"):
         archive.extract_archive(io.BytesIO(buf.getvalue()), str(tmp_path), "x")
+
+
+def _flip(data: bytes, offset: int) -> bytes:
+    return data[:offset] + bytes([data[offset] ^ 0x40]) + data[offset + 1:]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("where", [0.3, 0.5, 0.8])
+def test_flipped_byte_is_caught(fmt, where, images, tmp_path):
+    buf = io.BytesIO()
+    archive.write_archive(str(images), buf, fmt)
+    data = buf.getvalue()
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with pytest.raises(CheckpointError, match="^corrupt archive: ") as caught:
+        archive.extract_archive(io.BytesIO(_flip(data, int(len(data) * where))), str(dest), "x")
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_sums_recorded_and_checked_by_sha256sum(fmt, images, tmp_path):
+    """SHA256SUMS sits in the archive in sha256sum's own format: `tar x` then `sha256sum -c` works."""
+    import subprocess
+
+    buf = io.BytesIO()
+    archive.write_archive(str(images), buf, fmt)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with archive.open_tar_stream(io.BytesIO(buf.getvalue()), "x") as tar:
+        for member in tar:
+            tar.extract(member, dest, filter="data")
+    assert (dest / archive.SUMS_NAME).exists()
+    check = subprocess.run(["sha256sum", "-c", archive.SUMS_NAME], cwd=dest, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert check.stdout.count(": OK") == len(os.listdir(images))
+
+
+def test_member_not_listed_in_sums_is_refused(images, tmp_path):
+    buf = io.BytesIO()
+    archive.write_archive(str(images), buf, "tar")
+    # Rewrite the archive with one image changed after the sums were computed.
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue()), mode="r") as src, \
+            tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT, pax_headers=src.pax_headers) as tar:
+        for member in src.getmembers():
+            data = src.extractfile(member).read()
+            if member.name == "inventory.img":
+                data = b"INV"
+            tar.addfile(member, io.BytesIO(data))
+    with pytest.raises(CheckpointError, match="corrupt archive: inventory.img does not match"):
+        archive.extract_archive(io.BytesIO(out.getvalue()), str(tmp_path), "x")
+
+
+def test_archive_without_sums_from_elsewhere_still_restores(images, tmp_path):
+    """An archive made by another tool (plain tar, no SHA256SUMS) is accepted on its format's checks."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in sorted(os.listdir(images)):
+            tar.add(images / name, arcname=name)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    assert sorted(archive.extract_archive(io.BytesIO(buf.getvalue()), str(dest), "x")) == sorted(os.listdir(images))
+
+
+def test_truncated_before_sums_is_refused(images, tmp_path):
+    """An archive that announces SHA256SUMS but lost it (cut at a member boundary) is corrupt."""
+    buf = io.BytesIO()
+    archive.write_archive(str(images), buf, "tar")
+    data = buf.getvalue()
+    cut = data.index(archive.SUMS_NAME.encode())  # its header: the tar ends cleanly just before
+    assert cut % 512 == 0
+    with pytest.raises(CheckpointError, match="corrupt archive"):
+        archive.extract_archive(io.BytesIO(data[:cut] + bytes(1024)), str(tmp_path), "x")

@@ -3,10 +3,16 @@
 Archives are written and read as streams (tar's `w|`/`r|` modes over a compressor), so a
 compressed dump never needs an uncompressed copy beside it and a remote archive is never staged
 whole. The format of an archive is taken from its magic bytes, never from its name alone.
+
+Integrity: every compressed format carries its own check (gzip's CRC, zlib's Adler-32, lz4 and
+zstd frames written with content checksums), and every archive ends with SHA256SUMS, the SHA-256
+of each file in it (`sha256sum -c` format), announced by a pax global header at its start. A
+restore reads the stream to its very end, so each of these is checked before CRIU sees a byte.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -25,6 +31,8 @@ GZIP_LEVEL = 1
 
 log = logging.getLogger(__name__)
 
+SUMS_NAME = "SHA256SUMS"
+_PAX_INTEGRITY = "CEDANA.integrity"  # pax global header key: the archive ends with SUMS_NAME
 SUFFIXES = {"tar": ".tar", "gzip": ".tar.gz", "lz4": ".tar.lz4", "zlib": ".tar.zlib", "zstd": ".tar.zst"}
 _SNIFF = 512 + 8
 
@@ -128,13 +136,13 @@ def _compressor(out: BinaryIO, compression: str) -> BinaryIO:
     if compression == "lz4":
         import lz4.frame
 
-        return lz4.frame.LZ4FrameFile(out, mode="wb")
+        return lz4.frame.LZ4FrameFile(out, mode="wb", block_checksum=True, content_checksum=True)
     if compression == "zlib":
         return io.BufferedWriter(_ZlibWriter(out), buffer_size=1 << 20)
     if compression == "zstd":
         import zstandard
 
-        return zstandard.ZstdCompressor(level=3, threads=-1).stream_writer(out, closefd=False)
+        return zstandard.ZstdCompressor(level=3, threads=-1, write_checksum=True).stream_writer(out, closefd=False)
     raise UsageError(f"unknown compression {compression!r}")
 
 
@@ -156,37 +164,96 @@ def _decompressor(src: BinaryIO, fmt: str) -> BinaryIO:
     raise CheckpointError(f"unknown archive format {fmt!r}")
 
 
+class _Hashing(io.RawIOBase):
+    """A file read through once by tarfile, hashed on the way."""
+
+    def __init__(self, src: BinaryIO):
+        self._src = src
+        self.sha = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        n = self._src.readinto(b)  # type: ignore[attr-defined]
+        self.sha.update(memoryview(b)[:n])
+        return n
+
+
+def _add_hashed(tar: tarfile.TarFile, path: str, arcname: str) -> str | None:
+    """Add one entry; returns the SHA-256 of a regular file's bytes (None for anything else)."""
+    info = tar.gettarinfo(path, arcname=arcname)
+    if not info.isfile():
+        tar.add(path, arcname=arcname, recursive=True)
+        return None
+    with open(path, "rb") as f:
+        hashing = _Hashing(f)
+        tar.addfile(info, io.BufferedReader(hashing, buffer_size=1 << 20))
+    return hashing.sha.hexdigest()
+
+
+def _add_sums(tar: tarfile.TarFile, sums: dict[str, str]) -> None:
+    text = "".join(f"{digest}  {name}\n" for name, digest in sums.items()).encode()
+    info = tarfile.TarInfo(SUMS_NAME)
+    info.size, info.mode = len(text), 0o600
+    tar.addfile(info, io.BytesIO(text))
+
+
 def write_archive(src_dir: str, out: BinaryIO, compression: str) -> None:
-    """Stream a flat tar of src_dir's files, compressed, into out."""
+    """Stream a flat tar of src_dir's files, compressed, into out; SHA256SUMS last."""
     stream = _compressor(out, compression)
+    sums: dict[str, str] = {}
     try:
-        with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT,
+                          pax_headers={_PAX_INTEGRITY: "sha256"}) as tar:
             for name in sorted(os.listdir(src_dir)):
-                tar.add(os.path.join(src_dir, name), arcname=name, recursive=True)
+                if name == SUMS_NAME:
+                    continue
+                digest = _add_hashed(tar, os.path.join(src_dir, name), name)
+                if digest is not None:
+                    sums[name] = digest
+            _add_sums(tar, sums)
     finally:
         if stream is not out:
             stream.close()
 
 
+class CorruptArchive(CheckpointError):
+    """A checkpoint archive failed an integrity check; nothing of it may be restored."""
+
+
+def _drain(stream: BinaryIO) -> None:
+    """Read a decompressor to its end: that is where gzip, zlib, lz4 and zstd check their sums."""
+    while stream.read(1 << 20):
+        pass
+
+
 @contextmanager
-def open_tar_stream(src: BinaryIO, name: str = "") -> Iterator[tarfile.TarFile]:
-    """A streaming TarFile over an archive of any supported format (sniffed, else by name)."""
+def open_tar_stream(src: BinaryIO, name: str = "", drain: bool = False) -> Iterator[tarfile.TarFile]:
+    """A streaming TarFile over an archive of any supported format (sniffed, else by name).
+
+    With drain, the stream is read to its end after the block, so the format's own checksums
+    (and any garbage after the tar's end) are checked too.
+    """
+    label = name or "archive"
     head = src.read(_SNIFF)
     if not head:
-        raise CheckpointError(f"{name or 'archive'}: empty file, not a checkpoint archive")
+        raise CheckpointError(f"{label}: empty file, not a checkpoint archive")
     # Every supported format has magic bytes; a name that disagrees with them is not trusted.
     fmt = sniff_format(head)
     if fmt is None:
-        raise CheckpointError(f"{name or 'archive'}: not a checkpoint archive (unknown format)")
+        raise CheckpointError(f"{label}: not a checkpoint archive (unknown format)")
     stream = _decompressor(_Prefixed(head, src), fmt)  # type: ignore[arg-type]
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             yield tar
+        if drain:
+            _drain(stream)
     except (tarfile.TarError, EOFError, OSError, RuntimeError, zlib.error, isal_zlib.error) as exc:
-        raise CheckpointError(f"{name or 'archive'}: truncated or corrupt archive ({exc})") from None
+        raise CorruptArchive(f"corrupt archive: {label}: truncated or corrupt data ({exc})") from None
     except Exception as exc:
-        if type(exc).__name__ == "ZstdError":
-            raise CheckpointError(f"{name or 'archive'}: truncated or corrupt archive ({exc})") from None
+        if type(exc).__name__ in ("ZstdError", "LZ4FrameError"):
+            raise CorruptArchive(f"corrupt archive: {label}: truncated or corrupt data ({exc})") from None
         raise
 
 
@@ -201,17 +268,74 @@ def _check_member(member: tarfile.TarInfo, dest: str, name: str) -> None:
         raise CheckpointError(f"{name}: unsupported member type in archive: {member.name!r}")
 
 
+def _extract_file(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str) -> str:
+    """Write one regular member into dest, hashing it; returns its SHA-256."""
+    src = tar.extractfile(member)
+    assert src is not None
+    sha = hashlib.sha256()
+    path = os.path.join(dest, member.name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, member.mode & 0o755 or 0o600)
+    with os.fdopen(fd, "wb") as out:
+        while block := src.read(1 << 20):
+            sha.update(block)
+            out.write(block)
+    os.utime(path, (member.mtime, member.mtime))
+    return sha.hexdigest()
+
+
+def _parse_sums(text: bytes, label: str) -> dict[str, str]:
+    sums = {}
+    for line in text.decode(errors="replace").splitlines():
+        digest, sep, fname = line.partition("  ")
+        if not sep or len(digest) != 64:
+            raise CorruptArchive(f"corrupt archive: {SUMS_NAME} of {label} is damaged ({line[:60]!r})")
+        sums[fname] = digest
+    return sums
+
+
+def _verify_sums(found: dict[str, str], recorded: dict[str, str] | None, label: str, required: bool) -> None:
+    if recorded is None:
+        if required:
+            raise CorruptArchive(f"corrupt archive: {label} ends before its {SUMS_NAME} (truncated or damaged)")
+        log.info("%s has no %s (made elsewhere): only its format's own checks apply", label, SUMS_NAME)
+        return
+    for fname, digest in recorded.items():
+        if fname not in found:
+            raise CorruptArchive(f"corrupt archive: {fname} is listed in {SUMS_NAME} but missing from {label}")
+        if found[fname] != digest:
+            raise CorruptArchive(f"corrupt archive: {fname} does not match its SHA-256 recorded in {label}")
+    extra = sorted(set(found) - set(recorded))
+    if extra:
+        raise CorruptArchive(f"corrupt archive: {extra[0]} in {label} is not listed in its {SUMS_NAME}")
+
+
 def extract_archive(src: BinaryIO, dest: str, name: str = "") -> list[str]:
-    """Unpack an archive stream into the (empty) dest dir, refusing anything that escapes it."""
+    """Unpack an archive stream into the (empty) dest dir, refusing anything that escapes it.
+
+    Every integrity check (the format's, then SHA256SUMS) passes before this returns; on any
+    failure the caller must discard dest.
+    """
+    label = name or "archive"
     names: list[str] = []
-    with open_tar_stream(src, name) as tar:
+    found: dict[str, str] = {}
+    recorded: dict[str, str] | None = None
+    with open_tar_stream(src, name, drain=True) as tar:
         for member in tar:
-            _check_member(member, dest, name)
+            _check_member(member, dest, label)
+            if member.name == SUMS_NAME and member.isfile():
+                recorded = _parse_sums(tar.extractfile(member).read(), label)  # type: ignore[union-attr]
+                continue
+            names.append(member.name)
+            if member.isfile():
+                found[member.name] = _extract_file(tar, member, dest)
+                continue
             try:
                 tar.extract(member, dest, filter="data")
             except tarfile.FilterError as exc:
-                raise CheckpointError(f"{name}: unsafe archive member ({exc})") from None
-            names.append(member.name)
+                raise CheckpointError(f"{label}: unsafe archive member ({exc})") from None
+        required = tar.pax_headers.get(_PAX_INTEGRITY) == "sha256"
+    _verify_sums(found, recorded, label, required)
     if "inventory.img" not in names:
-        raise CheckpointError(f"{name}: archive holds no CRIU images (no inventory.img)")
+        raise CheckpointError(f"{label}: archive holds no CRIU images (no inventory.img)")
     return names

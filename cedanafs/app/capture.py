@@ -60,28 +60,30 @@ class Captured:
     via: str  # "spool" or "mount"
 
 
-def dump_into_mount(settings: Settings, binary: str, job_dir: str, name: str | None, streams: int,
-                    options: Callable[[str], criu.DumpOptions], write_state: Callable[[str], None],
-                    kind: str, meta: dict[str, str] | None = None, report: Report | None = None,
+def dump_into_mount(settings: Settings, job_dir: str, name: str | None, streams: int, *, pid: int,
+                    leave_running: bool, run_dump: Callable[[str, bool], object], kind: str,
+                    meta: dict[str, str] | None = None, report: Report | None = None,
                     began: Callable[[str], None] | None = None) -> Captured:
-    """CRIU dumps the tree of `options(dir).pid`; it is committed in the mount, or nothing is.
+    """CRIU dumps the tree of `pid`; it is committed in the mount, or nothing is.
 
-    `options(images_dir)` gives CRIU's options for a target dir; `write_state(images_dir)` adds
-    process_state.json. Without leave_running the dumped tree is killed once committed.
-    `began(path)` hears the pending checkpoint's path before CRIU runs.
+    `run_dump(images_dir, leave_stopped)` runs CRIU into a dir and writes process_state.json
+    (app.process.criu_dump: the one dump of process and job commands). Without leave_running
+    the dumped tree stays stopped until committed, then is killed. `began(path)` hears the
+    pending checkpoint's path before CRIU runs.
     """
     started = time.monotonic()
     ckpt = str(mountapp.begin_checkpoint(job_dir, name, streams=streams))
     try:
         if began is not None:
             began(ckpt)
-        with spool_dir(settings, predicted_size(options(ckpt).pid)) as spool:
+        dump = _Dump(ckpt, pid, leave_running, run_dump, kind, meta, started, report)
+        with spool_dir(settings, predicted_size(pid)) as spool:
             if spool is not None:
                 try:
-                    return _capture(binary, ckpt, spool, options, write_state, kind, meta, started, report)
+                    return dump.run(spool)
                 except _SpoolFull:
                     log.warning("the spool %s ran out of space; dumping through the mount", settings.spool.dir)
-        return _capture(binary, ckpt, None, options, write_state, kind, meta, started, report)
+        return dump.run(None)
     except BaseException:
         _discard_quietly(ckpt)
         raise
@@ -91,42 +93,54 @@ class _SpoolFull(Exception):
     """CRIU failed for want of space in the spool (the process was resumed by CRIU)."""
 
 
-def _capture(binary: str, ckpt: str, spool: str | None, options: Callable[[str], criu.DumpOptions],
-             write_state: Callable[[str], None], kind: str, meta: dict[str, str] | None, started: float,
-             report: Report | None) -> Captured:
-    images = spool or ckpt
-    opts = options(images)
-    if not opts.leave_running:  # stopped, not killed, until the checkpoint is committed
-        opts = dataclasses.replace(opts, extra={**opts.extra, "leave_stopped": True})
-    ingest = _Ingest(ckpt, spool, kind, meta, report) if spool is not None else None
-    try:
-        criu.dump(binary, opts)
-    except CriuError:
-        if ingest is not None:
-            ingest.abandon()
-        if spool is not None and _nearly_full(spool):
-            raise _SpoolFull() from None
-        raise
-    captured = time.monotonic() - started
-    tree = [e.pid for e in criu.read_pstree(images)] or [opts.pid]
-    try:
-        write_state(images)
-        if ingest is not None:
-            ingest.finish()
-        else:
-            mountapp.seal(ckpt, kind=kind, meta=meta)
-    except BaseException:
-        if ingest is not None:
-            ingest.abandon()
-        if not opts.leave_running:
-            signal_tree(tree, signal.SIGCONT)
-        raise
-    committed = time.monotonic() - started
-    if not opts.leave_running:
-        signal_tree(tree, signal.SIGKILL)
-    log.info("checkpoint %s: captured after %.2f s, committed after %.2f s (via %s)",
-             ckpt, captured, committed, "spool" if spool else "mount")
-    return Captured(ckpt, captured, committed, "spool" if spool else "mount")
+@dataclasses.dataclass
+class _Dump:
+    """One dump into the pending checkpoint `ckpt`: through a spool dir, or (None) through the mount."""
+
+    ckpt: str
+    pid: int
+    leave_running: bool
+    run_dump: Callable[[str, bool], object]
+    kind: str
+    meta: dict[str, str] | None
+    started: float
+    report: Report | None
+
+    def run(self, spool: str | None) -> Captured:
+        images = spool or self.ckpt
+        ingest = _Ingest(self.ckpt, spool, self.kind, self.meta, self.report) if spool is not None else None
+        try:
+            self.run_dump(images, not self.leave_running)  # stopped, not killed, until committed
+        except CriuError:
+            if ingest is not None:
+                ingest.abandon()
+            if spool is not None and _nearly_full(spool):
+                raise _SpoolFull() from None
+            raise
+        except BaseException:
+            if ingest is not None:
+                ingest.abandon()
+            raise
+        captured = time.monotonic() - self.started
+        tree = [e.pid for e in criu.read_pstree(images)] or [self.pid]
+        try:
+            if ingest is not None:
+                ingest.finish()
+            else:
+                mountapp.seal(self.ckpt, kind=self.kind, meta=self.meta)
+        except BaseException:
+            if ingest is not None:
+                ingest.abandon()
+            if not self.leave_running:
+                signal_tree(tree, signal.SIGCONT)
+            raise
+        committed = time.monotonic() - self.started
+        if not self.leave_running:
+            signal_tree(tree, signal.SIGKILL)
+        via = "spool" if spool else "mount"
+        log.info("checkpoint %s: captured after %.2f s, committed after %.2f s (via %s)",
+                 self.ckpt, captured, committed, via)
+        return Captured(self.ckpt, captured, committed, via)
 
 
 class _Ingest:

@@ -32,15 +32,18 @@ from typing import Any, Iterator
 import psutil
 
 from .. import criu
+from ..criu.processes import stop_orphan_criu
 from ..catalog import check_job_name
 from ..config import Settings, format_size, host_name
-from ..errors import AlreadyExists, CedanaError, CheckpointError, CriuError, NotFound, PermissionDenied, UsageError
+from ..errors import (AlreadyExists, CedanaError, CheckpointError, CriuError, NotFound, PermissionDenied, StoreError,
+                      UsageError)
 from . import capture
 from .jobrecord import Job, new_jid, process_start_time  # noqa: F401 - part of this module's interface
 from . import container_jobs as app_containers
 from . import mount as app_mount
 from . import process as app_process
-from .procinfo import dumpable_process, process_state
+from . import remote as app_remote
+from .procinfo import dumpable_process
 
 log = logging.getLogger(__name__)
 
@@ -355,16 +358,17 @@ class JobService:
     # --- kill and delete ---
 
     def kill(self, caller: Caller, jid: str, signum: int = signal.SIGKILL) -> dict:
+        """Signal the job's whole session (or process group, or tree): a pipeline dies whole."""
         job = self._job(caller, jid)
         status = job_status(job, self.host)
         if status not in ("running", "sleep"):
             raise UsageError(f"job {jid} is not running ({status}); nothing to kill")
-        try:
-            os.kill(job.pid, signum)
-        except ProcessLookupError:
-            raise NotFound(f"job {jid}: PID {job.pid} is gone") from None
-        log.info("job %s: sent signal %d to pid %d", jid, signum, job.pid)
-        return {"job": jid, "pid": job.pid, "signal": signal.Signals(signum).name}
+        targets = job_processes(job.pid)
+        if not targets:
+            raise NotFound(f"job {jid}: PID {job.pid} is gone")
+        _signal_tree(targets, signum)
+        log.info("job %s: sent signal %d to %d process(es) of pid %d", jid, signum, len(targets), job.pid)
+        return {"job": jid, "pid": job.pid, "signal": signal.Signals(signum).name, "pids": targets}
 
     def delete(self, caller: Caller, jid: str) -> dict:
         job = self._job(caller, jid)
@@ -432,7 +436,7 @@ class JobService:
             if not job.pending:
                 continue
             log.warning("job %s: discarding unfinished checkpoint %s", job.jid, job.pending)
-            _stop_orphan_criu(job.pending)
+            stop_orphan_criu(job.pending)
             try:
                 if app_mount.checkpoint_state(job.pending) == "pending":
                     app_mount.discard_checkpoint(job.pending)
@@ -445,19 +449,26 @@ class JobService:
 
     # --- dump ---
 
-    def dump(self, caller: Caller, jid: str, leave_running: bool = False, streams: int = 0) -> dict:
+    def dump(self, caller: Caller, jid: str, leave_running: bool = False, streams: int = 0,
+             flags: dict[str, Any] | None = None) -> dict:
+        """Checkpoint a job into the mount; `flags` are the CRIU flags `dump process` takes."""
         job = self._job(caller, jid)
+        req = app_process.DumpRequest(pid=job.pid, leave_running=leave_running, **(flags or {}))
         with self._exclusive(jid, "dump"):
             status = job_status(job, self.host)
             if status not in ("running", "sleep"):
                 raise NotFound(f"job {jid} has no process to dump ({status}"
                                f"{'' if job.exit_code is None else f', exit code {job.exit_code}'})")
             started = time.monotonic()
-            if job.type in (app_containers.RUNC, app_containers.CONTAINERD):
-                done, path = None, app_containers.dump_container_job(self, job, leave_running, streams)
-            else:
-                done = self._dump_into_mount(job, leave_running, streams)
-                path = done.path
+            try:
+                if job.type in (app_containers.RUNC, app_containers.CONTAINERD):
+                    done, path = None, app_containers.dump_container_job(self, job, leave_running, streams)
+                else:
+                    done = self._dump_into_mount(job, leave_running, streams, req)
+                    path = done.path
+            except CedanaError as exc:
+                log.error("job %s: dump failed: %s", jid, exc)
+                raise
         cid = os.path.basename(path)
         info = self.catalog.latest(jid)
         size = info.size if info is not None and info.id == cid else 0
@@ -467,27 +478,25 @@ class JobService:
         return {"job": jid, "checkpoint": cid, "path": path, "size": size,
                 "duration": time.monotonic() - started, "leave_running": leave_running, **timing}
 
-    def _dump_into_mount(self, job: Job, leave_running: bool, streams: int = 0) -> capture.Captured:
+    def _dump_into_mount(self, job: Job, leave_running: bool, streams: int = 0,
+                         req: app_process.DumpRequest | None = None) -> capture.Captured:
         """CRIU into the spool, the store takes it from there (app/capture.py).
 
         Without --leave-running, CRIU leaves the tree stopped rather than killing it, and it is
         killed only once the checkpoint is committed: if anything fails before (or the daemon
-        dies), the process is resumed instead of being lost with no checkpoint.
+        dies), the process is resumed instead of being lost with no checkpoint. The tree killed is
+        the one in the images (pstree.img), so a child forked just before the freeze goes too.
         """
+        req = req or app_process.DumpRequest(pid=job.pid, leave_running=leave_running)
         proc = dumpable_process(job.pid)
-        state = process_state(proc)
-        record = state.to_dict() | {"job": {"jid": job.jid, "cmd": job.cmd, "log": job.log, "uid": job.uid}}
         binary = criu.find_criu(self.settings.criu.binary_path)
-
-        def options(images: str) -> criu.DumpOptions:
-            return criu.DumpOptions(images_dir=images, log_file=app_process.DUMP_LOG, pid=job.pid,
-                                    leave_running=leave_running, shell_job=state.shell_job,
-                                    tcp_established=state.tcp_established)
-
+        record = {"job": {"jid": job.jid, "cmd": job.cmd, "log": job.log, "uid": job.uid}}
         try:
             done = capture.dump_into_mount(
-                self.settings, binary, self.job_dir(job.jid), None, streams or self.settings.checkpoint.streams,
-                options=options, write_state=lambda images: app_process.write_state(images, record),
+                self.settings, self.job_dir(job.jid), None, streams or self.settings.checkpoint.streams,
+                pid=job.pid, leave_running=leave_running,
+                run_dump=lambda images, stopped: app_process.criu_dump(binary, self.settings, req, proc, images,
+                                                                       record=record, leave_stopped=stopped),
                 kind=JOB_KIND, meta=app_process.owner_meta(proc), began=lambda path: self._set_pending(job, path))
         finally:
             self._set_pending(job, "")
@@ -518,7 +527,8 @@ class JobService:
     # --- restore ---
 
     def restore(self, caller: Caller, jid: str, path: str | None = None, checkpoint: str | None = None,
-                lazy: bool = False, streams: int = 0) -> dict:
+                lazy: bool = False, streams: int = 0, flags: dict[str, Any] | None = None) -> dict:
+        """Restore a job as our child; `flags` are the CRIU flags `restore process` takes, over the recorded ones."""
         job = self.db.get(jid)
         if job is not None:
             job = self._job(caller, jid)
@@ -529,12 +539,17 @@ class JobService:
                                     " dump it or kill it before restoring")
             source = path or self._checkpoint_path(jid, checkpoint)
             threads = app_process.streams_of(self.settings, streams)
-            if app_containers.is_container_job(job, source):
-                pid, state = app_containers.restore_container_job(self, caller, job, source, lazy, threads)
-            elif lazy:
-                pid, state = self._restore_lazy(caller, job, source, threads)
-            else:
-                pid, state = self._restore_from(caller, job, source, threads)
+            req = app_process.RestoreRequest(path=source, lazy=lazy, **(flags or {}))
+            try:
+                if app_containers.is_container_job(job, source):
+                    pid, state = app_containers.restore_container_job(self, caller, job, source, lazy, threads)
+                elif lazy:
+                    pid, state = self._restore_lazy(caller, job, req, threads)
+                else:
+                    pid, state = self._restore_from(caller, job, req, threads)
+            except CedanaError as exc:
+                log.error("job %s: restore from %s failed: %s", jid, source, exc)
+                raise
             job = self._restored_job(caller, jid, job, state, pid, source)
         log.info("job %s: restored pid %d from %s", jid, pid, source)
         return self._view(job) | {"path": source}
@@ -551,26 +566,39 @@ class JobService:
             raise NotFound(f"job {jid} has no checkpoints to restore (cedana dump job {jid} first)")
         return os.path.join(self.job_dir(jid), info.id)
 
-    def _restore_lazy(self, caller: Caller, job: Job | None, source: str, threads: int) -> tuple[int, dict]:
+    def _restore_lazy(self, caller: Caller, job: Job | None, req: app_process.RestoreRequest,
+                      threads: int) -> tuple[int, dict]:
         """Lazy pages from the mount: the job runs once its small images are read, memory follows on fault.
 
         `criu restore --restore-sibling` makes the process our child, as an eager restore does;
         the lazy-pages server is our child too until it has sent every page.
         """
+        source = req.path
         if app_mount.mount_of(source) is None or not os.path.isdir(source):
             raise UsageError("--lazy restores from a checkpoint directory in the mount, not from --path elsewhere")
         state = _read_state(source)
         _check_owner(caller, state, source)
         app_process.check_pids_free(source)
         work = tempfile.mkdtemp(prefix="cedana-lazy-job-")
-        restored = app_mount.lazy_restore(source, work, shell_job=state.get("shell_job", False),
-                                          criu=self.settings.criu.binary_path, extra_args=("--restore-sibling",),
-                                          threads=threads)
+        inherit = _log_inheritance(state, job.log if job else state.get("job", {}).get("log", ""))
+        options = app_process.restore_options(req, os.path.abspath(source), work, state, inherit=inherit,
+                                              sibling=True, default_shell_job=False)
+        try:
+            restored = app_mount.lazy_restore(source, work, options=options, criu=self.settings.criu.binary_path,
+                                              threads=threads)
+        except BaseException:
+            reap_failed_restore(source)
+            raise
+        finally:
+            for m in inherit:
+                os.close(m.fd)
         with self._lock:
             self._page_servers.append(restored.pages)
         return restored.pid, state
 
-    def _restore_from(self, caller: Caller, job: Job | None, source: str, threads: int) -> tuple[int, dict]:
+    def _restore_from(self, caller: Caller, job: Job | None, req: app_process.RestoreRequest,
+                      threads: int) -> tuple[int, dict]:
+        source = req.path
         binary = criu.find_criu(self.settings.criu.binary_path)
         with _images(self.settings, source) as images:
             state = _read_state(images.path)
@@ -586,11 +614,10 @@ class JobService:
             work = tempfile.mkdtemp(prefix="cedana-restore-job-")
             inherit = _log_inheritance(state, job.log if job else state.get("job", {}).get("log", ""))
             try:
-                pid = criu.restore(binary, criu.RestoreOptions(
-                    images_dir=images.path, work_dir=work, log_file=RESTORE_LOG,
-                    shell_job=state.get("shell_job", False), tcp_established=state.get("tcp_established", False),
-                    rst_sibling=True, inherit=inherit))
+                pid = criu.restore(binary, app_process.restore_options(
+                    req, images.path, work, state, inherit=inherit, sibling=True, default_shell_job=False))
             except CriuError as exc:
+                reap_failed_restore(images.path)
                 why = app_mount.read_error(source) if app_mount.mount_of(source) else ""
                 if why:  # the mount could not read an image: say which chunk, not only CRIU's EIO
                     raise CriuError(f"{exc} (the store: {why})") from None
@@ -622,13 +649,15 @@ class JobService:
         if not caller.is_root:
             _check_process_owner(caller, req.pid)
             _check_dir_owner(caller, req.dir or self.settings.checkpoint.dir)
-        return app_process.dump_process(self.settings, req).to_dict()
+        with _daemon_credentials(req.dir or self.settings.checkpoint.dir):
+            return app_process.dump_process(self.settings, req).to_dict()
 
     def restore_process(self, caller: Caller, req: app_process.RestoreRequest) -> dict:
-        if not caller.is_root:
-            with _images(self.settings, req.path) as images:
-                _check_owner(caller, _read_state(images.path), req.path)
-        result = app_process.restore_process(self.settings, req)
+        with _daemon_credentials(req.path):
+            if not caller.is_root:
+                with _images(self.settings, req.path) as images:
+                    _check_owner(caller, _read_state(images.path), req.path)
+            result = app_process.restore_process(self.settings, req)
         return {"pid": result.pid}
 
 
@@ -696,6 +725,24 @@ def _log_inheritance(state: dict, log_path: str) -> tuple[criu.StdioMapping, ...
     return (criu.StdioMapping(key=log_path.lstrip("/"), fd=fd),)
 
 
+_CREDENTIAL_WORDS = ("credentials", "access denied", "accessdenied", "forbidden", "not authorized")
+
+
+@contextmanager
+def _daemon_credentials(target: str | None) -> Iterator[None]:
+    """A bucket through the daemon is reached with the daemon's credentials: say so when it has none."""
+    try:
+        yield
+    except StoreError as exc:
+        text = str(exc)
+        if not app_remote.is_remote(target) or not any(w in text.lower() for w in _CREDENTIAL_WORDS):
+            raise
+        raise PermissionDenied(
+            f"the cedana daemon (pid {os.getpid()}) has no credentials for {target}: {text} -- the daemon,"
+            " not this command, talks to the bucket: give its service the AWS_*/GOOGLE_APPLICATION_CREDENTIALS"
+            " environment or the aws.*/gcs.* config, or run this command with --no-server") from None
+
+
 def _check_owner(caller: Caller, state: dict, source: str) -> None:
     if caller.is_root:
         return
@@ -731,39 +778,63 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def dumped_tree(images_dir: str) -> list[int]:
+    """The pids of the tree CRIU dumped (pstree.img), root first; empty if the images cannot say."""
+    try:
+        return [entry.pid for entry in criu.read_pstree(images_dir)]
+    except CedanaError as exc:
+        log.warning("cannot read the dumped tree from %s: %s", images_dir, exc)
+        return []
+
+
+def job_processes(pid: int) -> list[int]:
+    """Every process of a job: its session if it leads one, else its process group, else its tree."""
+    try:
+        sid, pgid = os.getsid(pid), os.getpgid(pid)
+    except ProcessLookupError:
+        return []
+    if pid not in (sid, pgid):
+        return [pid, *_children(pid)]
+    found = [pid]
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != pid and (os.getsid(proc.pid) == sid if pid == sid else os.getpgid(proc.pid) == pgid):
+                found.append(proc.pid)
+        except (ProcessLookupError, PermissionError):
+            continue
+    return found + [c for c in _children(pid) if c not in found]
+
+
+def reap_failed_restore(images_dir: str, wait: float = 5.0) -> None:
+    """Reap what a failed restore left as our child (its root, killed by CRIU): its pid is free again."""
+    try:
+        root = criu.read_pstree(images_dir)[0].pid
+    except CedanaError:
+        return
+    deadline, killed = time.monotonic() + wait, False
+    while True:
+        try:
+            done, _ = os.waitpid(root, os.WNOHANG)
+        except ChildProcessError:
+            return  # not our child: nothing to reap
+        if done:
+            log.info("reaped pid %d of a failed restore", root)
+            return
+        if time.monotonic() > deadline:
+            if killed:
+                log.warning("pid %d of a failed restore does not end", root)
+                return
+            _signal_tree([root], signal.SIGKILL)
+            deadline, killed = time.monotonic() + wait, True
+        time.sleep(0.05)
+
+
 def _signal_tree(pids: list[int], signum: int) -> None:
     for pid in pids:
         try:
             os.kill(pid, signum)
         except ProcessLookupError:
             pass
-
-
-def _stop_orphan_criu(images_dir: str, timeout: float = 10.0) -> None:
-    """Kill a CRIU still writing into `images_dir` (its daemon died): its checkpoint will never be sealed."""
-    found = []
-    for proc in psutil.process_iter(["name"]):
-        if proc.info["name"] == "criu" and _holds(proc.pid, images_dir):
-            found.append(proc)
-    for proc in found:
-        log.warning("stopping orphaned CRIU pid %d writing into %s", proc.pid, images_dir)
-        proc.kill()
-    psutil.wait_procs(found, timeout=timeout)
-
-
-def _holds(pid: int, path: str) -> bool:
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target == path or target.startswith(path.rstrip("/") + "/"):
-            return True
-    return False
 
 
 def log_path(settings: Settings, jid: str) -> str:

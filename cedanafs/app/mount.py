@@ -11,16 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import select
-import shutil
-import signal
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from ..config import Settings, host_name
+from ..criu import RestoreOptions, find_criu
+from ..criu import lazy as criu_lazy
 from ..errors import AlreadyExists, CedanaError, CheckpointError, MountBusy, MountError, NotFound, UsageError
 from ..fuse import FSTYPE
 from ..fuse.xattrs import AUTOSEAL as XATTR_AUTOSEAL
@@ -407,9 +406,6 @@ def iter_files(path: str | Path) -> Iterator[Path]:
 # --- lazy restore from the mount ------------------------------------------------------------
 
 # The image files CRIU reads before the process runs again; pages-*.img come later, on fault.
-LAZY_SOCKET = "lazy-pages.socket"
-
-
 def prefetch_images(ckpt_dir: str | Path, *, include_pages: bool = False, threads: int = 8) -> int:
     """Read what CRIU reads first, ahead of it and in parallel; returns bytes read.
 
@@ -479,109 +475,17 @@ def _pread(path: str, offset: int, length: int) -> int:
         os.close(fd)
 
 
-RESTORED_PID = "restored.pid"
-WATCHDOG_SCRIPT = r"""criu="$1"; shift
-"$criu" lazy-pages "$@"; rc=$?
-if [ $rc -eq 0 ]; then rm -rf -- "$W"; exit 0; fi
-i=0; while [ ! -s "$W/restored.pid" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
-if [ -s "$W/restored.pid" ]; then
-  p=$(cat "$W/restored.pid")
-  kill -KILL -- "-$p" 2>/dev/null; pkill -KILL -P "$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null
-  echo "lazy-pages failed ($rc): killed the restored process $p" >> "$W/lazy-pages.log"
-fi
-exit $rc
-"""
+LazyRestore = criu_lazy.LazyRestore  # the lazy-pages daemon and its watchdog live in criu/lazy.py
 
 
-def kill_tree(pid: int) -> None:
-    """SIGKILL a restored process, its process group (if it leads one) and its children."""
-    try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        kids = []
-    for target in [pid, *map(int, kids)]:
-        try:
-            os.kill(target, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-class LazyPages:
-    """A `criu lazy-pages` daemon serving the pages of `images_dir` to a restore in `work_dir`.
-
-    The work dir must be local (CRIU binds a unix socket there), never the mount. The daemon
-    exits by itself once it has sent every page; it must outlive the restore until then.
-    """
-
-    def __init__(self, images_dir: str | Path, work_dir: str | Path, criu: str = ""):
-        from ..criu import find_criu
-
-        self.images_dir, self.work_dir = str(images_dir), str(work_dir)
-        self.criu = find_criu(criu)
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def log_path(self) -> str:
-        return os.path.join(self.work_dir, "lazy-pages.log")
-
-    def start(self, timeout: float = 30.0) -> "LazyPages":
-        os.makedirs(self.work_dir, exist_ok=True)
-        # Its own session: it must outlive the command that started it. The shell around it
-        # removes the work dir once every page is served (and keeps it, with the log, on failure).
-        # If it fails (the store stayed unreachable, a chunk is missing or corrupt), the process
-        # it was feeding must not run on: once its uffd is gone, untouched pages would read as
-        # zeros. So the shell kills the restored tree (its pid lands in $W/restored.pid).
-        script = WATCHDOG_SCRIPT
-        self.proc = subprocess.Popen(
-            ["sh", "-c", script, "sh", self.criu, "-D", self.images_dir, "-W", self.work_dir,
-             "-o", "lazy-pages.log", "-v4"],
-            env={**os.environ, "W": self.work_dir}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True)
-        socket_path = os.path.join(self.work_dir, LAZY_SOCKET)
-        deadline = time.monotonic() + timeout
-        while not os.path.exists(socket_path):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise CheckpointError(f"criu lazy-pages did not start: {_log_tail(self.log_path)}")
-            time.sleep(0.01)
-        return self
-
-    def wait(self, timeout: float | None = None) -> int:
-        """Wait until every page has been sent (the daemon exits); returns its exit code."""
-        assert self.proc is not None
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)  # the shell and criu lazy-pages under it
-            except ProcessLookupError:
-                pass
-            self.proc.wait()
-
-
-@dataclass
-class LazyRestore:
-    """A process restored with lazy pages: its pid, and the daemon still feeding it memory."""
-
-    pid: int
-    pages: LazyPages
-
-    def wait_complete(self, timeout: float | None = None) -> int:
-        return self.pages.wait(timeout)
-
-
-def lazy_restore(ckpt_dir: str | Path, work_dir: str | Path, *, shell_job: bool = True, criu: str = "",
-                 extra_args: tuple[str, ...] = (), prefetch: bool = True, threads: int = 8) -> LazyRestore:
+def lazy_restore(ckpt_dir: str | Path, work_dir: str | Path, *, options: RestoreOptions | None = None,
+                 shell_job: bool = True, criu: str = "", extra_args: tuple[str, ...] = (), prefetch: bool = True,
+                 threads: int = 8) -> LazyRestore:
     """Restore the checkpoint at `ckpt_dir` (in the mount) with lazy pages; returns once it runs.
 
-    Runs `criu lazy-pages -D <ckpt> -W <work_dir>` and `criu restore -D <ckpt> -W <work_dir>
-    --lazy-pages -d`. On failure the daemon is stopped and CRIU's reason raised as CheckpointError.
+    The small images are read ahead in parallel (which also proves the store answers), then
+    criu/lazy.py runs `criu lazy-pages` and `criu restore --lazy-pages` with the same options an
+    eager restore gets (`options`; without them, a plain restore with `shell_job`).
     """
     ckpt_dir, work_dir = os.path.abspath(ckpt_dir), os.path.abspath(work_dir)
     if mount_of(work_dir) is not None:
@@ -592,39 +496,11 @@ def lazy_restore(ckpt_dir: str | Path, work_dir: str | Path, *, shell_job: bool 
         except OSError as exc:
             raise CheckpointError(f"cannot read the images of {ckpt_dir} from the store:"
                                   f" {read_error(ckpt_dir) or exc.strerror or exc}; nothing was restored") from None
-    pages = LazyPages(ckpt_dir, work_dir, criu).start()
-    # Not in the work dir: the daemon may finish (and remove it) before we read the pid.
-    pid_dir = tempfile.mkdtemp(prefix="cedana-lazy-pid-")
-    pid_file = os.path.join(pid_dir, "pid")  # CRIU refuses to overwrite an existing pid file
+    opts = options or RestoreOptions(images_dir=ckpt_dir, shell_job=shell_job)
     try:
-        cmd = [pages.criu, "restore", "-D", ckpt_dir, "-W", work_dir, "--lazy-pages", "-d", "-o", "restore.log",
-               "-v4", "--pidfile", pid_file, *(["--shell-job"] if shell_job else []), *extra_args]
-        result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-        if result.returncode != 0:
-            pages.kill()
-            why = read_error(ckpt_dir)
-            raise CheckpointError(f"lazy restore from {ckpt_dir} failed: "
-                                  f"{_log_tail(os.path.join(work_dir, 'restore.log'))}"
-                                  f"{f' ({why})' if why else ''} (logs in {work_dir})")
-        pid = int(Path(pid_file).read_text().strip())
-        try:
-            Path(work_dir, RESTORED_PID).write_text(str(pid))  # for the watchdog, if lazy-pages fails
-        except FileNotFoundError:
-            pass  # lazy-pages already sent everything and removed its work dir
-        code = pages.proc.poll() if pages.proc else None
-        if code:  # it failed before we could name the process: kill it here
-            kill_tree(pid)
-            raise CheckpointError(f"lazy restore from {ckpt_dir} failed: criu lazy-pages exited with {code}"
-                                  f" ({_log_tail(pages.log_path)}); the restored process was killed")
-        return LazyRestore(pid, pages)
-    finally:
-        shutil.rmtree(pid_dir, ignore_errors=True)
-
-
-def _log_tail(path: str, lines: int = 2) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            errors = [ln.strip() for ln in f if "Error" in ln]
-    except OSError:
-        return "no log"
-    return "; ".join(errors[-lines:]) or "see " + path
+        return criu_lazy.restore_lazy(find_criu(criu), opts, work_dir, extra_args=extra_args)
+    except CheckpointError as exc:
+        why = read_error(ckpt_dir)
+        if why:  # the mount could not read an image: say which chunk, not only CRIU's EIO
+            raise CheckpointError(f"{exc} (the store: {why})") from None
+        raise

@@ -3,6 +3,12 @@
 A dump goes to a hidden staging directory beside its destination and only appears under its
 final name once CRIU succeeded and (for archives) the archive is complete, so a failed dump
 leaves nothing behind and the process running. A restore never modifies the checkpoint.
+
+This is also the one checkpoint/restore path of the job commands (app/jobs.py): `criu_dump`
+takes the same flags, records what was asked in process_state.json, writes CRIU's log locally
+and copies it into the checkpoint once (a failed dump's log is kept under the state dir's
+failed-dumps/); `restore_options` turns the recorded flags and the restore's own into CRIU's
+options for an eager restore and a lazy one alike.
 """
 
 from __future__ import annotations
@@ -15,12 +21,14 @@ import signal
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable
 
 from .. import criu
+from ..criu import terminal as criu_terminal
 from ..config import COMPRESSIONS, Settings
-from ..errors import AlreadyExists, CheckpointError, NotFound, PermissionDenied, UsageError
+from ..errors import AlreadyExists, CheckpointError, CriuError, NotFound, PermissionDenied, UsageError
 from . import archive, capture, remote
 from . import mount as mountapp
 from .procinfo import dumpable_process, process_state
@@ -30,6 +38,8 @@ log = logging.getLogger(__name__)
 STATE_FILE = "process_state.json"
 DUMP_LOG = "criu-dump.log"
 RESTORE_LOG = "criu-restore.log"
+FAILED_DUMPS = "failed-dumps"
+KEEP_FAILED_DUMPS = 5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,15 +131,45 @@ def _check_parent(parent: str) -> str:
     return os.path.abspath(parent)
 
 
-def _dump_options(req: DumpRequest, settings: Settings, images_dir: str, state) -> criu.DumpOptions:
+def _dump_options(req: DumpRequest, settings: Settings, images_dir: str, state, leave_stopped: bool = False
+                  ) -> criu.DumpOptions:
     leave_running = settings.criu.leave_running if req.leave_running is None else req.leave_running
+    extra = dict(req.criu_opts) | ({"leave_stopped": True} if leave_stopped and not leave_running else {})
     return criu.DumpOptions(
         images_dir=images_dir, log_file=DUMP_LOG, pid=req.pid, leave_running=leave_running,
         shell_job=state.shell_job if req.shell_job is None else req.shell_job,
         tcp_established=req.tcp_established or state.tcp_established,
         skip_in_flight=req.skip_in_flight, file_locks=req.file_locks, link_remap=req.link_remap,
-        external=tuple(req.external), extra=dict(req.criu_opts),
+        external=tuple(req.external), extra=extra,
     )
+
+
+def asked_flags(o: criu.DumpOptions) -> dict[str, Any]:
+    """What the dump was asked (recorded in process_state.json, used again by every restore)."""
+    return {"shell_job": o.shell_job, "tcp_established": o.tcp_established, "file_locks": o.file_locks,
+            "link_remap": o.link_remap, "ext_unix_sk": o.ext_unix_sk, "external": list(o.external),
+            "skip_in_flight": o.skip_in_flight, "leave_running": o.leave_running}
+
+
+def failed_dumps_dir(settings: Settings) -> Path:
+    """Where the CRIU logs of failed dumps are kept: failed-dumps/ beside the catalog (db.path)."""
+    return Path(settings.db.path).parent / FAILED_DUMPS
+
+
+def keep_failed_log(settings: Settings, log_path: str, pid: int) -> str:
+    """Copy a failed dump's CRIU log to failed-dumps/ (the last few are kept); returns its new path."""
+    where = failed_dumps_dir(settings)
+    dest = where / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{time.time_ns() % 10**9:09d}-pid{pid}.log"
+    try:
+        where.mkdir(mode=0o700, parents=True, exist_ok=True)
+        shutil.copyfile(log_path, dest)
+        os.chmod(dest, 0o600)
+        for old in sorted(where.glob("*.log"))[:-KEEP_FAILED_DUMPS]:
+            old.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("cannot keep the CRIU log of the failed dump of PID %d: %s", pid, exc)
+        return "not kept"
+    return str(dest)
 
 
 def _size(path: str) -> int:
@@ -209,7 +249,7 @@ def dump_process(settings: Settings, req: DumpRequest, report: capture.Report | 
     started = time.monotonic()
     staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=parent)
     try:
-        _criu_dump(binary, settings, req, proc, staging)
+        criu_dump(binary, settings, req, proc, staging)
         _make_private(staging, owner_of(proc))
         _publish(staging, final, compression, owner_of(proc))
     except BaseException:
@@ -231,15 +271,31 @@ def _check_mount_target(target: str, compression: str | None) -> None:
                          " compresses them itself (config store.codec); leave --compression out")
 
 
-def _criu_dump(binary: str, settings: Settings, req: DumpRequest, proc, images_dir: str) -> None:
+def criu_dump(binary: str, settings: Settings, req: DumpRequest, proc, images_dir: str, *,
+              record: dict | None = None, leave_stopped: bool = False) -> dict:
+    """The dump of process and job commands alike: CRIU into images_dir, then process_state.json.
+
+    CRIU's log goes to a local work dir and is copied into the checkpoint once at the end (never
+    written into the mount a line at a time); a failed dump's log is kept in failed-dumps/ and the
+    error quotes its cause. Returns the state record written.
+    """
     state = process_state(proc)
-    criu.dump(binary, _dump_options(req, settings, images_dir, state))
-    write_state(images_dir, state.to_dict())
-
-
-def write_state(images_dir: str, state: dict) -> None:
+    opts = _dump_options(req, settings, images_dir, state, leave_stopped)
+    work = tempfile.mkdtemp(prefix="cedana-dump-")
+    try:
+        criu.dump(binary, replace(opts, work_dir=work))
+        shutil.copyfile(os.path.join(work, DUMP_LOG), os.path.join(images_dir, DUMP_LOG))
+    except criu.CriuFailed as exc:
+        kept = keep_failed_log(settings, exc.log_path, req.pid)
+        log.warning("dump of PID %d failed: %s (CRIU log: %s)", req.pid, exc.reason, kept)
+        raise CriuError(f"CRIU {exc.action} failed: {exc.reason} (log: {kept})") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    data = state.to_dict() | {"shell_job": opts.shell_job, "tcp_established": opts.tcp_established,
+                              "criu": asked_flags(opts)} | (record or {})
     with open(os.path.join(images_dir, STATE_FILE), "w") as f:
-        json.dump(state, f, indent=2)
+        json.dump(data, f, indent=2)
+    return data
 
 
 def _dump_into_mount(settings: Settings, req: DumpRequest, binary: str, proc, job_dir: str,
@@ -249,11 +305,11 @@ def _dump_into_mount(settings: Settings, req: DumpRequest, binary: str, proc, jo
     if req.name is not None:
         _check_name(req.name)
     started = time.monotonic()
-    state = process_state(proc)
+    leave_running = settings.criu.leave_running if req.leave_running is None else req.leave_running
     done = capture.dump_into_mount(
-        settings, binary, job_dir, req.name, req.streams or settings.checkpoint.streams,
-        options=lambda images: _dump_options(req, settings, images, state),
-        write_state=lambda images: write_state(images, state.to_dict()),
+        settings, job_dir, req.name, req.streams or settings.checkpoint.streams, pid=req.pid,
+        leave_running=leave_running,
+        run_dump=lambda images, stopped: criu_dump(binary, settings, req, proc, images, leave_stopped=stopped),
         kind="process", meta={"pid": str(req.pid), **owner_meta(proc)}, report=report)
     return DumpResult(path=done.path, pid=req.pid, name=os.path.basename(done.path), compression="none",
                       size=_size(done.path), duration=time.monotonic() - started,
@@ -270,7 +326,7 @@ def _dump_to_bucket(settings: Settings, req: DumpRequest, binary: str, proc, url
     started = time.monotonic()
     staging = tempfile.mkdtemp(prefix=f"cedana-dump-{name}-")
     try:
-        _criu_dump(binary, settings, req, proc, staging)
+        criu_dump(binary, settings, req, proc, staging)
         size = _size(staging)
         path = remote.upload_checkpoint(backend, url, staging, name, compression)
     finally:
@@ -327,7 +383,7 @@ class ImagesDir:
             shutil.rmtree(self.temp, ignore_errors=True)
 
 
-def _read_state(images_dir: str) -> dict:
+def read_state(images_dir: str) -> dict:
     try:
         with open(os.path.join(images_dir, STATE_FILE)) as f:
             return json.load(f)
@@ -343,8 +399,12 @@ def _pid_holder(pid: int, wait: float = 3.0) -> str | None:
     while True:
         try:
             proc = psutil.Process(pid)
-            if proc.status() != psutil.STATUS_ZOMBIE or time.monotonic() > deadline:
+            if proc.status() == psutil.STATUS_ZOMBIE and time.monotonic() > deadline:
+                return f"a zombie its parent, PID {proc.ppid()}, has not reaped"
+            if proc.status() != psutil.STATUS_ZOMBIE:
                 return " ".join(proc.cmdline()) or proc.name()
+        except psutil.ZombieProcess:
+            pass  # became a zombie between two calls: look again
         except psutil.NoSuchProcess:
             return None
         except psutil.Error:
@@ -391,14 +451,20 @@ def _wait_child(pid: int) -> int:
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 
-def _restore_options(req: RestoreRequest, images: str, work: str, state: dict, inherit) -> criu.RestoreOptions:
+def restore_options(req: RestoreRequest, images: str, work: str, state: dict, *, inherit=(),
+                    sibling: bool = False, default_shell_job: bool = True) -> criu.RestoreOptions:
+    """CRIU's restore options: what the dump recorded, unless this restore says otherwise."""
+    asked = state.get("criu") or {}
+    shell_job = state.get("shell_job", default_shell_job) if req.shell_job is None else req.shell_job
     return criu.RestoreOptions(
-        images_dir=images, work_dir=work, log_file=RESTORE_LOG,
-        shell_job=state.get("shell_job", True) if req.shell_job is None else req.shell_job,
+        images_dir=images, work_dir=work, log_file=RESTORE_LOG, shell_job=shell_job,
         tcp_established=req.tcp_established or state.get("tcp_established", False),
-        tcp_close=req.tcp_close, leave_stopped=req.leave_stopped, file_locks=req.file_locks,
-        link_remap=req.link_remap, external=tuple(req.external), extra=dict(req.criu_opts),
-        rst_sibling=req.no_server, inherit=inherit,
+        file_locks=req.file_locks or asked.get("file_locks", False),
+        link_remap=req.link_remap or asked.get("link_remap", False),
+        ext_unix_sk=asked.get("ext_unix_sk", False),
+        external=tuple(req.external) or tuple(asked.get("external") or ()),
+        tcp_close=req.tcp_close, leave_stopped=req.leave_stopped, extra=dict(req.criu_opts),
+        rst_sibling=sibling, inherit=tuple(inherit),
     )
 
 
@@ -413,11 +479,11 @@ def _restore_lazy(settings: Settings, req: RestoreRequest) -> RestoreResult:
         raise UsageError("--lazy restores from a checkpoint directory in a cedanafs mount")
     if req.no_server:
         raise UsageError("--lazy cannot be combined with --no-server")
-    state = _read_state(req.path)
+    state = read_state(req.path)
     check_pids_free(req.path)
     work = tempfile.mkdtemp(prefix="cedana-lazy-")
-    shell_job = state.get("shell_job", True) if req.shell_job is None else req.shell_job
-    restored = mountapp.lazy_restore(req.path, work, shell_job=shell_job, criu=settings.criu.binary_path,
+    options = restore_options(req, os.path.abspath(req.path), work, state)
+    restored = mountapp.lazy_restore(req.path, work, options=options, criu=settings.criu.binary_path,
                                      threads=streams_of(settings, req.streams))
     if req.pid_file:
         with open(req.pid_file, "w") as f:
@@ -431,13 +497,17 @@ def restore_process(settings: Settings, req: RestoreRequest) -> RestoreResult:
         return _restore_lazy(settings, req)
     binary = criu.find_criu(settings.criu.binary_path)
     with ImagesDir(req.path, settings) as images:
-        state = _read_state(images.path)
+        state = read_state(images.path)
         check_pids_free(images.path)
         # CRIU writes its log into the work dir; keep it local so the checkpoint is never modified.
         work = tempfile.mkdtemp(prefix="cedana-restore-")
         inherit = _stdio_inheritance(state) if req.no_server else ()
         try:
-            pid = criu.restore(binary, _restore_options(req, images.path, work, state, inherit))
+            opts = restore_options(req, images.path, work, state, inherit=inherit, sibling=req.no_server)
+            if req.no_server and opts.shell_job:  # the caller's terminal becomes the restored tree's
+                pid = criu_terminal.restore_in_terminal(binary, opts)
+            else:
+                pid = criu.restore(binary, opts)
         finally:
             for m in inherit:
                 os.close(m.fd)

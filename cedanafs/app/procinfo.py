@@ -71,6 +71,24 @@ def dumpable_process(pid: int) -> psutil.Process:
     return proc
 
 
+def has_controlling_tty(pid: int) -> bool:
+    """Whether the process has a controlling terminal (tty_nr, field 7 of /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[4]) != 0
+    except (OSError, IndexError, ValueError):
+        return False
+
+
+def is_shell_job(pid: int, sid: int) -> bool:
+    """CRIU's --shell-job: the session (or its terminal) is outside the dumped tree.
+
+    Either the process does not lead its session, or it leads one with a controlling terminal
+    (an interactive shell): CRIU cannot restore the terminal, so it must take the caller's.
+    """
+    return sid != pid or has_controlling_tty(pid)
+
+
 def _stdio(pid: int) -> dict[str, str]:
     out = {}
     for fd in (0, 1, 2):
@@ -114,5 +132,5 @@ def process_state(proc: psutil.Process) -> ProcessState:
             uids=list(proc.uids()), gids=list(proc.gids()), start_time=proc.create_time(),
             status=proc.status(), host=socket.gethostname(), open_files=files,
             children=[c.pid for c in _tree(proc)[1:]], stdio=_stdio(proc.pid),
-            shell_job=sid != proc.pid, tcp_established=has_established_tcp(proc), dumped_at=time.time(),
+            shell_job=is_shell_job(proc.pid, sid), tcp_established=has_established_tcp(proc), dumped_at=time.time(),
         )

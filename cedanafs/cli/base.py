@@ -123,7 +123,8 @@ def _criu_flags(func: Callable) -> Callable:
         click.option("--file-locks", is_flag=True, help="Checkpoint/restore file locks."),
         click.option("--external", multiple=True, help="External resource (repeatable), as CRIU's --external."),
         click.option("--shell-job/--no-shell-job", default=None,
-                     help="Process is a shell job (default: auto, when it is not a session leader)."),
+                     help="Process is a shell job (default: auto, when it is not a session leader"
+                          " or has a controlling terminal; restore: as the dump recorded)."),
         click.option("--link-remap", is_flag=True, help="Allow link remapping of deleted/unlinked files."),
         click.option("--criu-opts", help="Extra CRIU RPC options as a JSON object."),
     ]

@@ -10,8 +10,8 @@ import click
 
 from ..log import setup_logging
 from .output import report, reports
-from .base import (Context, IngestProgress, _daemon, _local_path, cli, dump, emit, format_table, handle_errors, manage_group,
-                   output_option, pass_ctx, restore, run_group)
+from .base import (Context, IngestProgress, _criu_flags, _daemon, _local_path, cli, dump, emit, format_table,
+                   handle_errors, manage_group, output_option, pass_ctx, restore, run_group)
 
 @cli.group("daemon")
 def daemon_group() -> None:
@@ -216,19 +216,33 @@ cli.add_command(job_list, "jobs")
 cli.add_command(job_checkpoints, "checkpoints")
 
 
+def _criu_params(tcp_established: bool, file_locks: bool, external: tuple[str, ...], shell_job: bool | None,
+                 link_remap: bool, criu_opts: str | None, **more: bool) -> dict:
+    """The CRIU flags of a job command as the daemon's `criu` parameter: only those given."""
+    from ..app.process import parse_criu_opts
+
+    flags = {"tcp_established": tcp_established, "file_locks": file_locks, "external": list(external),
+             "shell_job": shell_job, "link_remap": link_remap, "criu_opts": parse_criu_opts(criu_opts), **more}
+    return {k: v for k, v in flags.items() if v not in (False, None, [], {})}
+
+
 @dump.command("job")
 @click.argument("jid")
 @click.option("--leave-running", is_flag=True, help="Keep the job running after the dump.")
+@click.option("--skip-in-flight", is_flag=True, help="Skip in-flight TCP connections.")
 @click.option("--streams", type=click.IntRange(0, 256), default=0,
               help="Chunks of each file uploading at once (default: config checkpoint.streams).")
 @reports
+@_criu_flags
 @pass_ctx
 @handle_errors
-def dump_job(ctx: Context, jid: str, leave_running: bool, streams: int) -> None:
+def dump_job(ctx: Context, jid: str, leave_running: bool, skip_in_flight: bool, streams: int,
+             **flags) -> None:
     """Checkpoint a job into the mount: mount.dir/jobs/<JID>/<new checkpoint>/."""
     import os
 
-    params = {"jid": jid, "leave_running": leave_running, **({"streams": streams} if streams else {})}
+    params = {"jid": jid, "leave_running": leave_running, **({"streams": streams} if streams else {}),
+              "criu": _criu_params(skip_in_flight=skip_in_flight, **flags)}
     with IngestProgress(os.path.join(ctx.settings.mount.dir, "jobs", jid)):
         result = _daemon(ctx, "job.dump", params)
     report(result, f"Dumped job {jid} to {result['path']}")
@@ -244,16 +258,23 @@ def dump_job(ctx: Context, jid: str, leave_running: bool, streams: int) -> None:
 @click.option("--streams", type=click.IntRange(0, 256), default=0,
               help="Parallel reads of the images ahead of CRIU (default: config checkpoint.streams).")
 @reports
+@click.option("--tcp-close", is_flag=True, help="Restore TCP connections closed.")
+@click.option("--leave-stopped", is_flag=True, help="Leave the restored process stopped.")
+@_criu_flags
 @pass_ctx
 @handle_errors
 def restore_job(ctx: Context, jid: str, path: str | None, checkpoint_id: str | None, lazy: bool,
-                streams: int) -> None:
-    """Restore a job from its latest checkpoint (or --checkpoint ID, or --path P) as a child of the daemon."""
+                streams: int, tcp_close: bool, leave_stopped: bool, **flags) -> None:
+    """Restore a job from its latest checkpoint (or --checkpoint ID, or --path P) as a child of the daemon.
+
+    The CRIU flags the dump was given (recorded in the checkpoint) apply again unless set here.
+    """
     from ..errors import UsageError
 
     if path and checkpoint_id:
         raise UsageError("--path and --checkpoint exclude each other")
     params = {"jid": jid, "path": _local_path(path), "checkpoint": checkpoint_id, "lazy": lazy,
-              **({"streams": streams} if streams else {})}
+              **({"streams": streams} if streams else {}),
+              "criu": _criu_params(tcp_close=tcp_close, leave_stopped=leave_stopped, **flags)}
     result = _daemon(ctx, "job.restore", params)
     report(result, f"Restored job {jid} (PID {result['pid']}) from {result['path']}")

@@ -12,6 +12,8 @@ from ..errors import NotReady
 
 log = logging.getLogger(__name__)
 
+REQUIRED_VERSION = (4, 2)
+RECOMMENDED = "4.2.1"
 # /usr/local first: the project's setup installs a working CRIU there when the distribution's fails.
 CANDIDATES = ("/usr/local/sbin/criu", "/usr/local/bin/criu", "/usr/sbin/criu", "/usr/bin/criu")
 
@@ -22,6 +24,30 @@ class CriuInfo:
     version: str
     check_ok: bool
     check_output: str
+
+    @property
+    def version_ok(self) -> bool:
+        """CRIU older than 4.2 cannot dump inet sockets on kernels >= 6.16 (SO_PASSCRED on TCP/UDP)."""
+        return version_tuple(self.version) >= REQUIRED_VERSION
+
+
+@dataclass(frozen=True)
+class KernelCheck:
+    """`criu check --all`: ok, or only warnings (features some trees need), or errors."""
+
+    ok: bool
+    warnings: tuple[str, ...]
+    errors: tuple[str, ...]
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
 
 
 def find_criu(configured: str = "") -> str:
@@ -47,13 +73,22 @@ def _run(args: list[str], timeout: float = 60) -> tuple[int, str]:
     return proc.returncode, (proc.stdout + proc.stderr).strip()
 
 
-def probe_criu(configured: str = "", full: bool = False) -> CriuInfo:
+def probe_criu(configured: str = "") -> CriuInfo:
     """Version and `criu check` verdict. The RPC check() misreports on CRIU 4.1, so run the command."""
     path = find_criu(configured)
     _, version = _run([path, "--version"])
     version = version.splitlines()[0].removeprefix("Version: ").strip() if version else "unknown"
-    args = [path, "check"] + (["--all"] if full else [])
-    code, output = _run(args)
-    ok = code == 0 and (not full or "Looks good" in output or output.strip() == "")
+    code, output = _run([path, "check"])
     log.debug("criu check (%s): rc=%s %s", path, code, output)
-    return CriuInfo(path=path, version=version, check_ok=ok, check_output=output)
+    return CriuInfo(path=path, version=version, check_ok=code == 0, check_output=output)
+
+
+def check_all(path: str) -> KernelCheck:
+    """`criu check --all`, which exits 1 even when the kernel only lacks optional features."""
+    code, output = _run([path, "check", "--all"])
+    lines = [ln.strip() for ln in output.splitlines()]
+    warnings = tuple(ln.split("): ", 1)[-1] for ln in lines if ln.startswith("Warn"))
+    errors = tuple(ln.split("): ", 1)[-1] for ln in lines if ln.startswith("Error"))
+    if code != 0 and not errors and "Looks good" not in output:
+        errors = (output or f"criu check --all exited with {code}",)
+    return KernelCheck(ok=code == 0 and not warnings, warnings=warnings, errors=errors)

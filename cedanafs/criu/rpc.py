@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,15 +102,30 @@ def _common(stack: ExitStack, opts: Any, o: CommonOptions) -> str:
     return os.path.join(work_dir, o.log_file)
 
 
-def log_errors(log_path: str, limit: int = 3) -> str:
-    """The last few error lines of a CRIU log, joined; empty if none."""
+# Error lines that never say why a dump or restore failed: the real cause is logged before them.
+_NOISE = ("RLIMIT_NOFILE", "Dumping FAILED", "Restoring FAILED", "failed with -1", "Dump files (pid",
+          "Unable to lock network", "Can't dump ghost file")
+_ERROR_PREFIX = re.compile(r"^\([\d.]+\)\s*|^(Error|Warn) \([^)]*\):\s*")
+
+
+def log_errors(log_path: str, limit: int = 2) -> str:
+    """The first error lines of a CRIU log that name a cause (not its follow-up noise); empty if none."""
     try:
         with open(log_path, errors="replace") as f:
-            lines = [ln.strip() for ln in f if "Error" in ln or "error" in ln]
+            lines = [ln.strip() for ln in f if "Error (" in ln or ln.startswith("Error")]
     except OSError:
         return ""
-    cleaned = [ln.split(": ", 1)[-1] if ln.startswith("(") else ln for ln in lines[-limit:]]
-    return "; ".join(cleaned)
+    cleaned = [_ERROR_PREFIX.sub("", _ERROR_PREFIX.sub("", ln)) for ln in lines]
+    causes = [ln for ln in cleaned if not any(n in ln for n in _NOISE)] or cleaned[-1:]
+    return "; ".join(causes[:limit])
+
+
+class CriuFailed(CriuError):
+    """CRIU failed; `reason` is the cause from its log, `log_path` where that log is now."""
+
+    def __init__(self, action: str, reason: str, log_path: str):
+        super().__init__(f"CRIU {action} failed: {reason} (log: {log_path})")
+        self.action, self.reason, self.log_path = action, reason, log_path
 
 
 def _errno_text(code: int) -> str:
@@ -130,11 +146,10 @@ def _criu(binary: str) -> Any:
     return client
 
 
-def _fail(action: str, exc: Exception, log_path: str) -> CriuError:
+def _fail(action: str, exc: Exception, log_path: str) -> CriuFailed:
     detail = log_errors(log_path)
     code = getattr(exc, "errno", 0) or 0
-    reason = detail or _errno_text(code) or str(exc)
-    return CriuError(f"CRIU {action} failed: {reason} (log: {log_path})")
+    return CriuFailed(action, detail or _errno_text(code) or str(exc), log_path)
 
 
 def dump(binary: str, o: DumpOptions) -> None:

@@ -134,12 +134,12 @@ class Handlers:
             raise UsageError(f"job {params['jid']} is attachable: its terminal is the daemon's, and dumping"
                              " such a job is not supported yet (run it without --attachable to checkpoint it)")
         return await self._thread(self.jobs.dump, caller, _jid(params), bool(params.get("leave_running")),
-                                  streams=_streams(params))
+                                  streams=_streams(params), flags=_criu(params, app_process.DumpRequest))
 
     async def _restore(self, caller: Caller, params: dict, fds: list[int]) -> Any:
         return await self._thread(self.jobs.restore, caller, _jid(params), path=params.get("path"),
                                   checkpoint=params.get("checkpoint"), lazy=bool(params.get("lazy")),
-                                  streams=_streams(params))
+                                  streams=_streams(params), flags=_criu(params, app_process.RestoreRequest))
 
     async def _wait(self, caller: Caller, params: dict, fds: list[int]) -> Any:
         """Answer once the job has no live process: its status and exit code."""
@@ -184,6 +184,27 @@ def _streams(params: dict) -> int:
     if not isinstance(streams, int) or isinstance(streams, bool) or not 0 <= streams <= 256:
         raise UsageError(f"streams must be a number from 0 to 256, not {streams!r}")
     return streams
+
+
+# What a job command may set of a process command's request: its CRIU flags, nothing else.
+_JOB_FLAGS = {"tcp_established", "file_locks", "external", "shell_job", "link_remap", "criu_opts",
+              "skip_in_flight", "tcp_close", "leave_stopped"}
+
+
+def _criu(params: dict, cls: type) -> dict:
+    """The `criu` parameter of job.dump / job.restore: CRIU flags named as in `cls`'s fields."""
+    flags = params.get("criu") or {}
+    if not isinstance(flags, dict):
+        raise ProtocolError("criu must be an object of CRIU flags")
+    allowed = _JOB_FLAGS & {f.name for f in dataclasses.fields(cls)}
+    unknown = set(flags) - allowed
+    if unknown:
+        raise ProtocolError(f"unknown CRIU flags: {', '.join(sorted(unknown))}")
+    if "external" in flags:
+        flags = flags | {"external": tuple(flags["external"] or ())}
+    if not isinstance(flags.get("criu_opts", {}), dict):
+        raise ProtocolError("criu_opts must be an object")
+    return flags
 
 
 def _jid(params: dict) -> str:
