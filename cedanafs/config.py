@@ -64,6 +64,10 @@ class SpoolSettings:
 
     dir: str = "/dev/shm/cedana-spool"
     size: int = 0
+    # Take the images in while CRIU still writes them: the commit comes sooner, but reading the
+    # file CRIU appends to slows CRIU down while it holds the process frozen (measured: 1.4-2.3x
+    # the frozen time of raw CRIU), so it is off unless the commit matters more than the freeze.
+    follow: bool = False
 
 
 @dataclass(frozen=True)

@@ -44,10 +44,11 @@ def _restore_and_check(m, ckpt: str, state: Path, before: dict, procs, tmp_path:
     assert after["checksum"] == before["checksum"], "restored memory differs from the dumped memory"
 
 
-@pytest.fixture
-def spool_mount(mount_factory, monkeypatch, tmp_path):
+@pytest.fixture(params=[False, True], ids=["after-criu", "follow"])
+def spool_mount(request, mount_factory, monkeypatch, tmp_path):
+    """A mount whose dumps go through a private spool, taken in after CRIU or while it writes."""
     m = mount_factory()
-    _configure(m, spool={"dir": str(tmp_path / "spool")})
+    _configure(m, spool={"dir": str(tmp_path / "spool"), "follow": request.param})
     monkeypatch.setenv("CEDANA_CONFIG_DIR", str(m.config_dir))
     m.mount()
     return m

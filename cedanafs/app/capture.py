@@ -41,6 +41,7 @@ from . import mount as mountapp
 
 log = logging.getLogger(__name__)
 
+XATTR_INGEST = "user.cedana.ingest"
 XATTR_INGEST_FOLLOW = "user.cedana.ingest-follow"
 XATTR_MATERIALIZE = "user.cedana.materialize"
 XATTR_PROGRESS = "user.cedana.progress"
@@ -76,7 +77,7 @@ def dump_into_mount(settings: Settings, job_dir: str, name: str | None, streams:
     try:
         if began is not None:
             began(ckpt)
-        dump = _Dump(ckpt, pid, leave_running, run_dump, kind, meta, started, report)
+        dump = _Dump(ckpt, pid, leave_running, run_dump, kind, meta, started, report, settings.spool.follow)
         with spool_dir(settings, predicted_size(pid)) as spool:
             if spool is not None:
                 try:
@@ -105,10 +106,11 @@ class _Dump:
     meta: dict[str, str] | None
     started: float
     report: Report | None
+    follow: bool = False
 
     def run(self, spool: str | None) -> Captured:
         images = spool or self.ckpt
-        ingest = _Ingest(self.ckpt, spool, self.kind, self.meta, self.report) if spool is not None else None
+        ingest = _Ingest(self.ckpt, spool, self.kind, self.meta, self.report, self.follow) if spool else None
         try:
             self.run_dump(images, not self.leave_running)  # stopped, not killed, until committed
         except CriuError:
@@ -144,26 +146,34 @@ class _Dump:
 
 
 class _Ingest:
-    """The mount server taking the spool in while CRIU writes it (user.cedana.ingest-follow):
-    started before CRIU, told it is complete (or abandoned) by a marker file, joined at the end."""
+    """The mount server taking the spool in (user.cedana.ingest), once CRIU is done; or, with
+    `follow` (config spool.follow), while CRIU writes it (user.cedana.ingest-follow): started
+    before CRIU, told it is complete (or abandoned) by a marker file, joined at the end."""
 
-    def __init__(self, ckpt: str, spool: str, kind: str, meta: dict[str, str] | None, report: Report | None):
-        self.ckpt, self.spool = ckpt, spool
+    def __init__(self, ckpt: str, spool: str, kind: str, meta: dict[str, str] | None, report: Report | None,
+                 follow: bool = False):
+        self.ckpt, self.spool, self.follow, self.report = ckpt, spool, follow, report
         self.error: OSError | None = None
         _set_meta(ckpt, kind, meta)
         with open(os.path.join(spool, WRITER), "w") as f:  # if we are killed, the mount stops following
             f.write(f"{os.getpid()}\n")
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
+        self._watcher: threading.Thread | None = None
+        if follow:
+            self._start()
+
+    def _start(self) -> None:
         self._thread.start()
-        self._watcher = None
-        if report is not None:
-            self._watcher = threading.Thread(target=_watch_progress, args=(ckpt, self._done, report), daemon=True)
+        if self.report is not None:
+            self._watcher = threading.Thread(target=_watch_progress, args=(self.ckpt, self._done, self.report),
+                                             daemon=True)
             self._watcher.start()
 
     def _run(self) -> None:
         try:
-            os.setxattr(self.ckpt, XATTR_INGEST_FOLLOW, os.fsencode(self.spool))
+            name = XATTR_INGEST_FOLLOW if self.follow else XATTR_INGEST
+            os.setxattr(self.ckpt, name, os.fsencode(self.spool))
         except OSError as exc:
             self.error = exc
         finally:
@@ -181,6 +191,8 @@ class _Ingest:
     def finish(self) -> None:
         """Every file is final: wait until the checkpoint is committed."""
         self._mark(COMPLETE)
+        if not self.follow:
+            self._start()
         self._thread.join()
         if self._watcher is not None:
             self._watcher.join()

@@ -5,7 +5,7 @@ depend only on the bytes, never on how they were fed. Sizes are multiples of the
 (except a file's last chunk), matching how CRIU lays out pages-*.img.
 
 `PageCdcChunker` is content-defined at page granularity: it cuts after a page whose fingerprint
-hits a mask, within [min, max]. A page's fingerprint is a multiply-sum of every 8th 64-bit word of
+hits a mask, within [min, max]. A page's fingerprint is a multiply-sum of every 64th 64-bit word of
 it with fixed odd keys (`page_fingerprints`), computed by numpy for a whole run of pages in one
 call that releases the GIL: a Python loop over pages (crc32 each) held the GIL for ~0.4 s per
 GiB and starved the threads that hash and compress. When a process maps, frees or faults pages,
@@ -28,10 +28,10 @@ from cedanafs.types import PAGE_SIZE
 
 PAGE = PAGE_SIZE
 _WORDS = PAGE // 8
-_STRIDE = 8  # every 8th word of a page goes into its fingerprint
+_STRIDE = 64  # every 64th word (one per 512 bytes, one cache line in eight) goes into its fingerprint
 # Fixed keys (from a fixed string, not a random generator whose stream could change between numpy
 # releases): the cut points, and with them dedup against older checkpoints, must never change.
-_KEYS = np.frombuffer(blake3.blake3(b"cedanafs page fingerprint v1").digest(length=8 * _WORDS // _STRIDE),
+_KEYS = np.frombuffer(blake3.blake3(b"cedanafs page fingerprint v2").digest(length=8 * _WORDS // _STRIDE),
                       dtype="<u8") | np.uint64(1)
 _SHIFT = np.uint64(40)
 
