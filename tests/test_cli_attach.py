@@ -145,7 +145,9 @@ def test_exec_is_run_process_and_kill_ends_jobs(daemon):
     started = run_json(daemon, "exec", "--jid", "viaexec", "--", sys.executable, "-c", "import time; time.sleep(600)")
     assert started["job"] == "viaexec" and pid_alive(started["pid"])
     killed = daemon.json("kill", "viaexec")
-    assert killed == [{"job": "viaexec", "pid": started["pid"], "signal": "SIGKILL"}]
+    assert [{k: v for k, v in r.items() if k != "pids"} for r in killed] == \
+        [{"job": "viaexec", "pid": started["pid"], "signal": "SIGKILL"}]
+    assert started["pid"] in killed[0]["pids"]  # the whole session of the job was signalled
     wait_status(daemon, "viaexec", ("halted",))
 
 

@@ -44,7 +44,9 @@ def test_every_reporting_command_speaks_json_through_the_daemon(daemon, procs, t
     assert [c["id"] for c in ckpts] == [dumped["checkpoint"]] and {"id", "time", "size", "path"} <= set(ckpts[0])
     restored = j("restore", "job", "js")
     assert restored["job"] == "js" and restored["pid"] and restored["path"] == dumped["path"]
-    assert j("job", "kill", "js") == {"job": "js", "pid": restored["pid"], "signal": "SIGKILL"}
+    killed = j("job", "kill", "js")
+    assert killed == {"job": "js", "pid": restored["pid"], "signal": "SIGKILL", "pids": killed["pids"]}
+    assert restored["pid"] in killed["pids"]  # the job's whole session
     wait_status(daemon, "js", ("halted",))
     deleted = j("job", "delete", "js", "--yes")
     assert deleted["job"] == "js" and deleted["checkpoints_deleted"] == [dumped["checkpoint"]]

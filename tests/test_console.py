@@ -71,6 +71,7 @@ def test_input_reaches_the_job_and_its_answer_every_reader_and_the_log(console_j
     wait_for(lambda: b"got ping" in log_path.read_bytes(), what="the answer in the log")
 
 
+@pytest.mark.expect_warnings
 def test_a_client_that_stops_reading_is_dropped_and_never_stalls_the_job(console_job):
     start, log_path = console_job
     lines = (CLIENT_QUEUE // 100) * 3  # three times what a client's queue may hold

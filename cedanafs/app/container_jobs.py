@@ -100,7 +100,7 @@ def dump_runc_job(service: Any, job: Any, leave_running: bool, streams: int = 0)
 def restore_runc_job(service: Any, caller: Any, job: Any, source: str, lazy: bool, threads: int) -> tuple[int, dict]:
     """`restore job` of a runc job: the container comes back under its id, output to the job's log."""
     _require_root(caller)
-    with ImagesDir(source, service.settings) as images:
+    with ImagesDir(source, service.settings, local_copy=not lazy) as images:
         record = ContainerRecord.read(images.path, source)
         state = _state_of(images.path)
         root, cid, bundle = record.root or runc.DEFAULT_ROOT, record.id, record.bundle

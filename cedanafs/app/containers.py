@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterator
 
 from ..config import COMPRESSIONS, Settings
 from ..errors import AlreadyExists, CheckpointError, NotFound, UsageError
+from ..criu import find_criu
+from ..criu.lazy import RESTORED_PID, LazyPages
 from ..runtimes import containerd, runc
 from . import archive, remote
 from . import mount as mountapp
@@ -271,7 +273,7 @@ def restore_runc_images(settings: Settings, images_dir: str, source: str, record
 def _watch_lazy(pages: Any, work: str, pid: int) -> None:
     """Tell the lazy-pages watchdog which tree to kill should serving the pages fail."""
     try:
-        with open(os.path.join(work, mountapp.RESTORED_PID), "w") as f:
+        with open(os.path.join(work, RESTORED_PID), "w") as f:
             f.write(str(pid))
     except FileNotFoundError:
         pass  # every page was already sent: the server removed its work dir
@@ -286,7 +288,7 @@ def _start_lazy_pages(settings: Settings, images_dir: str, work: str, threads: i
     except OSError as exc:
         raise CheckpointError(f"cannot read the images of {images_dir} from the store: {exc.strerror or exc};"
                               " nothing was restored") from None
-    return mountapp.LazyPages(images_dir, work, settings.criu.binary_path).start()
+    return LazyPages(images_dir, work, find_criu(settings.criu.binary_path)).start()
 
 
 def _runc_record(images_dir: str, req: RuncRestoreRequest) -> ContainerRecord:
@@ -306,7 +308,7 @@ def restore_runc(settings: Settings, req: RuncRestoreRequest) -> RestoreResult:
     require_root()
     if req.lazy and not req.detach:
         raise UsageError("--lazy restores a detached container: add --detach")
-    with ImagesDir(req.path, settings) as images:
+    with ImagesDir(req.path, settings, local_copy=not req.lazy) as images:
         record = _runc_record(images.path, req)
         if record.runtime != RUNC:
             raise UsageError(f"{req.path} is a {record.runtime} checkpoint: use `cedana restore {record.runtime}`")

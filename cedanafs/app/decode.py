@@ -75,7 +75,7 @@ def images_of(settings: Settings, ref: str, store_url: str | None = None) -> Ite
     from .process import ImagesDir
 
     if "://" in ref or os.path.exists(ref):
-        with ImagesDir(ref, settings) as images:
+        with ImagesDir(ref, settings, local_copy=False) as images:
             yield images.path
         return
     work = tempfile.mkdtemp(prefix="cedana-inspect-")

@@ -247,11 +247,12 @@ def dump_process(settings: Settings, req: DumpRequest, report: capture.Report | 
     if os.path.lexists(final):
         raise AlreadyExists(f"{final} already exists; choose another --name")
     started = time.monotonic()
+    owner = owner_of(proc)  # before CRIU: a dump without --leave-running ends the process
     staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=parent)
     try:
         criu_dump(binary, settings, req, proc, staging)
-        _make_private(staging, owner_of(proc))
-        _publish(staging, final, compression, owner_of(proc))
+        _make_private(staging, owner)
+        _publish(staging, final, compression, owner)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -342,11 +343,12 @@ class ImagesDir:
     """An images dir to restore from: the given dir, or a private temp dir holding an unpacked
     archive, or (a checkpoint in the mount) a spool dir the mount server copied it into."""
 
-    def __init__(self, path: str, settings: Settings):
+    def __init__(self, path: str, settings: Settings, local_copy: bool = True):
         self.settings = settings
         self.source = path
         self.temp: str | None = None
         self.path = path
+        self.local_copy = local_copy  # False: a lazy restore serves pages from the mount itself
         self._stack = ExitStack()
 
     def __enter__(self) -> "ImagesDir":
@@ -357,7 +359,7 @@ class ImagesDir:
         if os.path.isdir(self.source):
             if not os.path.exists(os.path.join(self.source, "inventory.img")):
                 raise CheckpointError(f"{self.source} is not a CRIU images directory (no inventory.img)")
-            if mountapp.mount_of(self.source) is not None:
+            if self.local_copy and mountapp.mount_of(self.source) is not None:
                 self.path = self._stack.enter_context(capture.materialized(self.settings, self.source))
             return self
         return self._unpack(self._extract_local)
