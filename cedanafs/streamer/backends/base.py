@@ -155,3 +155,21 @@ class AtomicWriter(io.RawIOBase):
 
     @abstractmethod
     def _discard(self) -> None: ...
+
+
+class BufferedWriter(AtomicWriter):
+    """An AtomicWriter for backends without streaming puts: buffers the bytes, put() on close."""
+
+    def __init__(self, backend: Backend, key: str):
+        super().__init__(key)
+        self._backend = backend
+        self._buf = io.BytesIO()
+
+    def _write(self, data: bytes) -> None:
+        self._buf.write(data)
+
+    def _commit(self) -> None:
+        self._backend.put(self.key, self._buf.getvalue())
+
+    def _discard(self) -> None:
+        self._buf = io.BytesIO()

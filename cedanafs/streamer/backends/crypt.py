@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import CorruptObject
-from .base import AtomicWriter, Backend, ObjectInfo, check_key
+from .base import AtomicWriter, Backend, BufferedWriter, ObjectInfo, check_key
 
 log = logging.getLogger(__name__)
 
@@ -231,31 +231,13 @@ class EncryptedBackend(Backend):
         return io.BytesIO(self.get(key))
 
     def open_write(self, key: str) -> AtomicWriter:
-        return _SealingWriter(self, key)
+        return BufferedWriter(self, key)
 
     def close(self) -> None:
         self.inner.close()
 
     def __repr__(self) -> str:
         return f"<EncryptedBackend {self.url} key {self.key.id}>"
-
-
-class _SealingWriter(AtomicWriter):
-    """Buffers the object and seals it on close (objects written here are chunks and manifests)."""
-
-    def __init__(self, backend: EncryptedBackend, key: str):
-        super().__init__(key)
-        self._backend = backend
-        self._buf = io.BytesIO()
-
-    def _write(self, data: bytes) -> None:
-        self._buf.write(data)
-
-    def _commit(self) -> None:
-        self._backend.put(self.key, self._buf.getvalue())
-
-    def _discard(self) -> None:
-        self._buf = io.BytesIO()
 
 
 __all__ = ["CIPHER", "EncryptedBackend", "InvalidKeyFile", "StoreKey", "read_key_file",

@@ -8,7 +8,7 @@ import time
 from typing import BinaryIO, Iterator
 
 from cedanafs.errors import NoSuchObject, ObjectExists
-from .base import AtomicWriter, Backend, ObjectInfo, check_key
+from .base import AtomicWriter, Backend, BufferedWriter, ObjectInfo, check_key
 
 _STORES: dict[str, dict[str, tuple[bytes, float]]] = {}
 _LOCK = threading.Lock()
@@ -69,20 +69,4 @@ class MemoryBackend(Backend):
         return io.BytesIO(self.get(key))
 
     def open_write(self, key: str) -> AtomicWriter:
-        return _MemoryWriter(self, check_key(key))
-
-
-class _MemoryWriter(AtomicWriter):
-    def __init__(self, backend: MemoryBackend, key: str):
-        super().__init__(key)
-        self._backend = backend
-        self._buf = io.BytesIO()
-
-    def _write(self, data: bytes) -> None:
-        self._buf.write(data)
-
-    def _commit(self) -> None:
-        self._backend.put(self.key, self._buf.getvalue())
-
-    def _discard(self) -> None:
-        self._buf = io.BytesIO()
+        return BufferedWriter(self, check_key(key))
