@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 
-from ..config import COMPRESSIONS, Settings
+from ..config import Settings
 from ..errors import AlreadyExists, CheckpointError, NotFound, UsageError
 from ..criu import find_criu
 from ..criu.lazy import RESTORED_PID, LazyPages
@@ -30,7 +30,7 @@ from . import archive, remote
 from . import mount as mountapp
 from .procinfo import dumpable_process, process_state
 from .process import (DUMP_LOG, STATE_FILE, DumpResult, ImagesDir, RestoreResult, _check_name, _check_parent,
-                      _publish, _size, require_root, streams_of)
+                      _publish, _size, require_root, resolve_compression, streams_of)
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +155,7 @@ def checkpoint_runc(settings: Settings, container: runc.Container, images_dir: s
 def dump_runc(settings: Settings, req: RuncDumpRequest) -> DumpResult:
     """`dump runc ID`: into a directory, an archive, the mount or a bucket, as `dump process`."""
     require_root()
-    compression = req.compression or settings.checkpoint.compression or "none"
-    if compression not in COMPRESSIONS:
-        raise UsageError(f"unknown compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
+    compression = resolve_compression(settings, req.compression)
     container = runc.find_running(req.root, req.id)
     leave_running = settings.criu.leave_running if req.leave_running is None else req.leave_running
 
@@ -392,9 +390,7 @@ def checkpoint_containerd(ctr: containerd.Ctr, info: containerd.ContainerInfo, i
 def dump_containerd(settings: Settings, req: ContainerdDumpRequest) -> DumpResult:
     """`dump containerd ID`: into a directory, an archive, the mount or a bucket, as `dump process`."""
     require_root()
-    compression = req.compression or settings.checkpoint.compression or "none"
-    if compression not in COMPRESSIONS:
-        raise UsageError(f"unknown compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
+    compression = resolve_compression(settings, req.compression)
     ctr = containerd.Ctr(req.address, req.namespace)
     info = containerd.find_running(ctr, req.id)
     leave_running = settings.criu.leave_running if req.leave_running is None else req.leave_running

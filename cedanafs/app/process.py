@@ -227,12 +227,18 @@ def _publish(staging: str, final: str, compression: str, owner: tuple[int, int] 
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def resolve_compression(settings: Settings, requested: str | None) -> str:
+    """The archive format of a dump: as asked, else config checkpoint.compression, else none."""
+    compression = requested or settings.checkpoint.compression or "none"
+    if compression not in COMPRESSIONS:
+        raise UsageError(f"unknown compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
+    return compression
+
+
 def dump_process(settings: Settings, req: DumpRequest, report: capture.Report | None = None) -> DumpResult:
     """Dump process req.pid to req.dir; `report` hears a dump into the mount's progress."""
     require_root()
-    compression = req.compression or settings.checkpoint.compression or "none"
-    if compression not in COMPRESSIONS:
-        raise UsageError(f"unknown compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
+    compression = resolve_compression(settings, req.compression)
     proc = dumpable_process(req.pid)
     target = req.dir or settings.checkpoint.dir or "/tmp"
     name = _check_name(req.name or f"dump-process-{time.time_ns()}")
