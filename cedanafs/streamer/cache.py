@@ -63,14 +63,14 @@ class _Lru:
 class DiskCache:
     """Chunk files under <dir>/<2 hex>/<digest>, evicted least-recently-used past `limit` bytes."""
 
-    def __init__(self, root: str, limit: int, digest: Callable[[bytes], str] = digest_of):
+    def __init__(self, root: str, limit: int):
         self.root = root
         self.limit = limit
         self.size = 0
         self._lock = threading.Lock()
         self._index: OrderedDict[str, int] = OrderedDict()
         # How an entry is checked against its name; a Store with keyed chunk ids sets its own.
-        self.digest_of: Callable[[bytes], str] = digest  # a Store with keyed chunk ids sets its own
+        self.digest_of: Callable[[bytes], str] = digest_of
         os.makedirs(root, mode=0o700, exist_ok=True)
         os.chmod(root, 0o700)  # plain chunk bytes: process memory, for root only
         self._load()
@@ -155,11 +155,10 @@ def _unlink(path: str) -> None:
 class ChunkCache:
     """Memory LRU + optional DiskCache, with single-flight fetches and hit/miss counters."""
 
-    def __init__(self, memory_limit: int = 64 << 20, disk_dir: str | None = None, disk_limit: int = 0,
-                 digest: Callable[[bytes], str] = digest_of):
+    def __init__(self, memory_limit: int = 64 << 20, disk_dir: str | None = None, disk_limit: int = 0):
         self._lock = threading.Lock()
         self._mem = _Lru(memory_limit)
-        self.disk = DiskCache(disk_dir, disk_limit, digest) if disk_dir and disk_limit > 0 else None
+        self.disk = DiskCache(disk_dir, disk_limit) if disk_dir and disk_limit > 0 else None
         self._inflight: dict[str, Future] = {}
         self.memory_hits = self.disk_hits = self.misses = self.fetches = 0
 

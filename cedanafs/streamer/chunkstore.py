@@ -95,8 +95,6 @@ class ChunkStore:
         """This store's id of `data` (keyed when the store has an id key)."""
         return digest_of(data, self.id_key)
 
-    digest_of = digest
-
     def key(self, digest: str) -> str:
         return chunk_key(digest, self.scheme)
 

@@ -55,7 +55,7 @@ class Store:
         self.streams = streams if streams > 0 else DEFAULT_STREAMS
         self.cache = cache or ChunkCache(memory_limit=max(64 << 20, 2 * (readahead + 2) * self.chunker.max_size))
         if self.cache.disk is not None:
-            self.cache.disk.digest_of = self.chunks.digest_of
+            self.cache.disk.digest_of = self.chunks.digest
         self.upload_pool = ThreadPoolExecutor(self.streams, thread_name_prefix="chunk-up")
         self.read_pool = ThreadPoolExecutor(self.streams, thread_name_prefix="chunk-down")
 
