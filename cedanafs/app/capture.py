@@ -36,15 +36,15 @@ import psutil
 from .. import criu
 from ..config import Settings
 from ..errors import CheckpointError, CriuError
+from ..fuse.xattrs import INGEST as XATTR_INGEST
+from ..fuse.xattrs import INGEST_FOLLOW as XATTR_INGEST_FOLLOW
+from ..fuse.xattrs import MATERIALIZE as XATTR_MATERIALIZE
+from ..fuse.xattrs import PROGRESS as XATTR_PROGRESS
 from ..spool import ABANDONED, COMPLETE, WRITER, writer_alive
 from . import mount as mountapp
 
 log = logging.getLogger(__name__)
 
-XATTR_INGEST = "user.cedana.ingest"
-XATTR_INGEST_FOLLOW = "user.cedana.ingest-follow"
-XATTR_MATERIALIZE = "user.cedana.materialize"
-XATTR_PROGRESS = "user.cedana.progress"
 SPOOL_MARGIN = 64 << 20  # beside the images: CRIU's log, the state file, rounding
 MEMORY_RESERVE = 1 << 30  # a tmpfs spool never takes the machine's last GiB of memory
 

@@ -62,12 +62,9 @@ class Progress:
     stored: int = 0
 
 
-def ingest_file(store: "Store", path: str, lease: "Lease | None" = None, progress: Progress | None = None,
-                growing: "_Growing | None" = None) -> tuple[FileContent, TransferStats]:
+def ingest_file(store: "Store", path: str, lease: "Lease | None" = None,
+                progress: Progress | None = None) -> tuple[FileContent, TransferStats]:
     """Store the file at `path`; its content and what storing it cost."""
-    if growing is not None:
-        with growing:
-            return _Ingest(store, lease, progress, background=True).run(growing)
     with open(path, "rb", buffering=0) as src:
         size = os.fstat(src.fileno()).st_size
         if size < store.inline_threshold:
@@ -93,7 +90,8 @@ def ingest_dir(store: "Store", source: str, lease: "Lease | None" = None, progre
             name = pending[0]
             growing = _Growing(os.path.join(source, name), lambda n=name: _later_pages(source, n))
             progress.total = max(progress.total, progress.read)
-            content, _ = ingest_file(store, "", lease, progress, growing=growing)
+            with growing:  # at SCHED_IDLE: CRIU, which holds the process frozen, goes first
+                content, _ = _Ingest(store, lease, progress, background=True).run(growing)
             done[name] = (os.lstat(os.path.join(source, name)), content)
     finally:
         _set_background(False)
