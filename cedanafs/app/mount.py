@@ -243,7 +243,7 @@ def _serve(settings: Settings, mp: str, url: str, autoseal_after: float, ready: 
     from ..fuse.mount import serve
     from ..streamer import Store, StoreSession
 
-    store = Store.from_settings(settings, url)
+    store = Store.from_settings(settings, url, serving=True)
     catalog = Catalog(store.backend, settings.db.path, scope=store.url, refresh_interval=REFRESH_INTERVAL,
                       pool=store.read_pool)
     try:

@@ -62,6 +62,7 @@ class Data(Protocol):
     def session(self) -> Session: ...
     def reader(self, content: FileContent) -> Any: ...
     def materialize(self, content: FileContent, path: str, mode: int) -> int: ...
+    def compaction(self) -> dict[str, int | bool]: ...
 
 
 class Lifecycle:
@@ -73,6 +74,7 @@ class Lifecycle:
 
     _lock: threading.RLock
     _catalog: CatalogView
+    _data: Data
     _clock: Callable[[], float]
     _listing: dict[str, list[tuple[str, int, str]]] | None
     _uid: int
@@ -210,6 +212,10 @@ class Lifecycle:
             for child in jobdir.children.values():
                 if isinstance(child, CheckpointDir) and child.state == PENDING:
                     yield child
+
+    def compaction(self) -> dict[str, int | bool]:
+        """The store's chunks still to be compressed after their commit (no I/O)."""
+        return self._data.compaction()
 
     def status(self, inode: int) -> Status:
         """The state of the checkpoint that holds `inode` (ENODATA outside checkpoints)."""

@@ -65,6 +65,10 @@ class StoreSession:
     def materialize(self, content: FileContent, path: str, mode: int) -> int:
         return materialize(self.store, content, path, mode)
 
+    def compaction(self) -> dict[str, int | bool]:
+        """Chunks stored plain, to be compressed now that their checkpoint is committed."""
+        return self.store.compaction()
+
     def reused_gone(self) -> set[str]:
         """Chunks this session reused that a concurrent GC deleted (see ChunkStore.reused_gone)."""
         with self._lock:
