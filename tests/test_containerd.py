@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,14 @@ from tests.test_runc_jobs import _connect, _echo, _free_port
 pytestmark = [pytest.mark.slow, pytest.mark.real, pytest.mark.timeout(300)]
 
 SCRIPT = f"echo written-before > /data/before; {COUNTER}"
+# Holds a process traced (PTRACE_SEIZE: it runs on) until killed; CRIU cannot seize a traced task.
+TRACER = """import ctypes, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.ptrace(0x4206, int(sys.argv[1]), 0, 0) != 0:
+    sys.exit(f"ptrace: errno {ctypes.get_errno()}")
+print("seized", flush=True)
+time.sleep(300)
+"""
 
 
 def count(pid: int) -> int:
@@ -84,6 +94,9 @@ def test_leave_running_and_manage_as_job(containerd_env, daemon, tmp_path):
     out = daemon.cedana("manage", "containerd", "svc", *where(containerd_env), "--jid", "svcjob",
                         "-o", tmp_path / "job.log", check=True).stdout
     assert "as job svcjob" in out
+    one_line_error(daemon.cedana("manage", "containerd", "ghost", *where(containerd_env)), 3, "ghost")
+    one_line_error(daemon.cedana("manage", "containerd", "svc", "--address", tmp_path / "nosock"), 8,
+                   "not reachable")
     job = daemon.job("svcjob")
     assert job["type"] == "containerd" and job["pid"] == containerd_env.tasks()["svc"]["pid"]
 
@@ -116,6 +129,19 @@ def test_containerd_bad_inputs_are_one_line(containerd_env, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
     start(containerd_env, "c1")
+    # CRIU fails (its task is traced by another process): one line, the task runs on, nothing written.
+    tracer = subprocess.Popen([sys.executable, "-c", TRACER, str(containerd_env.tasks()["c1"]["pid"])],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert tracer.stdout.readline().strip() == "seized"
+        one_line_error(cedana("dump", "containerd", "c1", *where(containerd_env), "--dir", tmp_path, "--name", "k0"),
+                       6, "runc checkpoint of c1 failed")
+    finally:
+        tracer.kill()
+        tracer.wait()
+    assert containerd_env.tasks()["c1"]["status"] == "RUNNING"
+    assert list(tmp_path.iterdir()) == []
+
     ok("dump", "containerd", "c1", *where(containerd_env), "--dir", tmp_path, "--name", "k1", "--leave-running")
     ckpt = tmp_path / "k1"
     before = digest(ckpt)
