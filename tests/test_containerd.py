@@ -153,6 +153,8 @@ def test_containerd_bad_inputs_are_one_line(containerd_env, tmp_path):
                    8, "not reachable")
     one_line_error(cedana("restore", "containerd", "--path", ckpt, "--id", "c3", "--lazy", *where(containerd_env)),
                    2, "--lazy is not supported for containerd")
+    one_line_error(cedana("restore", "containerd", "--path", ckpt, "--id", "c3", *where(containerd_env),
+                          "--out", tmp_path / "no" / "such.log"), 2, "cannot write the container's output")
     assert digest(ckpt) == before
     # CRIU cannot restore it (its process tree is gone): one line, no container or image left behind.
     broken = tmp_path / "broken"

@@ -222,6 +222,28 @@ def restore(ctr: Ctr, images_dir: str, opts: RestoreOptions) -> int:
     if ctr.exists(new_id):
         raise AlreadyExists(f"a containerd container {new_id!r} already exists in namespace {ctr.namespace};"
                             " choose another --id")
+    log_fd = _open_log(opts.log_path) if opts.log_path else None
+    try:
+        pid, early = _restore(ctr, images_dir, opts)
+        if log_fd is not None:
+            relay_output(pid, new_id, log_fd, early)
+    finally:
+        if log_fd is not None:
+            os.close(log_fd)
+    log.info("containerd container %s restored from %s (pid %d)", new_id, images_dir, pid)
+    return pid
+
+
+def _open_log(path: str) -> int:
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise UsageError(f"cannot write the container's output to {path}: {exc.strerror}") from None
+
+
+def _restore(ctr: Ctr, images_dir: str, opts: RestoreOptions) -> tuple[int, str]:
+    """The restore itself; returns the task's pid and what `ctr` printed of its output."""
+    new_id = opts.new_id
     spec = opts.spec
     if opts.tcp_established:
         annotations = dict(spec.get("annotations") or {}) | {CRIU_CONFIG_ANNOTATION: tcp_config()}
@@ -246,10 +268,7 @@ def restore(ctr: Ctr, images_dir: str, opts: RestoreOptions) -> int:
             ctr.remove_image(ref)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if opts.log_path:
-        relay_output(pid, new_id, opts.log_path, result.stdout + result.stderr)
-    log.info("containerd container %s restored from %s (pid %d)", new_id, images_dir, pid)
-    return pid
+    return pid, result.stdout + result.stderr
 
 
 def tcp_config() -> str:
@@ -292,26 +311,17 @@ def output_fifos(pid: int, cid: str) -> list[str]:
     return sorted(found, reverse=True)  # stdout first
 
 
-def relay_output(pid: int, cid: str, log_path: str, early: str = "") -> None:
+def relay_output(pid: int, cid: str, log_fd: int, early: str = "") -> None:
     """Append what task `cid` printed while `ctr` read it (`early`), then everything it prints
-    from now on, to log_path: a detached `cat` per FIFO, ending when the shim closes them."""
-    try:
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        log.warning("cannot write the output of containerd container %s to %s: %s", cid, log_path, exc.strerror)
-        return
-    try:
-        if early:
-            os.write(log_fd, early.encode())
-        fifos = output_fifos(pid, cid)
-        if not fifos:
-            log.warning("containerd container %s: its output FIFOs were not found; its output is not in %s",
-                        cid, log_path)
-        for fifo in fifos:
-            subprocess.run(["setsid", "--fork", "cat", fifo], stdin=subprocess.DEVNULL, stdout=log_fd,
-                           stderr=subprocess.DEVNULL, check=True)
-    finally:
-        os.close(log_fd)
+    from now on, to log_fd: a detached `cat` per FIFO, ending when the shim closes them."""
+    if early:
+        os.write(log_fd, early.encode())
+    fifos = output_fifos(pid, cid)
+    if not fifos:
+        log.warning("containerd container %s: its output FIFOs were not found; its output is not logged", cid)
+    for fifo in fifos:
+        subprocess.run(["setsid", "--fork", "cat", fifo], stdin=subprocess.DEVNULL, stdout=log_fd,
+                       stderr=subprocess.DEVNULL, check=True)
 
 
 # --- the checkpoint image: containerd's OCI archive <-> CRIU images + the rest -------------------
