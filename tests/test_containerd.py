@@ -111,11 +111,15 @@ def test_leave_running_and_manage_as_job(containerd_env, daemon, tmp_path):
     assert_resumed(containerd_env, "svc", frozen, tmp_path / "before.log", tmp_path / "job.log")
     assert daemon.job("svcjob")["type"] == "containerd"
 
-    # --leave-running: the original runs on, and the checkpoint restores beside it under another id.
+    # --leave-running into the mount (through the spool): the original runs on, and the checkpoint
+    # restores from the mount beside it under another id.
     frozen = count(task["pid"])
-    ok("dump", "containerd", "svc", *where(containerd_env), "--dir", tmp_path, "--name", "k2", "--leave-running")
+    result = daemon.json("dump", "containerd", "svc", *where(containerd_env), "--dir",
+                         daemon.mount_dir / "jobs" / "copies", "--leave-running")
+    assert result["via"] == "spool", result
     assert containerd_env.tasks()["svc"]["status"] == "RUNNING"
-    ok("restore", "containerd", "--path", tmp_path / "k2", "--id", "svc2", *where(containerd_env))
+    daemon.cedana("restore", "containerd", "--path", result["path"], "--id", "svc2", *where(containerd_env),
+                  check=True)
     assert_resumed(containerd_env, "svc2", frozen)
 
 
