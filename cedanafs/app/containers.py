@@ -38,6 +38,8 @@ CONTAINER_FILE = "container.json"
 RUNC = "runc"
 CONTAINERD = "containerd"
 LOG_TEMPLATE = "/var/log/cedana-output-{id}.log"
+LAZY_CONTAINERD = ("--lazy is not supported for containerd: containerd copies the checkpoint's images into its"
+                   " own store and its shim restores without lazy pages; restore eagerly")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -225,13 +227,6 @@ def _dump_to_bucket(settings: Settings, fill: Callable[[str], None], url: str, n
                       duration=time.monotonic() - started)
 
 
-def _discard_quietly(path: str) -> None:
-    try:
-        mountapp.discard_checkpoint(path)
-    except OSError as exc:
-        log.warning("could not discard pending checkpoint %s: %s", path, exc)
-
-
 # --- restore ------------------------------------------------------------------------------------
 
 def _check_bundle(record: ContainerRecord, bundle: str, source: str) -> None:
@@ -364,7 +359,6 @@ class ContainerdDumpRequest:
     compression: str | None = None
     leave_running: bool | None = None
     tcp_established: bool = False
-    file_locks: bool = False
     streams: int = 0
 
 
@@ -381,7 +375,7 @@ class ContainerdRestoreRequest:
 
 
 def checkpoint_containerd(settings: Settings, ctr: containerd.Ctr, info: containerd.ContainerInfo, images_dir: str,
-                          *, leave_running: bool, tcp_established: bool = False, file_locks: bool = False,
+                          *, leave_running: bool, tcp_established: bool = False,
                           job: dict | None = None) -> ContainerRecord:
     """The container's checkpoint into images_dir: its task's CRIU images as files, the rest of
     containerd's checkpoint image (writable layer, runtime) in containerd-checkpoint.tar."""
@@ -391,11 +385,9 @@ def checkpoint_containerd(settings: Settings, ctr: containerd.Ctr, info: contain
     record = ContainerRecord(runtime=CONTAINERD, id=info.id, image=info.image, snapshotter=info.snapshotter,
                              runtime_name=info.runtime, spec=info.spec, namespace=ctr.namespace,
                              address=ctr.address, pid=info.pid,
-                             tcp_established=tcp_established or state.get("tcp_established", False),
-                             file_locks=file_locks)
+                             tcp_established=tcp_established or state.get("tcp_established", False))
     containerd.checkpoint(ctr, info, images_dir, containerd.CheckpointOptions(
-        leave_running=leave_running, tcp_established=record.tcp_established, file_locks=file_locks,
-        criu_binary=settings.criu.binary_path))
+        leave_running=leave_running, tcp_established=record.tcp_established, criu_binary=settings.criu.binary_path))
     with open(os.path.join(images_dir, CONTAINER_FILE), "w") as f:
         json.dump(record.to_dict(), f, indent=2)
     with open(os.path.join(images_dir, STATE_FILE), "w") as f:
@@ -413,8 +405,7 @@ def dump_containerd(settings: Settings, req: ContainerdDumpRequest) -> DumpResul
     target = req.dir or settings.checkpoint.dir or "/tmp"
     name = _check_name(req.name or f"dump-containerd-{time.time_ns()}")
     return dump_images(settings, lambda d: checkpoint_containerd(
-                           settings, ctr, info, d, leave_running=leave_running, tcp_established=req.tcp_established,
-                           file_locks=req.file_locks),
+                           settings, ctr, info, d, leave_running=leave_running, tcp_established=req.tcp_established),
                        target, name, compression, kind=CONTAINERD, pid=info.pid,
                        explicit_name=req.name is not None, streams=req.streams)
 
@@ -443,10 +434,6 @@ def restore_containerd(settings: Settings, req: ContainerdRestoreRequest) -> Res
                                         tcp_established=req.tcp_established,
                                         log_path=os.path.abspath(req.out or LOG_TEMPLATE.format(id=req.id)))
     return RestoreResult(pid=pid)
-
-
-LAZY_CONTAINERD = ("--lazy is not supported for containerd: containerd copies the checkpoint's images into its"
-                   " own store and its shim restores without lazy pages; restore eagerly")
 
 
 def restore_containerd_images(ctr: containerd.Ctr, images_dir: str, record: ContainerRecord, *, new_id: str,

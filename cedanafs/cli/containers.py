@@ -154,19 +154,18 @@ namespace_option = click.option("--namespace", "-n", default="default", show_def
 @click.option("--leave-running/--no-leave-running", default=None, help="Keep the container running after the dump.")
 @click.option("--streams", type=int, default=0, help="Parallel transfer streams for the store.")
 @click.option("--tcp-established", is_flag=True, help="Checkpoint established TCP connections.")
-@click.option("--file-locks", is_flag=True, help="Checkpoint file locks.")
 @reports
 @pass_ctx
 @handle_errors
 def dump_containerd_cmd(ctx: Context, cid: str, address: str, namespace: str, directory: str | None,
                         name: str | None, compression: str | None, leave_running: bool | None, streams: int,
-                        tcp_established: bool, file_locks: bool) -> None:
+                        tcp_established: bool) -> None:
     """Checkpoint the containerd container ID (task memory and writable layer)."""
     from ..app.containers import ContainerdDumpRequest, dump_containerd
 
     result = dump_containerd(ctx.settings, ContainerdDumpRequest(
         id=cid, address=address, namespace=namespace, dir=directory, name=name, compression=compression,
-        leave_running=leave_running, tcp_established=tcp_established, file_locks=file_locks, streams=streams))
+        leave_running=leave_running, tcp_established=tcp_established, streams=streams))
     report(result.to_dict(), f"Dumped containerd container {cid} to {result.path}")
 
 

@@ -165,7 +165,6 @@ def runc_root(info: ContainerInfo, namespace: str) -> str:
 class CheckpointOptions:
     leave_running: bool = False
     tcp_established: bool = False
-    file_locks: bool = False
     criu_binary: str = ""
 
 
@@ -183,7 +182,7 @@ def checkpoint(ctr: Ctr, info: ContainerInfo, images_dir: str, opts: CheckpointO
     try:
         runc.checkpoint(runc.CheckpointOptions(
             id=info.id, root=runc_root(info, ctr.namespace), images_dir=images_dir, work_dir=work,
-            leave_running=opts.leave_running, tcp_established=opts.tcp_established, file_locks=opts.file_locks),
+            leave_running=opts.leave_running, tcp_established=opts.tcp_established),
             opts.criu_binary)
         runc_log = os.path.join(work, runc.CHECKPOINT_LOG)
         if os.path.exists(runc_log):
