@@ -119,7 +119,7 @@ def test_leave_running_and_manage_as_job(containerd_env, daemon, tmp_path):
     assert result["via"] == "spool", result
     assert containerd_env.tasks()["svc"]["status"] == "RUNNING"
     daemon.cedana("restore", "containerd", "--path", result["path"], "--id", "svc2", *where(containerd_env),
-                  check=True)
+                  "--out", tmp_path / "svc2.log", check=True)
     assert_resumed(containerd_env, "svc2", frozen)
 
 
@@ -165,20 +165,22 @@ def test_containerd_bad_inputs_are_one_line(containerd_env, tmp_path):
     shutil.copytree(ckpt, broken)
     (broken / "pstree.img").unlink()
     images = containerd_env.ctr("image", "ls", "-q").stdout.split()
-    one_line_error(cedana("restore", "containerd", "--path", broken, "--id", "c3", *where(containerd_env)), 6,
-                   "ctr containers restore failed")
+    one_line_error(cedana("restore", "containerd", "--path", broken, "--id", "c3", *where(containerd_env),
+                          "--out", tmp_path / "c3.log"), 6, "ctr containers restore failed")
+    assert not (tmp_path / "c3.log").exists()
     assert containerd_env.ctr("image", "ls", "-q").stdout.split() == images
     assert containerd_env.tasks()["c1"]["status"] == "RUNNING"
     assert "c3" not in containerd_env.containers()
 
 
-def test_containerd_checkpoint_through_a_bucket(containerd_env, s3_url):
+def test_containerd_checkpoint_through_a_bucket(containerd_env, s3_url, tmp_path):
     pid = start(containerd_env, "c1")
     frozen = count(pid)
     out = ok("dump", "containerd", "c1", *where(containerd_env), "--dir", s3_url, "--name", "kb",
              "--compression", "lz4")
     assert f"{s3_url}/kb.tar.lz4" in out
-    ok("restore", "containerd", "--path", f"{s3_url}/kb.tar.lz4", "--id", "c9", *where(containerd_env))
+    ok("restore", "containerd", "--path", f"{s3_url}/kb.tar.lz4", "--id", "c9", *where(containerd_env), "--out",
+       tmp_path / "c9.log")
     assert_resumed(containerd_env, "c9", frozen)
 
 

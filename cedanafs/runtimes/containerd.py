@@ -221,9 +221,15 @@ def restore(ctr: Ctr, images_dir: str, opts: RestoreOptions) -> int:
     if ctr.exists(new_id):
         raise AlreadyExists(f"a containerd container {new_id!r} already exists in namespace {ctr.namespace};"
                             " choose another --id")
+    created = bool(opts.log_path) and not os.path.exists(opts.log_path)
     log_fd = _open_log(opts.log_path) if opts.log_path else None
     try:
-        pid, early = _restore(ctr, images_dir, opts)
+        try:
+            pid, early = _restore(ctr, images_dir, opts)
+        except BaseException:
+            if created:  # a failed restore leaves nothing behind, not even an empty log
+                os.unlink(opts.log_path)
+            raise
         if log_fd is not None:
             relay_output(pid, new_id, log_fd, early)
     finally:
