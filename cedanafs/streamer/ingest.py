@@ -230,8 +230,10 @@ class _Ingest:
                 pass
 
     def _cut_all(self, mapping: mmap.mmap, view: memoryview) -> int:
-        spec, total, start = self.store.chunker, len(view), 0
+        spec, total, start, mapped = self.store.chunker, len(view), 0, 0
         while start < total:
+            if start + spec.max_size > mapped:  # map the next window in one call, not a fault per page
+                mapped = _populate(mapping, mapped, BLOCK)
             end = spec.next_cut(view, start, total, final=True)
             self.progress.read += end - start
             self._submit(view[start:end], lambda at=start, n=end - start: _unmap(mapping, at, n))
@@ -334,6 +336,19 @@ class _Blocks:
                 self._free.append(buf)
             else:
                 self._retired.add(id(buf))
+
+
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14
+
+
+def _populate(mapping: mmap.mmap, start: int, length: int) -> int:
+    """Map [start, start+length) of the file now (a page fault each costs more); the new end."""
+    length = min(length, len(mapping) - start)
+    try:
+        mapping.madvise(MADV_POPULATE_READ, start, length)
+    except (OSError, ValueError):
+        pass  # an older kernel: the pages fault in as they are read
+    return start + length
 
 
 def _unmap(mapping: mmap.mmap, start: int, length: int) -> None:
