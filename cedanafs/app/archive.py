@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import mmap
 import os
 import tarfile
 import zlib
@@ -24,6 +25,7 @@ from typing import BinaryIO, Iterator
 from isal import igzip, isal_zlib
 
 from ..errors import CheckpointError, UsageError
+from .deflate import BLOCK, ParallelDeflateWriter
 
 # gzip and zlib archives go through ISA-L (python-isal): the same formats, written and read
 # many times faster than zlib's level 6 (level 1 of igzip: ~780 MB/s here against ~27 MB/s).
@@ -35,6 +37,7 @@ SUMS_NAME = "SHA256SUMS"
 _PAX_INTEGRITY = "CEDANA.integrity"  # pax global header key: the archive ends with SUMS_NAME
 SUFFIXES = {"tar": ".tar", "gzip": ".tar.gz", "lz4": ".tar.lz4", "zlib": ".tar.zlib", "zstd": ".tar.zst"}
 _SNIFF = 512 + 8
+_MAP_FROM = 1 << 20  # files this large are mapped, not read
 
 
 def archive_name(name: str, compression: str) -> str:
@@ -64,26 +67,6 @@ def sniff_format(head: bytes) -> str | None:
     if head[257:262] == b"ustar":
         return "tar"
     return None
-
-
-class _ZlibWriter(io.RawIOBase):
-    """A write-only stream producing RFC 1950 zlib data, as Go's compress/zlib does."""
-
-    def __init__(self, out: BinaryIO):
-        self._out = out
-        self._z = isal_zlib.compressobj(GZIP_LEVEL)
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:  # type: ignore[override]
-        self._out.write(self._z.compress(bytes(data)))
-        return len(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            self._out.write(self._z.flush())
-        super().close()
 
 
 class _ZlibReader(io.RawIOBase):
@@ -131,14 +114,12 @@ class _Prefixed(io.RawIOBase):
 def _compressor(out: BinaryIO, compression: str) -> BinaryIO:
     if compression == "tar":
         return out
-    if compression == "gzip":
-        return igzip.IGzipFile(fileobj=out, mode="wb", compresslevel=GZIP_LEVEL)
+    if compression in ("gzip", "zlib"):
+        return ParallelDeflateWriter(out, compression, GZIP_LEVEL)
     if compression == "lz4":
         import lz4.frame
 
         return lz4.frame.LZ4FrameFile(out, mode="wb", block_checksum=True, content_checksum=True)
-    if compression == "zlib":
-        return io.BufferedWriter(_ZlibWriter(out), buffer_size=1 << 20)
     if compression == "zstd":
         import zstandard
 
@@ -164,20 +145,46 @@ def _decompressor(src: BinaryIO, fmt: str) -> BinaryIO:
     raise CheckpointError(f"unknown archive format {fmt!r}")
 
 
-class _Hashing(io.RawIOBase):
-    """A file read through once by tarfile, hashed on the way."""
+class _Sink:
+    """What tarfile writes to: the compressor, with the position tarfile's "w" mode asks for once."""
 
-    def __init__(self, src: BinaryIO):
-        self._src = src
+    def __init__(self, stream: BinaryIO):
+        self._stream = stream
+        self._pos = 0
+
+    def write(self, data) -> int:
+        self._stream.write(data)
+        self._pos += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._pos
+
+
+class _MappedImage:
+    """A regular file tarfile reads through once, hashed on the way.
+
+    A large file is mapped and read as memoryviews of the mapping: its bytes go from the page
+    cache to SHA-256 and to the compressor without a copy. tarfile only takes len() of what
+    read() returns and writes it on.
+    """
+
+    def __init__(self, path: str, size: int):
         self.sha = hashlib.sha256()
+        self._pos = 0
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size != size:
+                raise CheckpointError(f"{path} changed while it was being archived")
+            if size < _MAP_FROM:
+                self._view = memoryview(f.read())
+            else:
+                self._view = memoryview(mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ))
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:  # type: ignore[override]
-        n = self._src.readinto(b)  # type: ignore[attr-defined]
-        self.sha.update(memoryview(b)[:n])
-        return n
+    def read(self, n: int) -> memoryview:
+        chunk = self._view[self._pos:self._pos + n]
+        self._pos += len(chunk)
+        self.sha.update(chunk)
+        return chunk
 
 
 def _add_hashed(tar: tarfile.TarFile, path: str, arcname: str) -> str | None:
@@ -186,10 +193,9 @@ def _add_hashed(tar: tarfile.TarFile, path: str, arcname: str) -> str | None:
     if not info.isfile():
         tar.add(path, arcname=arcname, recursive=True)
         return None
-    with open(path, "rb") as f:
-        hashing = _Hashing(f)
-        tar.addfile(info, io.BufferedReader(hashing, buffer_size=1 << 20))
-    return hashing.sha.hexdigest()
+    image = _MappedImage(path, info.size)
+    tar.addfile(info, image)  # type: ignore[arg-type]
+    return image.sha.hexdigest()
 
 
 def _add_sums(tar: tarfile.TarFile, sums: dict[str, str]) -> None:
@@ -200,12 +206,15 @@ def _add_sums(tar: tarfile.TarFile, sums: dict[str, str]) -> None:
 
 
 def write_archive(src_dir: str, out: BinaryIO, compression: str) -> None:
-    """Stream a flat tar of src_dir's files, compressed, into out; SHA256SUMS last."""
+    """Stream a flat tar of src_dir's files, compressed, into out; SHA256SUMS last.
+
+    gzip and zlib are compressed on all cores (deflate.py) while this thread reads and hashes.
+    """
     stream = _compressor(out, compression)
     sums: dict[str, str] = {}
     try:
-        with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT,
-                          pax_headers={_PAX_INTEGRITY: "sha256"}) as tar:
+        with tarfile.open(fileobj=_Sink(stream), mode="w", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
+                          pax_headers={_PAX_INTEGRITY: "sha256"}, copybufsize=BLOCK) as tar:
             for name in sorted(os.listdir(src_dir)):
                 if name == SUMS_NAME:
                     continue
@@ -213,9 +222,12 @@ def write_archive(src_dir: str, out: BinaryIO, compression: str) -> None:
                 if digest is not None:
                     sums[name] = digest
             _add_sums(tar, sums)
-    finally:
+    except BaseException:
         if stream is not out:
-            stream.close()
+            getattr(stream, "abort", stream.close)()  # a deflate writer's threads stop; nothing more is written
+        raise
+    if stream is not out:
+        stream.close()
 
 
 class CorruptArchive(CheckpointError):
