@@ -37,7 +37,8 @@ SUMS_NAME = "SHA256SUMS"
 _PAX_INTEGRITY = "CEDANA.integrity"  # pax global header key: the archive ends with SUMS_NAME
 SUFFIXES = {"tar": ".tar", "gzip": ".tar.gz", "lz4": ".tar.lz4", "zlib": ".tar.zlib", "zstd": ".tar.zst"}
 _SNIFF = 512 + 8
-_MAP_FROM = 1 << 20  # files this large are mapped, not read
+_MAP_FROM = 1 << 20  # files (or windows of them) this large are mapped, smaller ones read
+_MAP_WINDOW = 16 * BLOCK  # how much of a file is mapped at a time
 
 
 def archive_name(name: str, compression: str) -> str:
@@ -164,27 +165,49 @@ class _Sink:
 class _MappedImage:
     """A regular file tarfile reads through once, hashed on the way.
 
-    A large file is mapped and read as memoryviews of the mapping: its bytes go from the page
-    cache to SHA-256 and to the compressor without a copy. tarfile only takes len() of what
-    read() returns and writes it on.
+    A large file is mapped a window at a time and read as memoryviews of the mapping: its bytes
+    go from the page cache to SHA-256 and to the compressor without a copy (tarfile only takes
+    len() of what read() returns and writes it on). A window is unmapped once nothing holds a
+    view of it any more, so a large image never sits in this process's memory whole.
     """
 
     def __init__(self, path: str, size: int):
         self.sha = hashlib.sha256()
+        self._file = open(path, "rb")
+        self._size = size
         self._pos = 0
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size != size:
-                raise CheckpointError(f"{path} changed while it was being archived")
-            if size < _MAP_FROM:
-                self._view = memoryview(f.read())
-            else:
-                self._view = memoryview(mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ))
+        self._base = 0
+        self._window = memoryview(b"")
+        if os.fstat(self._file.fileno()).st_size != size:
+            self.close()
+            raise CheckpointError(f"{path} changed while it was being archived")
 
-    def read(self, n: int) -> memoryview:
-        chunk = self._view[self._pos:self._pos + n]
-        self._pos += len(chunk)
-        self.sha.update(chunk)
-        return chunk
+    def read(self, n: int) -> memoryview | bytes:
+        parts = []
+        while n > 0 and self._pos < self._size:
+            start = self._pos - self._base
+            if start >= len(self._window):
+                self._map(self._pos)
+                start = 0
+            chunk = self._window[start:start + n]
+            self._pos += len(chunk)
+            n -= len(chunk)
+            self.sha.update(chunk)
+            parts.append(chunk)
+        # One view, unless the read straddles two windows (tarfile reads aligned blocks: never).
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _map(self, pos: int) -> None:
+        length = min(_MAP_WINDOW, self._size - pos)
+        self._base = pos
+        if length < _MAP_FROM:
+            self._window = memoryview(os.pread(self._file.fileno(), length, pos))
+        else:
+            self._window = memoryview(mmap.mmap(self._file.fileno(), length, access=mmap.ACCESS_READ, offset=pos))
+
+    def close(self) -> None:
+        self._window = memoryview(b"")  # the mapping goes with the last view of it
+        self._file.close()
 
 
 def _add_hashed(tar: tarfile.TarFile, path: str, arcname: str) -> str | None:
@@ -194,7 +217,10 @@ def _add_hashed(tar: tarfile.TarFile, path: str, arcname: str) -> str | None:
         tar.add(path, arcname=arcname, recursive=True)
         return None
     image = _MappedImage(path, info.size)
-    tar.addfile(info, image)  # type: ignore[arg-type]
+    try:
+        tar.addfile(info, image)  # type: ignore[arg-type]
+    finally:
+        image.close()
     return image.sha.hexdigest()
 
 
