@@ -72,9 +72,9 @@ def _deflate(data: memoryview, zdict: bytes, level: int) -> bytes:
             before = bytes(data[start - WINDOW:start]) if start else zdict
             packer = (isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15, zdict=before) if before
                       else isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15))
-            packed = packer.compress(run) + packer.flush(isal_zlib.Z_SYNC_FLUSH)
-            if len(packed) < len(run):
-                parts.append(packed)
+            packed = [packer.compress(run), packer.flush(isal_zlib.Z_SYNC_FLUSH)]
+            if len(packed[0]) + len(packed[1]) < len(run):
+                parts += packed
                 continue
         parts.extend(_stored(run))
     return b"".join(parts)
