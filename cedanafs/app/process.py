@@ -29,6 +29,7 @@ from .. import criu
 from ..criu import terminal as criu_terminal
 from ..config import COMPRESSIONS, Settings
 from ..errors import AlreadyExists, CheckpointError, CriuError, NotFound, PermissionDenied, UsageError
+from ..fsio import WritingBack
 from ..spool import WRITER
 from . import archive, capture, remote
 from . import mount as mountapp
@@ -215,9 +216,9 @@ def _publish(staging: str, final: str, compression: str, owner: tuple[int, int] 
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchown(fd, *owner)
         with os.fdopen(fd, "wb") as out:
-            archive.write_archive(staging, out, compression)
+            archive.write_archive(staging, WritingBack(out), compression)  # type: ignore[arg-type]
             out.flush()
-            os.fsync(out.fileno())
+            os.fsync(out.fileno())  # mostly written back already: WritingBack started it as it went
         try:
             os.link(tmp, final)  # fails if final appeared meanwhile: no silent overwrite
         except FileExistsError:

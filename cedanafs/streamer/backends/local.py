@@ -12,12 +12,12 @@ create links the temporary file to the final name instead, which fails if the na
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import tempfile
 from typing import BinaryIO, Iterator
 
+from ...fsio import start_writeback, syncfs
 from ..errors import BackendError, NoSuchObject, ObjectExists
 from .base import AtomicWriter, Backend, ObjectInfo, check_key
 
@@ -70,7 +70,7 @@ class LocalBackend(Backend):
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
                     f.flush()
-                    _start_writeback(f.fileno())
+                    start_writeback(f.fileno())
                 try:
                     os.rename(tmp, final)
                 except FileNotFoundError:
@@ -85,8 +85,7 @@ class LocalBackend(Backend):
     def sync(self) -> None:
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            if _LIBC is None or _LIBC.syncfs(fd) != 0:
-                os.sync()
+            syncfs(fd)
         finally:
             os.close(fd)
     def create(self, key: str, data: bytes) -> None:
@@ -172,26 +171,6 @@ class _LocalWriter(AtomicWriter):
             os.unlink(self._tmp)
         except FileNotFoundError:
             pass
-
-
-def _load_libc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.syncfs.argtypes = [ctypes.c_int]
-        libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-        return libc
-    except (OSError, AttributeError):
-        return None
-
-
-_LIBC = _load_libc()
-SYNC_FILE_RANGE_WRITE = 2
-
-
-def _start_writeback(fd: int) -> None:
-    """Start writing the file back now (no wait), so the sync at commit has little left to do."""
-    if _LIBC is not None:
-        _LIBC.sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
 
 
 def _unlink_quietly(path: str) -> None:
