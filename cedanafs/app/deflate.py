@@ -108,13 +108,6 @@ class ParallelDeflateWriter:
         else:  # RFC 1950: deflate, 32 KiB window, FLEVEL 0 (fastest)
             out.write(b"\x78\x01")
 
-    def writable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        """Bytes of input so far."""
-        return self._size + len(self._gathered)
-
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
         n = len(view)
