@@ -57,3 +57,6 @@ class WritingBack:
             start_writeback(self._f.fileno(), self._started, self._written - self._started)
             self._started = self._written
         return n
+
+    def flush(self) -> None:
+        self._f.flush()

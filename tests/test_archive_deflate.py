@@ -160,3 +160,17 @@ def test_flipped_byte_in_a_big_archive_is_caught(fmt, where, big_images, tmp_pat
     dest.mkdir()
     with pytest.raises(CheckpointError, match="^corrupt archive: "):
         archive.extract_archive(io.BytesIO(bytes(data)), str(dest), "x")
+
+
+def test_writing_back_passes_every_byte_on(tmp_path):
+    """The archive file whose write-back starts as it is written holds what was written."""
+    from cedanafs.fsio import WritingBack
+
+    data = _mixed(3 * MiB + 123)
+    with open(tmp_path / "out", "wb") as f:
+        out = WritingBack(f, every=MiB)
+        for off in range(0, len(data), 100_000):
+            assert out.write(data[off:off + 100_000]) == len(data[off:off + 100_000])
+        out.flush()
+        os.fsync(f.fileno())
+    assert (tmp_path / "out").read_bytes() == data
