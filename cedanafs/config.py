@@ -62,9 +62,10 @@ class StoreSettings:
 
 @dataclass(frozen=True)
 class SpoolSettings:
-    """Where CRIU writes a dump into the mount before the store takes it (app/capture.py): a local
-    filesystem, tmpfs by default; size 0 = what is free (on tmpfs: memory, less a reserve).
-    dir "" = no spool: CRIU writes through the mount."""
+    """Where CRIU writes a dump into the mount before the store takes it (app/capture.py), and a
+    `dump process` to an archive before it is compressed: a local filesystem, tmpfs by default;
+    size 0 = what is free (on tmpfs: memory, less a reserve). dir "" = no spool: CRIU writes
+    through the mount, or beside the archive."""
 
     dir: str = "/dev/shm/cedana-spool"
     size: int = 0

@@ -12,7 +12,6 @@ create links the temporary file to the final name instead, which fails if the na
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import itertools
 import os
@@ -20,6 +19,7 @@ import tempfile
 import threading
 from typing import BinaryIO, Iterator, Sequence
 
+from ...fsio import start_writeback, syncfs
 from ..errors import BackendError, NoSuchObject, ObjectExists
 from .base import AtomicWriter, Backend, Buffer, ObjectInfo, check_key
 
@@ -90,14 +90,14 @@ class LocalBackend(Backend):
 
     def _write_temp(self, key: str, parts: Sequence[Buffer]) -> str:
         """A new temporary file holding `parts` (one writev, no copy), write-back started."""
-        tmp = os.path.join(self.root, TMP_DIR, f"put-{os.getpid()}-{threading.get_native_id()}-{next(_serial)}")
+        tmp = os.path.join(self.root, TMP_DIR, f"put-{_TOKEN}-{threading.get_native_id()}-{next(_serial)}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise self._fail(key, exc) from None
         try:
             _write_all(fd, parts)
-            _start_writeback(fd)
+            start_writeback(fd)
         except BaseException as exc:
             os.close(fd)
             _unlink_quietly(tmp)
@@ -121,10 +121,10 @@ class LocalBackend(Backend):
     def sync(self) -> None:
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            if _LIBC is None or _LIBC.syncfs(fd) != 0:
-                os.sync()
+            syncfs(fd)
         finally:
             os.close(fd)
+
     def create(self, key: str, data: bytes) -> None:
         final = self._path(key)
         writer = _LocalWriter(self, key, final, exclusive=True)
@@ -210,27 +210,8 @@ class _LocalWriter(AtomicWriter):
             pass
 
 
-def _load_libc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.syncfs.argtypes = [ctypes.c_int]
-        libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-        return libc
-    except (OSError, AttributeError):
-        return None
-
-
-_LIBC = _load_libc()
-SYNC_FILE_RANGE_WRITE = 2
-
-
-def _start_writeback(fd: int) -> None:
-    """Start writing the file back now (no wait), so the sync at commit has little left to do."""
-    if _LIBC is not None:
-        _LIBC.sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
-
-
 _serial = itertools.count()
+_TOKEN = os.urandom(6).hex()  # this process's temporary names: never a dead process's leftovers
 
 
 def _write_all(fd: int, parts: Sequence[Buffer]) -> None:
