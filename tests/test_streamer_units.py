@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import random
 import threading
@@ -100,6 +101,27 @@ def test_chunker_deterministic_whatever_the_feed_sizes(kind):
             out += chunker.feed(data[i:i + step])
         out += chunker.flush()
         assert out == reference
+
+
+@pytest.mark.parametrize("spec", [ChunkerSpec.for_size("cdc", 1 << 20), ChunkerSpec(kind="cdc", avg=16384, min=4096,
+                                                                                  max=65536),
+                                  ChunkerSpec.for_size("fixed", 1 << 20), ChunkerSpec.for_size("fixed", 8192)],
+                         ids=["cdc-1M", "cdc-16K", "fixed-1M", "fixed-8K"])
+def test_windowed_cut_points_are_the_chunkers_cut_points(spec):
+    """ChunkerSpec.cuts (one fingerprint pass per window, what the ingest uses) gives exactly the
+    cut points of next_cut and of the streaming chunkers, whatever the window and the size."""
+    rnd = random.Random(7)
+    for size in (0, 1, PAGE - 1, PAGE, PAGE + 5, 3 << 20, (9 << 20) + 123, 700 * PAGE):
+        data = bytearray(rnd.randbytes(size))
+        data[: size // 3] = bytes(size // 3)  # a run without cut points: max-size chunks
+        view = memoryview(bytes(data))
+        ends, start = [], 0
+        while start < size:
+            start = spec.next_cut(view, start, size, final=True)
+            ends.append(start)
+        streamed = list(itertools.accumulate(len(c) for c in chunk_bytes(bytes(data), spec)))
+        for window in (PAGE, 5 * PAGE, 1 << 20, 16 << 20):
+            assert list(spec.cuts(view, window=window)) == ends == streamed, (size, window)
 
 
 def test_chunk_sizes_are_page_multiples_within_bounds():

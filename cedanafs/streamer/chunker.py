@@ -16,8 +16,10 @@ has the measurement behind the choice.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
+from typing import Iterator
 from dataclasses import dataclass
 
 import blake3
@@ -89,6 +91,41 @@ class ChunkerSpec:
         if pages >= max_pages:
             return start + self.max
         return end if final else None
+
+    def cuts(self, view: memoryview, window: int = 16 << 20) -> Iterator[int]:
+        """The end of every chunk of the whole buffer `view`, in order: the cut points next_cut()
+        gives, found from one fingerprint pass per `window` bytes instead of one numpy pass per
+        chunk (each pass gives the GIL away and back; the threads hashing and writing the chunks
+        want it meanwhile)."""
+        total = len(view)
+        if self.kind == "fixed":
+            yield from range(self.avg, total, self.avg)
+            if total:
+                yield total
+            return
+        pages, mask = total // PAGE, cdc_mask(self.min, self.avg)
+        min_pages, max_pages = self.min // PAGE, self.max // PAGE
+        hits: list[int] = []  # pages (from the start of view) after which a cut is due, ascending
+        known = 0  # pages whose fingerprints are in `hits`
+        pos = 0  # where the current chunk starts (a page boundary until the file's last chunk)
+        while pos < total:
+            start = pos // PAGE
+            need = min(pages, start + max_pages)
+            while known < need:  # fingerprints of the pages this chunk may end in
+                count = min(pages, max(need, known + window // PAGE)) - known
+                fp = page_fingerprints(view, known * PAGE, count)
+                hits.extend((known + np.flatnonzero((fp & np.uint64(mask)) == np.uint64(mask))).tolist())
+                known += count
+            # The first hit page h with start + min_pages - 1 <= h < start + min(max_pages, pages - start).
+            at = bisect.bisect_left(hits, start + min_pages - 1)
+            if at < len(hits) and hits[at] < need:
+                end = (hits[at] + 1) * PAGE
+            elif need - start >= max_pages:
+                end = (start + max_pages) * PAGE
+            else:
+                end = total
+            yield end
+            pos = end
 
     @classmethod
     def for_size(cls, kind: str, avg: int) -> "ChunkerSpec":

@@ -230,15 +230,17 @@ class _Ingest:
                 pass
 
     def _cut_all(self, mapping: mmap.mmap, view: memoryview) -> int:
-        spec, total, start, mapped = self.store.chunker, len(view), 0, 0
-        while start < total:
-            if start + spec.max_size > mapped:  # map the next window in one call, not a fault per page
+        ahead = 2 * BLOCK + self.store.chunker.max_size  # the most the cut finder reads past a chunk's start
+        start, mapped = 0, 0
+        cuts = self.store.chunker.cuts(view, window=BLOCK)
+        while start < len(view):
+            while mapped < min(len(view), start + ahead):  # a window mapped in one call, not a fault per page
                 mapped = _populate(mapping, mapped, BLOCK)
-            end = spec.next_cut(view, start, total, final=True)
+            end = next(cuts)
             self.progress.read += end - start
             self._submit(view[start:end], lambda at=start, n=end - start: _unmap(mapping, at, n))
             start = end
-        return total
+        return start
 
     def _feed(self, src) -> int:
         spec = self.store.chunker
