@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import criu
+from ..criu import lazy as criu_lazy
+from ..criu import stream as criu_stream
 from ..criu import terminal as criu_terminal
 from ..config import COMPRESSIONS, Settings
 from ..errors import AlreadyExists, CheckpointError, CriuError, NotFound, PermissionDenied, UsageError
@@ -499,11 +501,49 @@ def _restore_lazy(settings: Settings, req: RestoreRequest) -> RestoreResult:
     return RestoreResult(pid=restored.pid)
 
 
+def _restore_streamed(settings: Settings, req: RestoreRequest, binary: str) -> int | None:
+    """An eager restore of a checkpoint in the mount with `criu restore --stream`: the mount
+    server feeds CRIU the images while it restores (capture.served). None where that cannot be
+    (not in a mount, options only the RPC takes, a server that cannot serve): restore otherwise."""
+    path = req.path
+    if req.no_server or remote.is_remote(path) or not os.path.isdir(path) or mountapp.mount_of(path) is None:
+        return None
+    if not os.path.exists(os.path.join(path, "inventory.img")):
+        return None  # ImagesDir says what is wrong with it
+    state = read_state(path)
+    opts = restore_options(req, path, "", state)
+    try:
+        criu_lazy.restore_args(opts)  # everything asked has a command line flag
+    except UsageError:
+        return None
+    check_pids_free(path)
+    with capture.served(path) as images:
+        if images is None:
+            return None
+        work = tempfile.mkdtemp(prefix="cedana-restore-")
+        try:
+            pid = criu_stream.restore_streamed(binary, replace(opts, images_dir=images, work_dir=work))
+        except criu.CriuFailed:
+            why = mountapp.read_error(path)
+            if why:  # the store could not give a chunk: say which
+                raise CheckpointError(f"cannot read the images of {path} from the store: {why};"
+                                      " nothing was restored") from None
+            raise
+    shutil.rmtree(work, ignore_errors=True)
+    return pid
+
+
 def restore_process(settings: Settings, req: RestoreRequest) -> RestoreResult:
     require_root()
     if req.lazy:
         return _restore_lazy(settings, req)
     binary = criu.find_criu(settings.criu.binary_path)
+    pid = _restore_streamed(settings, req, binary)
+    if pid is not None:
+        if req.pid_file:
+            with open(req.pid_file, "w") as f:
+                f.write(f"{pid}\n")
+        return RestoreResult(pid=pid)
     with ImagesDir(req.path, settings) as images:
         state = read_state(images.path)
         check_pids_free(images.path)
