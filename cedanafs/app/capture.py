@@ -34,8 +34,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-import psutil
-
 from .. import criu
 from ..config import Settings
 from ..errors import CheckpointError, CriuError
@@ -273,6 +271,8 @@ def spool_room(root: str, limit: int) -> int:
     if limit > 0:
         room = min(room, limit - _used(root))
     if _is_tmpfs(root):
+        import psutil
+
         room = min(room, psutil.virtual_memory().available - MEMORY_RESERVE)
     return max(0, room)
 
@@ -289,6 +289,8 @@ def _used(root: str) -> int:
 
 
 def _is_tmpfs(path: str) -> bool:
+    import psutil
+
     best, fstype = "", ""
     real = os.path.realpath(path)
     for part in psutil.disk_partitions(all=True):
@@ -305,6 +307,8 @@ def _nearly_full(path: str) -> bool:
 
 def predicted_size(pid: int) -> int:
     """About what CRIU will write for the tree of `pid`: its resident memory."""
+    import psutil  # loaded by the commands that dump, not by every restore
+
     total = 0
     try:
         procs = [psutil.Process(pid)]

@@ -31,9 +31,8 @@ from ..criu import stream as criu_stream
 from ..criu import terminal as criu_terminal
 from ..config import COMPRESSIONS, Settings
 from ..errors import AlreadyExists, CheckpointError, CriuError, NotFound, PermissionDenied, UsageError
-from . import archive, capture, remote
+from . import capture, remote
 from . import mount as mountapp
-from .procinfo import dumpable_process, process_state
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +215,8 @@ def _publish(staging: str, final: str, compression: str, owner: tuple[int, int] 
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchown(fd, *owner)
         with os.fdopen(fd, "wb") as out:
+            from . import archive
+
             archive.write_archive(staging, out, compression)
             out.flush()
             os.fsync(out.fileno())
@@ -241,6 +242,9 @@ def dump_process(settings: Settings, req: DumpRequest, report: capture.Report | 
     """Dump process req.pid to req.dir; `report` hears a dump into the mount's progress."""
     require_root()
     compression = resolve_compression(settings, req.compression)
+    from . import archive
+    from .procinfo import dumpable_process
+
     proc = dumpable_process(req.pid)
     target = req.dir or settings.checkpoint.dir or "/tmp"
     name = _check_name(req.name or f"dump-process-{time.time_ns()}")
@@ -288,6 +292,8 @@ def criu_dump(binary: str, settings: Settings, req: DumpRequest, proc, images_di
     written into the mount a line at a time); a failed dump's log is kept in failed-dumps/ and the
     error quotes its cause. Returns the state record written.
     """
+    from .procinfo import process_state
+
     state = process_state(proc)
     opts = _dump_options(req, settings, images_dir, state, leave_stopped)
     work = tempfile.mkdtemp(prefix="cedana-dump-")
@@ -373,6 +379,8 @@ class ImagesDir:
         return self._unpack(self._extract_local)
 
     def _extract_local(self, dest: str) -> None:
+        from . import archive
+
         with open(self.source, "rb") as src:
             archive.extract_archive(src, dest, self.source)
 
@@ -403,6 +411,8 @@ def read_state(images_dir: str) -> dict:
 
 def _pid_holder(pid: int, wait: float = 3.0) -> str | None:
     """What holds pid, or None if it is free; a zombie of the dumped process gets a moment to be reaped."""
+    if not os.path.exists(f"/proc/{pid}"):
+        return None  # the usual answer, without loading psutil
     import psutil
 
     deadline = time.monotonic() + wait
