@@ -58,8 +58,12 @@ class Recorder:
         for fid in ids:
             self.unavailable[fid] = reason
 
-    def sample(self, fid: str, value: float) -> None:
-        self.samples[fid].append(value)
+    def sample(self, fid: str, value: float, replace: bool = False) -> None:
+        """Add a sample (replace: instead of this repetition's last one)."""
+        if replace and self.samples[fid]:
+            self.samples[fid][-1] = value
+        else:
+            self.samples[fid].append(value)
 
     def check(self, fid: str, ok: bool) -> None:
         self.checks[fid].append(ok)
@@ -225,9 +229,35 @@ class Run:
         if cpu_before is not None and cpu_after is not None and art.image_bytes and not second:
             self.rec.sample(f"cpu/{method.key}", (cpu_after - cpu_before) / (art.image_bytes / (1 << 30)))
         self.rec.sample(f"bytes/{method.key}{suffix}", art.nbytes)
+        self.settle(method, art, suffix, cpu_before)
         self.note_memory(method, art.peak_rss)
         self.artifacts.append(art)
         return art
+
+    def settle(self, method: Method, art: Artifact, suffix: str, cpu_before: float | None) -> None:
+        """Untimed: wait for what the store does after the commit (compressing the new chunks), then
+        record how long that took, the bytes stored once done, and the CPU including it."""
+        ids = [f"settle/{method.key}{suffix}"] + ([] if suffix else [f"bytes/{method.key}:at-commit",
+                                                                     f"cpu/{method.key}:with-compaction"])
+        try:
+            settled = method.settle(self.env)
+        except (StepError, OSError) as err:
+            self.rec.error(ids, str(err))
+            return
+        if settled is None:
+            for fid in ids:
+                if fid in self.rec.specs:
+                    self.rec.unavailable.setdefault(fid, "this store compresses chunks before storing them")
+            return
+        waited, nbytes = settled
+        self.rec.sample(f"settle/{method.key}{suffix}", waited)
+        if not suffix:
+            self.rec.sample(f"bytes/{method.key}:at-commit", art.nbytes)
+            cpu_after = method.server_cpu()
+            if cpu_before is not None and cpu_after is not None and art.image_bytes:
+                self.rec.sample(f"cpu/{method.key}:with-compaction",
+                                (cpu_after - cpu_before) / (art.image_bytes / (1 << 30)))
+        self.rec.sample(f"bytes/{method.key}{suffix}", nbytes, replace=True)
 
     def restores(self, method: Method, art: Artifact | None, rep: int) -> None:
         for mode in method.restore_modes():

@@ -9,6 +9,7 @@ workload's PID back.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -143,6 +144,11 @@ class Method:
 
     def begin_rep(self, env: Env, rep: int) -> None:
         pass
+
+    def settle(self, env: Env) -> tuple[float, int] | None:
+        """After a dump: wait for the store's background work on it; (seconds waited, bytes stored
+        once done), or None when there was none."""
+        return None
 
     def server_cpu(self) -> float | None:
         """CPU seconds used so far by the method's long-lived server (a mount), if it has one."""
@@ -362,6 +368,7 @@ class MountDump(Method):
         self.cmd_env: dict = {}
         self.url = ""
         self.peak: dict[str, int] = {}
+        self.bytes_before = 0
 
     @property
     def label(self):
@@ -384,7 +391,31 @@ class MountDump(Method):
         return super().specs() + [Spec(f"memory/{self.key}-daemon", "memory",
                                        f"peak RSS: the mount process ({self.store_name})", "B", None),
                                   Spec(f"cpu/{self.key}", "cpu",
-                                       f"CPU-s per GiB ingested: the mount process ({self.store_name})", "s", None)]
+                                       f"CPU-s per GiB ingested: the mount process ({self.store_name})", "s", None),
+                                  Spec(f"cpu/{self.key}:with-compaction", "cpu",
+                                       f"CPU-s per GiB ingested and compressed: the mount process ({self.store_name})",
+                                       "s", None),
+                                  Spec(f"settle/{self.key}", "settle", f"compressed: {self.label}", "s", None),
+                                  Spec(f"settle/{self.key}:second", "settle", f"compressed: {self.label}, 2nd checkpoint",
+                                       "s", None),
+                                  Spec(f"bytes/{self.key}:at-commit", "bytes",
+                                       f"stored at the commit, before compression: {self.label}", "B", "bytes/floor")]
+
+    def settle(self, env):
+        """Wait until the mount has compressed the chunks it stored plain (user.cedana.compaction)."""
+        start = time.perf_counter()
+        while True:
+            try:
+                state = json.loads(os.getxattr(self.mnt, "user.cedana.compaction"))
+            except (OSError, ValueError):
+                return None  # an older mount
+            if not state.get("after_commit"):
+                return None  # this store compresses before storing
+            if not state["chunks"]:
+                return time.perf_counter() - start, self.store_bytes(env) - self.bytes_before
+            if time.perf_counter() - start > env.timeout:
+                raise StepError(f"the mount still had {state['chunks']} chunks to compress after {env.timeout:.0f} s")
+            time.sleep(0.02)
 
     def server_cpu(self):
         if self.proc is None or self.proc.poll() is not None:
@@ -475,7 +506,7 @@ class MountDump(Method):
         except OSError:
             pass  # the mount may make job directories itself when the dump writes into them
         name = f"ck{2 if second else 1}"
-        before = self.store_bytes(env)
+        before = self.bytes_before = self.store_bytes(env)
         result = run_cmd([env.cedana, "dump", "process", str(pid), "--dir", str(job_dir), "--name", name,
                           "--compression", "none", "--leave-running"],
                          timeout=env.timeout, env=self.cmd_env, watch_memory=True)

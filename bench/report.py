@@ -11,10 +11,11 @@ from pathlib import Path
 KIND_TITLES = {
     "frozen": "Frozen (longest gap in the workload's own ticks during the dump; lower is better)",
     "dump": "Committed (the dump command's wall time: until the checkpoint is safe; lower is better)",
+    "settle": "Compressed (after the commit, until the store has compressed the new chunks; the job runs meanwhile)",
     "restore": "Restore (until the process runs again; lower is better)",
     "bytes": "Bytes stored",
     "memory": "Peak memory (max RSS)",
-    "cpu": "CPU of the mount server per GiB of images ingested (first checkpoint)",
+    "cpu": "CPU of the mount server per GiB of images ingested (first checkpoint; with-compaction: until compressed)",
 }
 SCHEMA_VERSION = 1
 

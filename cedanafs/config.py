@@ -48,6 +48,10 @@ class MountSettings:
 class StoreSettings:
     url: str = "/var/lib/cedana/store"
     codec: str = "auto"  # zstd, lz4, none; auto: lz4 for a local store, zstd for a bucket
+    # When chunks are compressed: before they are stored ("off"), or, in a mount server, after the
+    # checkpoint that wrote them is committed ("on"; a commit then waits for no compression).
+    # auto: after the commit on a local store, before the upload on a bucket.
+    compress_after_commit: str = "auto"
     chunk_size: int = 1 << 20
     memory_limit: int = 256 << 20
     # Client-side encryption: auto = on for s3:// and gs:// stores, for local ones as the store was made.
@@ -58,9 +62,10 @@ class StoreSettings:
 
 @dataclass(frozen=True)
 class SpoolSettings:
-    """Where CRIU writes a dump into the mount before the store takes it (app/capture.py): a local
-    filesystem, tmpfs by default; size 0 = what is free (on tmpfs: memory, less a reserve).
-    dir "" = no spool: CRIU writes through the mount."""
+    """Where CRIU writes a dump into the mount before the store takes it (app/capture.py), and a
+    `dump process` to an archive before it is compressed: a local filesystem, tmpfs by default;
+    size 0 = what is free (on tmpfs: memory, less a reserve). dir "" = no spool: CRIU writes
+    through the mount, or beside the archive."""
 
     dir: str = "/dev/shm/cedana-spool"
     size: int = 0
@@ -143,7 +148,9 @@ KEY_HELP = {
     "criu.leave_running": "Keep processes running after `dump process` by default.",
     "mount.dir": "Where the daemon mounts the checkpoint store.",
     "store.url": "Where the store keeps its chunks: a directory, s3://bucket/prefix or gs://bucket/prefix.",
-    "store.codec": "Chunk compression: zstd, lz4 or none.",
+    "store.codec": "Chunk compression: zstd, lz4 or none (auto: lz4 on a local store, zstd on a bucket).",
+    "store.compress_after_commit": "Mount server: store new chunks plain and compress them once their checkpoint "
+                                   "is committed (auto: on for a local store, off for a bucket).",
     "store.chunk_size": "Target chunk size in bytes (e.g. 1M).",
     "store.memory_limit": "Memory the store may use for chunks in flight (e.g. 256M).",
     "cache.dir": "Local cache of chunks read from the store.",

@@ -2,6 +2,10 @@
 minimal config (no CRI plugin), an OCI image built locally from the busybox rootfs and imported
 with `ctr image import`. Teardown, even after a failure: every task is killed, every container
 deleted, containerd stopped and its directories removed.
+
+Each one uses its own namespace: the runc shim keeps its runc state in /run/containerd/runc/<ns>
+and its cgroups under /<ns>/ whatever containerd it serves, so two test runs on one machine
+must not share a namespace.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import json
 import shutil
 import subprocess
 import tarfile
+import itertools
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +30,7 @@ from tests.fixtures_procs import wait_for
 
 IMAGE = "docker.io/cedana/busybox-test:1"
 NAMESPACE = "cedana-test"
+_instances = itertools.count()
 
 
 def _blob(out: Path, data: bytes) -> dict:
@@ -92,7 +99,7 @@ class Containerd:
     def __init__(self, base: Path):
         self.base = base
         self.address = base / "containerd.sock"
-        self.namespace = NAMESPACE
+        self.namespace = f"{NAMESPACE}-{os.getpid()}-{next(_instances)}"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -144,7 +151,9 @@ class Containerd:
             self.proc.wait(timeout=10)
         subprocess.run(["umount", "-R", "-l", str(self.base / "state")], capture_output=True)
         subprocess.run(["umount", "-R", "-l", str(self.base / "root")], capture_output=True)
-        for parent in Path("/sys/fs/cgroup").glob(f"*/{self.namespace}"):  # the shim's, per namespace
+        shim_dirs = [*Path("/sys/fs/cgroup").glob(f"*/{self.namespace}"), Path("/sys/fs/cgroup") / self.namespace,
+                     Path("/run/containerd/runc") / self.namespace]
+        for parent in shim_dirs:  # the shim's cgroups and runc state, per namespace
             try:
                 parent.rmdir()  # only when empty: nothing of anyone else's goes
             except OSError:

@@ -45,6 +45,19 @@ def test_create_is_conditional(backend):
     assert [k for k in backend.list("m/") if k != "m/j/c/0123.json"] == []  # no temp object left
 
 
+def test_parts_and_many_are_whole_objects(backend):
+    """A chunk written as header + body views, and a batch replacing objects: each object whole."""
+    body = bytearray(b"x" * 5000)
+    backend.put_parts_unsynced("p/one", (b"\x00", memoryview(body)[100:4100], b"", b"tail"))
+    backend.sync()
+    assert backend.get("p/one") == b"\x00" + b"x" * 4000 + b"tail"
+    backend.put("p/two", b"old two")
+    backend.put_many([("p/two", (b"\x02", b"new two")), ("p/three", (b"three",))])
+    assert backend.get("p/two") == b"\x02new two"
+    assert backend.get("p/three") == b"three"
+    assert sorted(backend.list("p/")) == ["p/one", "p/three", "p/two"]  # no temporary object left
+
+
 def test_get_range(backend):
     data = bytes(range(256)) * 40
     backend.put("r", data)

@@ -72,6 +72,33 @@ def test_dump_goes_through_the_spool_and_restores(leave_running, spool_mount, tm
     _restore_and_check(m, result["path"], state, before, procs, tmp_path)
 
 
+def _chunk_codecs(store: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for path in store.glob("chunks-b3/*/*"):
+        with open(path, "rb") as f:
+            codec = {0: "none", 1: "zstd", 2: "lz4"}[f.read(1)[0]]
+        counts[codec] = counts.get(codec, 0) + 1
+    return counts
+
+
+def test_chunks_are_compressed_after_the_commit_and_still_restore(spool_mount, tmp_path, procs):
+    """A local store's mount commits new chunks plain and compresses them afterwards (root xattr
+    user.cedana.compaction counts what is left); a restore after that gives the same memory back."""
+    m = spool_mount
+    state = tmp_path / "state.json"
+    proc, before = procs.workload(state, size="64M")
+    result = _dump(m, proc.pid, "cz", tmp_path, "--leave-running")
+    proc.kill()
+    proc.wait(timeout=30)
+    pending = json.loads(os.getxattr(m.mountpoint, "user.cedana.compaction"))
+    assert pending["after_commit"] is True
+    assert wait_for(lambda: json.loads(os.getxattr(m.mountpoint, "user.cedana.compaction"))["chunks"] == 0,
+                    timeout=120)
+    codecs = _chunk_codecs(m.store)
+    assert codecs.get("lz4", 0) > 0, f"no chunk was compressed after the commit: {codecs}"
+    _restore_and_check(m, result["path"], state, before, procs, tmp_path)
+
+
 def test_spool_too_small_falls_back_to_the_mount(mount_factory, monkeypatch, tmp_path, procs):
     m = mount_factory()
     _configure(m, spool={"dir": str(tmp_path / "spool"), "size": "1M"})

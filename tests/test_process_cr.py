@@ -143,3 +143,26 @@ def test_config_default_dir_and_compression(tmp_path, procs, cedana):
     made = [p for p in tmp_path.iterdir() if p.name.startswith("dump-process-")]
     assert len(made) == 1 and made[0].name.endswith(".tar.lz4"), result.stdout
     assert made[0].read_bytes()[:4] == MAGIC["lz4"]
+
+
+@pytest.mark.parametrize("spool", ["room", "too small", "off"])
+def test_archive_images_through_the_spool_or_beside(spool, tmp_path, procs, cedana):
+    """CRIU writes an archive's images into the spool when it holds them, else beside the archive;
+    either way only the archive is left, and it restores."""
+    out = tmp_path / "count.txt"
+    proc = procs.counter(out)
+    started_counting(out)
+    root = tmp_path / "spool"
+    env = dict(os.environ, CEDANA_SPOOL_DIR="" if spool == "off" else str(root),
+               CEDANA_SPOOL_SIZE="1" if spool == "too small" else "0")
+    ckdir = tmp_path / "ck"
+    ckdir.mkdir()
+    cedana("dump", "process", proc.pid, "--dir", ckdir, "--name", "a", "--compression", "gzip", env=env, check=True)
+    proc.wait(timeout=10)
+    assert sorted(os.listdir(ckdir)) == ["a.tar.gz"]
+    assert not root.exists() or os.listdir(root) == []
+    at_dump = read_lines(out)[-1]
+    cedana("restore", "process", "--path", ckdir / "a.tar.gz", "--pid-file", tmp_path / "pid", check=True)
+    pid = int((tmp_path / "pid").read_text())
+    procs.watch(pid)
+    wait_for(lambda: read_lines(out)[-1] >= at_dump + 3, what="restored counter to go on")

@@ -1,6 +1,7 @@
 """runc checkpoints in the mount: `dump runc --dir MOUNT/jobs/J` lands in jobs/J/<id>/ (sealed,
-deduplicated by the store), restores eagerly and lazily from there, and a `cp -r` of it restores
-with plain `runc restore --image-path`.
+deduplicated by the store), written by runc into the local spool and taken into the store from
+there as process dumps are (not through FUSE), restores eagerly and lazily from there, and a
+`cp -r` of it restores with plain `runc restore --image-path`.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.real, pytest.mark.timeout(300)]
 
 
 def _dump(mounted, runc_env, cid: str, job: str, *extra: str) -> str:
-    r = mounted.cedana("dump", "runc", cid, "--root", runc_env.root, "--dir", mounted.jobs / job, *extra)
+    r = mounted.cedana("dump", "runc", cid, "--root", runc_env.root, "--dir", mounted.jobs / job, "-O", "json",
+                       *extra)
     assert r.returncode == 0, r.stderr
-    path = r.stdout.strip().rsplit(" ", 1)[-1]
-    assert os.path.dirname(path) == str(mounted.jobs / job)
-    return path
+    result = json.loads(r.stdout)
+    assert result["via"] == "spool", result  # runc wrote into the spool, the store took it from there
+    assert os.path.dirname(result["path"]) == str(mounted.jobs / job)
+    return result["path"]
 
 
 @pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])

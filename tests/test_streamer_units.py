@@ -399,6 +399,61 @@ def test_store_from_settings_uses_config(tmp_path):
         assert st.chunk_count == len(set(content.chunks)) and st.stored_bytes < 1 << 20
 
 
+def test_chunks_stored_plain_are_compressed_after_the_commit(tmp_path):
+    """A deferring chunk store writes compressible chunks plain (no compression on the way to a
+    commit) and compact() replaces them with compressed ones; incompressible ones are never queued."""
+    cs = ChunkStore(open_backend(str(tmp_path / "store")), codec="lz4", defer_compression=True)
+    text, noise = text_like(600_000), os.urandom(600_000)
+    t, n = cs.store(text), cs.store(noise)
+    cs.backend.sync()
+    assert codecs.is_plain(cs.backend.get(chunk_key(t.ref.digest)))
+    assert t.stored_bytes == len(text) + 1
+    assert cs.deferred() == (1, len(text)) and cs.stored_plain.is_set()
+    assert cs.get(t.ref) == text  # a plain chunk reads like any other
+    assert cs.compact() == (1, pytest.approx(len(text) // 2, rel=0.9))
+    blob = cs.backend.get(chunk_key(t.ref.digest))
+    assert codecs.codec_of(blob) == "lz4" and len(blob) < len(text) // 2
+    assert cs.get(t.ref) == text and cs.get(n.ref) == noise
+    assert cs.deferred() == (0, 0) and not cs.stored_plain.is_set()
+    assert cs.compact() == (0, 0)
+    assert sorted(os.listdir(tmp_path / "store" / ".tmp")) == []
+
+
+def test_compaction_skips_a_chunk_deleted_meanwhile(tmp_path):
+    cs = ChunkStore(open_backend(str(tmp_path / "store")), codec="zstd", defer_compression=True)
+    ref = cs.store(text_like(300_000)).ref
+    cs.delete(ref.digest)  # a GC ran between the commit and the compaction
+    assert cs.compact() == (0, 0)
+    assert not cs.exists(ref.digest)
+
+
+def test_mount_store_compresses_after_commit_in_the_background(tmp_path):
+    """Store.from_settings(serving=True) on a local store defers (auto); the background thread
+    compresses once nothing was stored for a while; a CLI's store (serving=False) never defers."""
+    from cedanafs.config import load_settings
+
+    settings = load_settings(override_json='{"store": {"url": "%s"}}' % (tmp_path / "store"))
+    with Store.from_settings(settings) as cli_store:
+        assert not cli_store.chunks.defer_compression
+    with Store.from_settings(settings, serving=True) as s:
+        assert s.chunks.defer_compression
+        content = s.write_bytes(text_like(3 << 20))
+        deadline = time.monotonic() + 30
+        while s.compaction()["chunks"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert s.compaction() == {"chunks": 0, "bytes": 0, "after_commit": True}
+        for ref in content.chunks:
+            assert codecs.codec_of(s.backend.get(chunk_key(ref.digest))) == "lz4"
+        assert s.read_bytes(content) == text_like(3 << 20)
+    off = load_settings(override_json='{"store": {"url": "%s", "compress_after_commit": "off"}}' % (tmp_path / "s2"))
+    with Store.from_settings(off, serving=True) as s:
+        assert not s.chunks.defer_compression
+    from cedanafs.errors import ConfigError
+    bad = load_settings(override_json='{"store": {"url": "%s", "compress_after_commit": "later"}}' % tmp_path)
+    with pytest.raises(ConfigError, match="compress_after_commit"):
+        Store.from_settings(bad)
+
+
 def test_inline_content_roundtrip_through_reader(store):
     content = FileContent(size=5, inline=b"hello")
     assert store.reader(content).read(1, 3) == b"ell"

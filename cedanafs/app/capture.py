@@ -118,7 +118,7 @@ class _Dump:
         except CriuError:
             if ingest is not None:
                 ingest.abandon()
-            if spool is not None and _nearly_full(spool):
+            if spool is not None and nearly_full(spool):
                 raise _SpoolFull() from None
             raise
         except BaseException:
@@ -300,7 +300,8 @@ def _is_tmpfs(path: str) -> bool:
     return fstype == "tmpfs"
 
 
-def _nearly_full(path: str) -> bool:
+def nearly_full(path: str) -> bool:
+    """Whether CRIU's failure in a spool dir may have been for want of space there."""
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize < SPOOL_MARGIN
 

@@ -17,9 +17,9 @@ from typing import Any
 from ..catalog import check_job_name
 from ..errors import AlreadyExists, CheckpointError, NotFound, PermissionDenied, UsageError
 from ..runtimes import containerd, runc
-from . import mount as mountapp
-from .containers import (CONTAINER_FILE, CONTAINERD, LOG_TEMPLATE, RUNC, ContainerRecord, _container_checkpoint,
-                         _discard_quietly, checkpoint_containerd, checkpoint_runc, restore_runc_images, run_runc)
+from .containers import (CONTAINER_FILE, CONTAINERD, LAZY_CONTAINERD, LOG_TEMPLATE, RUNC, ContainerRecord,
+                         _container_checkpoint, checkpoint_containerd, checkpoint_runc, into_mount,
+                         restore_containerd_images, restore_runc_images, run_runc)
 from .process import STATE_FILE, ImagesDir
 
 log = logging.getLogger(__name__)
@@ -86,15 +86,9 @@ def dump_runc_job(service: Any, job: Any, leave_running: bool, streams: int = 0)
     root, _bundle, cid = runc_target(job.cmd)
     container = runc.find_running(root, cid)
     job_record = {"jid": job.jid, "type": RUNC, "cmd": job.cmd, "log": job.log, "uid": job.uid}
-    path = str(mountapp.begin_checkpoint(service.job_dir(job.jid),
-                                         streams=streams or service.settings.checkpoint.streams))
-    try:
-        checkpoint_runc(service.settings, container, path, leave_running=leave_running, job=job_record)
-        mountapp.seal(path, kind=RUNC, meta={"pid": str(container.pid)})
-    except BaseException:
-        _discard_quietly(path)
-        raise
-    return path
+    return into_mount(service.settings, lambda images: checkpoint_runc(
+                          service.settings, container, images, leave_running=leave_running, job=job_record),
+                      service.job_dir(job.jid), None, streams, kind=RUNC, pid=container.pid).path
 
 
 def restore_runc_job(service: Any, caller: Any, job: Any, source: str, lazy: bool, threads: int) -> tuple[int, dict]:
@@ -146,15 +140,17 @@ def containerd_cmd(address: str, namespace: str, cid: str) -> list[str]:
 
 
 def manage_containerd_job(service: Any, caller: Any, cid: str, address: str, namespace: str,
-                          jid: str | None) -> Any:
-    """`manage containerd ID`: adopt a running containerd container as a job (TYPE containerd)."""
+                          jid: str | None, log_path: str = "") -> Any:
+    """`manage containerd ID`: adopt a running containerd container as a job (TYPE containerd); its
+    output goes to log_path once restored."""
     from .jobrecord import Job, new_jid, process_start_time
 
     _require_root(caller)
     info = containerd.find_running(containerd.Ctr(address, namespace), cid)
     jid = check_job_name(jid) if jid else new_jid()
     job = Job(jid=jid, type=CONTAINERD, pid=info.pid, start_time=process_start_time(info.pid), uid=0, gid=0,
-              cmd=containerd_cmd(address, namespace, cid), cwd="/", host=service.host, created=time.time())
+              cmd=containerd_cmd(address, namespace, cid), cwd="/", log=log_path, host=service.host,
+              created=time.time())
     service.db.insert(job)
     log.info("job %s: managing containerd container %s (pid %d)", jid, cid, info.pid)
     return job
@@ -166,15 +162,9 @@ def dump_containerd_job(service: Any, job: Any, leave_running: bool, streams: in
     ctr = containerd.Ctr(address, namespace)
     info = containerd.find_running(ctr, cid)
     record = {"jid": job.jid, "type": CONTAINERD, "cmd": job.cmd, "log": job.log, "uid": job.uid}
-    path = str(mountapp.begin_checkpoint(service.job_dir(job.jid),
-                                         streams=streams or service.settings.checkpoint.streams))
-    try:
-        checkpoint_containerd(ctr, info, path, leave_running=leave_running, job=record)
-        mountapp.seal(path, kind=CONTAINERD, meta={"pid": str(info.pid)})
-    except BaseException:
-        _discard_quietly(path)
-        raise
-    return path
+    return into_mount(service.settings, lambda images: checkpoint_containerd(
+                          service.settings, ctr, info, images, leave_running=leave_running, job=record),
+                      service.job_dir(job.jid), None, streams, kind=CONTAINERD, pid=info.pid).path
 
 
 def restore_containerd_job(service: Any, caller: Any, job: Any, source: str) -> tuple[int, dict]:
@@ -189,9 +179,12 @@ def restore_containerd_job(service: Any, caller: Any, job: Any, source: str) -> 
         ctr.ping()
         if ctr.exists(cid) and ctr.task(cid)[1] in ("", "stopped"):
             ctr.remove(cid)
-        pid = containerd.restore(ctr, images, cid)
         state = _state_of(images)
-    info = dict(state.get("job", {})) | {"type": CONTAINERD}
+        recorded = state.get("job", {})
+        log_path = (job.log if job is not None else recorded.get("log", "")) or \
+            LOG_TEMPLATE.format(id=job.jid if job is not None else recorded.get("jid") or cid)
+        pid = restore_containerd_images(ctr, images, record, new_id=cid, log_path=log_path)
+    info = dict(state.get("job", {})) | {"type": CONTAINERD, "log": log_path}
     return pid, state | {"cmdline": containerd_cmd(address, namespace, cid), "job": info, "uids": [0], "gids": [0]}
 
 
@@ -208,7 +201,7 @@ def restore_container_job(service: Any, caller: Any, job: Any, source: str, lazy
     if runtime == RUNC:
         return restore_runc_job(service, caller, job, source, lazy, threads)
     if lazy:
-        raise UsageError("--lazy is not supported for containerd jobs (containerd restores from its own copy)")
+        raise UsageError(LAZY_CONTAINERD)
     return restore_containerd_job(service, caller, job, source)
 
 

@@ -26,7 +26,7 @@ from ..errors import AlreadyExists, CheckpointError, NotFound, UsageError
 from ..criu import find_criu
 from ..criu.lazy import RESTORED_PID, LazyPages
 from ..runtimes import containerd, runc
-from . import archive, remote
+from . import archive, capture, remote
 from . import mount as mountapp
 from .procinfo import dumpable_process, process_state
 from .process import (DUMP_LOG, STATE_FILE, DumpResult, ImagesDir, RestoreResult, _check_name, _check_parent,
@@ -38,6 +38,8 @@ CONTAINER_FILE = "container.json"
 RUNC = "runc"
 CONTAINERD = "containerd"
 LOG_TEMPLATE = "/var/log/cedana-output-{id}.log"
+LAZY_CONTAINERD = ("--lazy is not supported for containerd: containerd copies the checkpoint's images into its"
+                   " own store and its shim restores without lazy pages; restore eagerly")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,16 +179,11 @@ def dump_images(settings: Settings, fill: Callable[[str], None], target: str, na
     if remote.is_remote(target):
         return _dump_to_bucket(settings, fill, target, name, compression, pid, started)
     if mountapp.mount_of(target) is not None:
-        ckpt = mountapp.begin_checkpoint(target, name if explicit_name else None,
-                                         streams=streams or settings.checkpoint.streams)
-        try:
-            fill(str(ckpt))
-            mountapp.seal(ckpt, kind=kind, meta={"pid": str(pid)})
-        except BaseException:
-            _discard_quietly(str(ckpt))
-            raise
-        return DumpResult(path=str(ckpt), pid=pid, name=ckpt.name, compression="none", size=_size(str(ckpt)),
-                          duration=time.monotonic() - started)
+        done = into_mount(settings, fill, target, name if explicit_name else None, streams, kind=kind, pid=pid)
+        return DumpResult(path=done.path, pid=pid, name=os.path.basename(done.path), compression="none",
+                          size=_size(done.path), duration=time.monotonic() - started,
+                          captured_after=round(done.captured_after, 3),
+                          committed_after=round(done.committed_after, 3), via=done.via)
     parent = _check_parent(target)
     final = os.path.join(parent, archive.archive_name(name, compression))
     if os.path.lexists(final):
@@ -200,6 +197,17 @@ def dump_images(settings: Settings, fill: Callable[[str], None], target: str, na
         raise
     return DumpResult(path=final, pid=pid, name=name, compression=compression, size=_size(final),
                       duration=time.monotonic() - started)
+
+
+def into_mount(settings: Settings, fill: Callable[[str], None], job_dir: str, name: str | None, streams: int, *,
+               kind: str, pid: int) -> capture.Captured:
+    """A new checkpoint of the mount's job dir by the path process dumps take: the runtime writes
+    the images into the local spool and the store takes them from there (through the mount when
+    the spool cannot hold them); a failure leaves no checkpoint. The runtime itself ends the
+    container or leaves it running, so nothing here signals its processes."""
+    return capture.dump_into_mount(settings, job_dir, name, streams or settings.checkpoint.streams, pid=pid,
+                                   leave_running=True, run_dump=lambda images, _stopped: fill(images), kind=kind,
+                                   meta={"pid": str(pid)})
 
 
 def _dump_to_bucket(settings: Settings, fill: Callable[[str], None], url: str, name: str, compression: str,
@@ -217,13 +225,6 @@ def _dump_to_bucket(settings: Settings, fill: Callable[[str], None], url: str, n
         shutil.rmtree(staging, ignore_errors=True)
     return DumpResult(path=path, pid=pid, name=name, compression=compression, size=size,
                       duration=time.monotonic() - started)
-
-
-def _discard_quietly(path: str) -> None:
-    try:
-        mountapp.discard_checkpoint(path)
-    except OSError as exc:
-        log.warning("could not discard pending checkpoint %s: %s", path, exc)
 
 
 # --- restore ------------------------------------------------------------------------------------
@@ -357,6 +358,7 @@ class ContainerdDumpRequest:
     name: str | None = None
     compression: str | None = None
     leave_running: bool | None = None
+    tcp_established: bool = False
     streams: int = 0
 
 
@@ -367,19 +369,25 @@ class ContainerdRestoreRequest:
     image: str | None = None
     address: str | None = None
     namespace: str | None = None
+    out: str | None = None
+    tcp_established: bool = False
+    lazy: bool = False
 
 
-def checkpoint_containerd(ctr: containerd.Ctr, info: containerd.ContainerInfo, images_dir: str, *,
-                          leave_running: bool, job: dict | None = None) -> ContainerRecord:
-    """containerd checkpoints the container into images_dir: its task's CRIU images as files, the
-    rest of its checkpoint image (writable layer, spec, runtime) in containerd-checkpoint.tar."""
+def checkpoint_containerd(settings: Settings, ctr: containerd.Ctr, info: containerd.ContainerInfo, images_dir: str,
+                          *, leave_running: bool, tcp_established: bool = False,
+                          job: dict | None = None) -> ContainerRecord:
+    """The container's checkpoint into images_dir: its task's CRIU images as files, the rest of
+    containerd's checkpoint image (writable layer, runtime) in containerd-checkpoint.tar."""
     state = process_state(dumpable_process(info.pid)).to_dict()
     if job:
         state["job"] = job
     record = ContainerRecord(runtime=CONTAINERD, id=info.id, image=info.image, snapshotter=info.snapshotter,
                              runtime_name=info.runtime, spec=info.spec, namespace=ctr.namespace,
-                             address=ctr.address, pid=info.pid)
-    containerd.checkpoint(ctr, info.id, images_dir, leave_running)
+                             address=ctr.address, pid=info.pid,
+                             tcp_established=tcp_established or state.get("tcp_established", False))
+    containerd.checkpoint(ctr, info, images_dir, containerd.CheckpointOptions(
+        leave_running=leave_running, tcp_established=record.tcp_established, criu_binary=settings.criu.binary_path))
     with open(os.path.join(images_dir, CONTAINER_FILE), "w") as f:
         json.dump(record.to_dict(), f, indent=2)
     with open(os.path.join(images_dir, STATE_FILE), "w") as f:
@@ -396,7 +404,8 @@ def dump_containerd(settings: Settings, req: ContainerdDumpRequest) -> DumpResul
     leave_running = settings.criu.leave_running if req.leave_running is None else req.leave_running
     target = req.dir or settings.checkpoint.dir or "/tmp"
     name = _check_name(req.name or f"dump-containerd-{time.time_ns()}")
-    return dump_images(settings, lambda d: checkpoint_containerd(ctr, info, d, leave_running=leave_running),
+    return dump_images(settings, lambda d: checkpoint_containerd(
+                           settings, ctr, info, d, leave_running=leave_running, tcp_established=req.tcp_established),
                        target, name, compression, kind=CONTAINERD, pid=info.pid,
                        explicit_name=req.name is not None, streams=req.streams)
 
@@ -414,10 +423,22 @@ def _container_checkpoint(settings: Settings, path: str) -> Iterator[tuple[str, 
 def restore_containerd(settings: Settings, req: ContainerdRestoreRequest) -> RestoreResult:
     """`restore containerd --path P --id NEW`: the container runs again under containerd as NEW."""
     require_root()
+    if req.lazy:
+        raise UsageError(LAZY_CONTAINERD)
     with _container_checkpoint(settings, req.path) as (images, record):
         if record.runtime != CONTAINERD:
             raise UsageError(f"{req.path} is a {record.runtime} checkpoint: use `cedana restore {record.runtime}`")
         ctr = containerd.Ctr(req.address or record.address or containerd.DEFAULT_ADDRESS,
                              req.namespace or record.namespace or containerd.DEFAULT_NAMESPACE)
-        pid = containerd.restore(ctr, images, req.id, req.image)
+        pid = restore_containerd_images(ctr, images, record, new_id=req.id, image=req.image,
+                                        tcp_established=req.tcp_established,
+                                        log_path=os.path.abspath(req.out or LOG_TEMPLATE.format(id=req.id)))
     return RestoreResult(pid=pid)
+
+
+def restore_containerd_images(ctr: containerd.Ctr, images_dir: str, record: ContainerRecord, *, new_id: str,
+                              image: str | None = None, tcp_established: bool = False, log_path: str = "") -> int:
+    """containerd restores the checkpoint in images_dir as container `new_id`; returns its task's pid."""
+    return containerd.restore(ctr, images_dir, containerd.RestoreOptions(
+        new_id=new_id, spec=record.spec, image=image, tcp_established=tcp_established or record.tcp_established,
+        log_path=log_path))

@@ -8,6 +8,7 @@ commit of a checkpoint written into the mount (docs/mount.md has the rules).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import select
@@ -243,7 +244,7 @@ def _serve(settings: Settings, mp: str, url: str, autoseal_after: float, ready: 
     from ..fuse.mount import serve
     from ..streamer import Store, StoreSession
 
-    store = Store.from_settings(settings, url)
+    store = Store.from_settings(settings, url, serving=True)
     catalog = Catalog(store.backend, settings.db.path, scope=store.url, refresh_interval=REFRESH_INTERVAL,
                       pool=store.read_pool)
     try:
@@ -253,6 +254,9 @@ def _serve(settings: Settings, mp: str, url: str, autoseal_after: float, ready: 
         tree = Tree(catalog, StoreSession(store, spill_dir=str(spill)), refresh_interval=REFRESH_INTERVAL,
                     autoseal_after=autoseal_after, host=host_name(settings))
         tree.refresh(force=True)  # a store that cannot be listed fails the mount, not the first ls
+        # Everything loaded so far lives as long as the server: keep it out of the cyclic GC's
+        # collections, which an ingest's many small objects trigger often.
+        gc.freeze()
         serve(tree, mp, ready=ready, threads=max(16, 4 * store.streams))
     finally:
         catalog.close()

@@ -31,6 +31,8 @@ from ..criu import stream as criu_stream
 from ..criu import terminal as criu_terminal
 from ..config import COMPRESSIONS, Settings
 from ..errors import AlreadyExists, CheckpointError, CriuError, NotFound, PermissionDenied, UsageError
+from ..fsio import WritingBack
+from ..spool import WRITER
 from . import capture, remote
 from . import mount as mountapp
 
@@ -217,9 +219,9 @@ def _publish(staging: str, final: str, compression: str, owner: tuple[int, int] 
         with os.fdopen(fd, "wb") as out:
             from . import archive
 
-            archive.write_archive(staging, out, compression)
+            archive.write_archive(staging, WritingBack(out), compression)  # type: ignore[arg-type]
             out.flush()
-            os.fsync(out.fileno())
+            os.fsync(out.fileno())  # mostly written back already: WritingBack started it as it went
         try:
             os.link(tmp, final)  # fails if final appeared meanwhile: no silent overwrite
         except FileExistsError:
@@ -260,16 +262,42 @@ def dump_process(settings: Settings, req: DumpRequest, report: capture.Report | 
         raise AlreadyExists(f"{final} already exists; choose another --name")
     started = time.monotonic()
     owner = owner_of(proc)  # before CRIU: a dump without --leave-running ends the process
-    staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=parent)
-    try:
-        criu_dump(binary, settings, req, proc, staging)
-        _make_private(staging, owner)
-        _publish(staging, final, compression, owner)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    if compression == "none" or not _dump_archive_via_spool(settings, req, binary, proc, final, compression, owner):
+        staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=parent)
+        try:
+            criu_dump(binary, settings, req, proc, staging)
+            _make_private(staging, owner)
+            _publish(staging, final, compression, owner)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return DumpResult(path=final, pid=req.pid, name=name, compression=compression,
                       size=_size(final), duration=time.monotonic() - started)
+
+
+def _dump_archive_via_spool(settings: Settings, req: DumpRequest, binary: str, proc, final: str, compression: str,
+                            owner: tuple[int, int]) -> bool:
+    """CRIU's images for an archive go to the spool (config spool.dir, tmpfs by default) when it can
+    hold them: images that live only until they are compressed are then never written back to disk,
+    nor their blocks freed there after. False (nothing done) if the spool cannot hold the dump or
+    ran out of space during it (the process is running again then, as after any failed dump)."""
+    with capture.spool_dir(settings, capture.predicted_size(req.pid)) as spool:
+        if spool is None:
+            return False
+        with open(os.path.join(spool, WRITER), "w") as f:  # killed outright: a later dump removes the dir
+            f.write(f"{os.getpid()}\n")
+        images = os.path.join(spool, "images")
+        os.mkdir(images, 0o700)
+        try:
+            criu_dump(binary, settings, req, proc, images)
+        except CriuError:
+            if not capture.nearly_full(spool):
+                raise
+            log.warning("the spool %s ran out of space; dumping beside %s instead", settings.spool.dir, final)
+            return False
+        _make_private(images, owner)
+        _publish(images, final, compression, owner)
+    return True
 
 
 def _check_mount_target(target: str, compression: str | None) -> None:

@@ -63,6 +63,7 @@ class Data(Protocol):
     def reader(self, content: FileContent) -> Any: ...
     def materialize(self, content: FileContent, path: str, mode: int) -> int: ...
     def write_to(self, content: FileContent, fd: int) -> int: ...
+    def compaction(self) -> dict[str, int | bool]: ...
 
 
 class Lifecycle:
@@ -74,6 +75,7 @@ class Lifecycle:
 
     _lock: threading.RLock
     _catalog: CatalogView
+    _data: Data
     _clock: Callable[[], float]
     _listing: dict[str, list[tuple[str, int, str]]] | None
     _uid: int
@@ -211,6 +213,10 @@ class Lifecycle:
             for child in jobdir.children.values():
                 if isinstance(child, CheckpointDir) and child.state == PENDING:
                     yield child
+
+    def compaction(self) -> dict[str, int | bool]:
+        """The store's chunks still to be compressed after their commit (no I/O)."""
+        return self._data.compaction()
 
     def status(self, inode: int) -> Status:
         """The state of the checkpoint that holds `inode` (ENODATA outside checkpoints)."""

@@ -11,6 +11,7 @@ import click
 from ..config import COMPRESSIONS
 from .base import (Context, _daemon, _daemon_listening, dump, handle_errors, manage_group, pass_ctx, restore,
                    run_group)
+from .output import report, reports
 
 DEFAULT_RUNC_ROOT = "/run/runc"
 root_option = click.option("--root", default=DEFAULT_RUNC_ROOT, show_default=True, help="runc's state root.")
@@ -90,6 +91,7 @@ def manage_runc_cmd(ctx: Context, cid: str, root: str, jid: str | None, log_path
 @click.option("--leave-running/--no-leave-running", default=None, help="Keep the container running after the dump.")
 @click.option("--streams", type=int, default=0, help="Parallel transfer streams for the store.")
 @_runc_flags
+@reports
 @pass_ctx
 @handle_errors
 def dump_runc_cmd(ctx: Context, cid: str, root: str, directory: str | None, name: str | None,
@@ -102,7 +104,7 @@ def dump_runc_cmd(ctx: Context, cid: str, root: str, directory: str | None, name
         id=cid, root=root, dir=directory, name=name, compression=compression, leave_running=leave_running,
         tcp_established=tcp_established, file_locks=file_locks, shell_job=shell_job, ext_unix_sk=ext_unix_sk,
         streams=streams))
-    click.echo(f"Dumped runc container {cid} to {result.path}")
+    report(result.to_dict(), f"Dumped runc container {cid} to {result.path}")
 
 
 @restore.command("runc")
@@ -151,17 +153,20 @@ namespace_option = click.option("--namespace", "-n", default="default", show_def
 @click.option("--compression", type=click.Choice(COMPRESSIONS), help="Archive format (default checkpoint.compression).")
 @click.option("--leave-running/--no-leave-running", default=None, help="Keep the container running after the dump.")
 @click.option("--streams", type=int, default=0, help="Parallel transfer streams for the store.")
+@click.option("--tcp-established", is_flag=True, help="Checkpoint established TCP connections.")
+@reports
 @pass_ctx
 @handle_errors
 def dump_containerd_cmd(ctx: Context, cid: str, address: str, namespace: str, directory: str | None,
-                        name: str | None, compression: str | None, leave_running: bool | None, streams: int) -> None:
+                        name: str | None, compression: str | None, leave_running: bool | None, streams: int,
+                        tcp_established: bool) -> None:
     """Checkpoint the containerd container ID (task memory and writable layer)."""
     from ..app.containers import ContainerdDumpRequest, dump_containerd
 
     result = dump_containerd(ctx.settings, ContainerdDumpRequest(
         id=cid, address=address, namespace=namespace, dir=directory, name=name, compression=compression,
-        leave_running=leave_running, streams=streams))
-    click.echo(f"Dumped containerd container {cid} to {result.path}")
+        leave_running=leave_running, tcp_established=tcp_established, streams=streams))
+    report(result.to_dict(), f"Dumped containerd container {cid} to {result.path}")
 
 
 @restore.command("containerd")
@@ -170,15 +175,19 @@ def dump_containerd_cmd(ctx: Context, cid: str, address: str, namespace: str, di
 @click.option("--image", help="Base image to restore onto (default: the one the container ran).")
 @click.option("--address", "-a", help="containerd's socket (default: the dumped one, else /run/containerd/...).")
 @click.option("--namespace", "-n", help="containerd namespace (default: the dumped one).")
+@click.option("-o", "--out", "log_path", help="Where its output goes (default /var/log/cedana-output-<ID>.log).")
+@click.option("--tcp-established", is_flag=True, help="Restore established TCP connections (default: as dumped).")
+@click.option("--lazy", is_flag=True, help="Not supported for containerd: fails and says why.")
 @pass_ctx
 @handle_errors
 def restore_containerd_cmd(ctx: Context, path: str, cid: str, image: str | None, address: str | None,
-                           namespace: str | None) -> None:
+                           namespace: str | None, log_path: str | None, tcp_established: bool, lazy: bool) -> None:
     """Restore a containerd container from the checkpoint at --path, running under containerd as --id."""
     from ..app.containers import ContainerdRestoreRequest, restore_containerd
 
     result = restore_containerd(ctx.settings, ContainerdRestoreRequest(
-        path=path, id=cid, image=image, address=address, namespace=namespace))
+        path=path, id=cid, image=image, address=address, namespace=namespace, out=log_path,
+        tcp_established=tcp_established, lazy=lazy))
     click.echo(f"Restored containerd container {cid} (PID {result.pid})")
 
 
@@ -187,12 +196,21 @@ def restore_containerd_cmd(ctx: Context, path: str, cid: str, image: str | None,
 @address_option
 @namespace_option
 @click.option("--jid", "-j", help="Job id (default: a readable random one).")
+@click.option("-o", "--out", "log_path", help="Where its output goes once restored (default"
+              " /var/log/cedana-output-<JID>.log).")
 @pass_ctx
 @handle_errors
-def manage_containerd_cmd(ctx: Context, cid: str, address: str, namespace: str, jid: str | None) -> None:
+def manage_containerd_cmd(ctx: Context, cid: str, address: str, namespace: str, jid: str | None,
+                          log_path: str | None) -> None:
     """Manage the running containerd container ID as a job."""
     import os
 
+    from ..app.containers import LOG_TEMPLATE
+    from ..app.jobs import new_jid
+    from ..catalog import check_job_name
+
+    jid = check_job_name(jid) if jid else new_jid()
+    log_file = os.path.abspath(log_path or LOG_TEMPLATE.format(id=jid))
     result = _daemon(ctx, "containerd.manage", {"id": cid, "address": os.path.abspath(address),
-                                                "namespace": namespace, "jid": jid})
+                                                "namespace": namespace, "jid": jid, "log": log_file})
     click.echo(f"Managing containerd container {cid} as job {result['job']}")

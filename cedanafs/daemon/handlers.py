@@ -175,7 +175,8 @@ class Handlers:
 
     async def _manage_containerd(self, caller: Caller, params: dict, fds: list[int]) -> Any:
         job = await self._thread(app_containers.manage_containerd_job, self.jobs, caller, str(params["id"]),
-                                 str(params["address"]), str(params["namespace"]), params.get("jid"))
+                                 str(params["address"]), str(params["namespace"]), params.get("jid"),
+                                 str(params.get("log") or ""))
         return self.jobs._view(job)
 
 

@@ -27,6 +27,8 @@ STREAMS = PREFIX + "streams"  # pending checkpoint: uploads in flight per file (
 KIND = PREFIX + "kind"
 META = PREFIX + "meta."  # + a key of the manifest's meta
 PID = PREFIX + "pid"  # on the root: the mount server's pid (how `cedana umount` waits for it)
+# On the root: {"chunks", "bytes"} stored plain and still to be compressed after their commit.
+COMPACTION = PREFIX + "compaction"
 # Root only: a pending checkpoint takes a local dir's files (CRIU's spool) into the store and is
 # sealed (-follow: while CRIU still writes them); a sealed one writes its files into a new local
 # dir (eager restores read them there). Neither moves bytes through FUSE (catalog/transfers.py).
@@ -87,6 +89,8 @@ def get(tree: Tree, inode: int, name: str) -> bytes:
     """The value of control `name` on `inode` (ENODATA when it has none)."""
     if inode == tree.root.inode and name == PID:
         return str(os.getpid()).encode()
+    if inode == tree.root.inode and name == COMPACTION:
+        return json.dumps(tree.compaction()).encode()
     if not name.startswith(PREFIX):
         raise FsError(errno.ENODATA)
     status = tree.status(inode)

@@ -17,6 +17,7 @@ without re-uploading or even touching reused chunks.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -77,10 +78,17 @@ class ChunkInfo:
 class ChunkStore:
     """put/get/exists/delete of chunks by digest over one backend. Thread-safe."""
 
-    def __init__(self, backend: Backend, codec: str = "zstd", id_key: bytes | None = None):
+    def __init__(self, backend: Backend, codec: str = "zstd", id_key: bytes | None = None,
+                 defer_compression: bool = False):
         codecs.codec_id(codec)  # fail early on a bad name
         self.backend = backend
         self.codec = codec
+        # Chunks stored plain while a checkpoint is taken in, compressed by compact() after its
+        # commit (see store()); only an owner that runs compact() later may turn this on.
+        self.defer_compression = defer_compression and codec != "none"
+        self._deferred: dict[str, int] = {}  # digest -> plain size, in the order stored
+        self._last_store = 0.0
+        self.stored_plain = threading.Event()  # set while _deferred holds chunks
         self.id_key = id_key
         self.scheme = scheme_of(id_key)
         self.prefix = chunk_prefix(self.scheme)
@@ -149,13 +157,61 @@ class ChunkStore:
             if lease is not None:
                 lease.note_reused(digest)
             return PutResult(ref, 0, new=False)
-        blob = codecs.encode(data, self.codec)
-        self.backend.put_unsynced(self.key(digest), blob)
+        deferred = self.defer_compression and codecs.worth_compressing(data, self.codec)
+        header, body = codecs.plain_parts(data) if deferred else codecs.encode_parts(data, self.codec)
+        self.backend.put_parts_unsynced(self.key(digest), (header, body))
         with self._lock:
             self._corrupt.discard(digest)
             self._missing.discard(digest)
+            if deferred:
+                self._deferred[digest] = len(data)
+                self.stored_plain.set()
+            self._last_store = time.monotonic()
         self._learn(digest)
-        return PutResult(ref, len(blob), new=True)
+        return PutResult(ref, len(header) + len(body), new=True)
+
+    # -- compression after the commit ------------------------------------------------------
+    def deferred(self) -> tuple[int, int]:
+        """Chunks stored plain that compact() has yet to compress: (count, plain bytes)."""
+        with self._lock:
+            return len(self._deferred), sum(self._deferred.values())
+
+    def idle_for(self) -> float:
+        """Seconds since this store last stored a chunk."""
+        with self._lock:
+            return time.monotonic() - self._last_store
+
+    def compact(self, batch: int = 32) -> tuple[int, int]:
+        """Compress up to `batch` of the chunks stored plain by a deferring store() and replace
+        them (one sync for the batch, then each renamed into place: a crash leaves the plain or
+        the whole compressed chunk). (chunks compressed, bytes saved)."""
+        with self._lock:
+            digests = list(itertools.islice(self._deferred, batch))
+        try:
+            return self._compact(digests)
+        finally:  # counted as deferred until replaced (or given up): deferred() says when all is done
+            with self._lock:
+                for digest in digests:
+                    self._deferred.pop(digest, None)
+                if not self._deferred:
+                    self.stored_plain.clear()
+
+    def _compact(self, digests: list[str]) -> tuple[int, int]:
+        items, saved = [], 0
+        for digest in digests:
+            try:
+                blob = self.backend.get(self.key(digest))
+            except (NoSuchObject, CorruptObject):
+                continue  # deleted by a GC meanwhile, or not ours to fix: a reader will say
+            if not codecs.is_plain(blob):
+                continue
+            header, body = codecs.encode_parts(memoryview(blob)[1:], self.codec)
+            if not codecs.is_plain(header):
+                items.append((self.key(digest), (header, body)))
+                saved += len(blob) - len(header) - len(body)
+        if items:
+            self.backend.put_many(items)
+        return len(items), saved
 
     def prepare_commit(self, lease: "Lease | None") -> None:
         """Before a manifest that references this lease's chunks is committed: new chunks

@@ -72,20 +72,40 @@ def _incompressible(data: bytes, cid: int) -> bool:
     return True
 
 
+_HEADERS = {cid: bytes([cid]) for cid in NAMES}
+
+
 def encode(data: bytes, codec: str = "zstd") -> bytes:
     """Header byte + body; the body is plain when compression does not pay."""
+    return b"".join(encode_parts(data, codec))
+
+
+def encode_parts(data: bytes, codec: str = "zstd") -> tuple[bytes, bytes]:
+    """(header, body) of `data` encoded, not joined: a plain body is `data` itself, never copied
+    (a writer hands both to one writev)."""
     cid = codec_id(codec)
     if cid != NONE and _incompressible(data, cid):
-        return bytes([NONE]) + data
+        return _HEADERS[NONE], data
     if cid == ZSTD:
         body = _zstd_c().compress(data)
     elif cid == LZ4:
         body = lz4.block.compress(data, store_size=True)
     else:
-        return bytes([NONE]) + data
+        return _HEADERS[NONE], data
     if len(body) > len(data) * (1 - MIN_SAVING):
-        return bytes([NONE]) + data
-    return bytes([cid]) + body
+        return _HEADERS[NONE], data
+    return _HEADERS[cid], body
+
+
+def plain_parts(data: bytes) -> tuple[bytes, bytes]:
+    """(header, body) of `data` stored plain, whatever the store's codec."""
+    return _HEADERS[NONE], data
+
+
+def worth_compressing(data: bytes, codec: str) -> bool:
+    """Whether compressing `data` with `codec` is likely to pay (three small samples decide)."""
+    cid = codec_id(codec)
+    return cid != NONE and not _incompressible(data, cid)
 
 
 def decode(blob: bytes) -> bytes:
@@ -110,6 +130,11 @@ def decode(blob: bytes) -> bytes:
 def _check_size(size: int) -> None:
     if size < 0 or size > MAX_PLAIN:
         raise DecodeError(f"header claims an impossible plain size {size}")
+
+
+def is_plain(blob: bytes) -> bool:
+    """Whether an encoded chunk is stored plain (its header names no codec)."""
+    return bool(blob) and blob[0] == NONE
 
 
 def codec_of(blob: bytes) -> str:

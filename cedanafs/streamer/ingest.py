@@ -21,6 +21,7 @@ reports them while the ingest runs.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import re
 import stat
@@ -73,7 +74,11 @@ def ingest_file(store: "Store", path: str, lease: "Lease | None" = None,
                 progress.read += len(data)
                 progress.done += len(data)
             return FileContent(size=len(data), inline=data), TransferStats(logical_bytes=len(data))
-        return _Ingest(store, lease, progress).run(src)
+        try:
+            mapping = mmap.mmap(src.fileno(), size, prot=mmap.PROT_READ)
+        except (OSError, ValueError):  # a file that cannot be mapped is read
+            return _Ingest(store, lease, progress).run(src)
+        return _Ingest(store, lease, progress).run_mapped(mapping)
 
 
 def ingest_dir(store: "Store", source: str, lease: "Lease | None" = None, progress: Progress | None = None,
@@ -191,8 +196,12 @@ class _Ingest:
 
     def run(self, src) -> tuple[FileContent, TransferStats]:
         _set_background(self.background)
+        return self._finish(lambda: self._feed(src))
+
+    def _finish(self, feed: Callable[[], int]) -> tuple[FileContent, TransferStats]:
+        """Run `feed` (which submits every chunk), then wait for them all; the file's content."""
         try:
-            size = self._feed(src)
+            size = feed()
         except BaseException:
             for fut in self.futures:
                 fut.cancel()
@@ -204,6 +213,32 @@ class _Ingest:
         results: list[PutResult] = [f.result() for f in self.futures]
         content = FileContent(size=size, chunks=tuple(r.ref for r in results))
         return content, _stats(size, results)
+
+    def run_mapped(self, mapping: mmap.mmap) -> tuple[FileContent, TransferStats]:
+        """Ingest a whole mapped file: chunks are views of the mapping, never copied (the pages
+        are the spool's own; hashing and the store's writev read them in place)."""
+        try:
+            view = memoryview(mapping)
+            try:
+                return self._finish(lambda: self._cut_all(mapping, view))
+            finally:
+                view.release()
+        finally:
+            try:
+                mapping.close()
+            except BufferError:  # a chunk view still referenced somewhere: the GC unmaps it
+                pass
+
+    def _cut_all(self, mapping: mmap.mmap, view: memoryview) -> int:
+        spec, total, start, mapped = self.store.chunker, len(view), 0, 0
+        while start < total:
+            if start + spec.max_size > mapped:  # map the next window in one call, not a fault per page
+                mapped = _populate(mapping, mapped, BLOCK)
+            end = spec.next_cut(view, start, total, final=True)
+            self.progress.read += end - start
+            self._submit(view[start:end], lambda at=start, n=end - start: _unmap(mapping, at, n))
+            start = end
+        return total
 
     def _feed(self, src) -> int:
         spec = self.store.chunker
@@ -301,6 +336,28 @@ class _Blocks:
                 self._free.append(buf)
             else:
                 self._retired.add(id(buf))
+
+
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14
+
+
+def _populate(mapping: mmap.mmap, start: int, length: int) -> int:
+    """Map [start, start+length) of the file now (a page fault each costs more); the new end."""
+    length = min(length, len(mapping) - start)
+    try:
+        mapping.madvise(MADV_POPULATE_READ, start, length)
+    except (OSError, ValueError):
+        pass  # an older kernel: the pages fault in as they are read
+    return start + length
+
+
+def _unmap(mapping: mmap.mmap, start: int, length: int) -> None:
+    """Drop a stored chunk's pages from our mapping (the file keeps them): the mount server's
+    resident memory stays the chunks in flight, not the whole file."""
+    try:
+        mapping.madvise(mmap.MADV_DONTNEED, start, length)
+    except (OSError, ValueError):
+        pass
 
 
 def _read_into(src, view: memoryview) -> int:

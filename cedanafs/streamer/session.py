@@ -69,6 +69,10 @@ class StoreSession:
         """A stored file's bytes into file descriptor `fd` (a pipe CRIU reads), verified."""
         return write_to(self.store, content, fd)
 
+    def compaction(self) -> dict[str, int | bool]:
+        """Chunks stored plain, to be compressed now that their checkpoint is committed."""
+        return self.store.compaction()
+
     def reused_gone(self) -> set[str]:
         """Chunks this session reused that a concurrent GC deleted (see ChunkStore.reused_gone)."""
         with self._lock:

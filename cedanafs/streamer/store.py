@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from cedanafs.config import Settings
+from cedanafs.errors import ConfigError
 from cedanafs.types import FileContent
 
 from .backends import Backend, open_store_backend
@@ -28,6 +30,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STREAMS = 8
 DEFAULT_READAHEAD = 4
+# Compression after the commit starts once no chunk was stored for this long (the ingest is over).
+COMPACT_QUIET = 0.5
+COMPACT_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -44,10 +49,12 @@ class Store:
 
     def __init__(self, backend: Backend, *, codec: str = "zstd", chunker: ChunkerSpec | None = None,
                  memory_limit: int = 256 << 20, streams: int = 0, cache: ChunkCache | None = None,
-                 inline_threshold: int = INLINE_THRESHOLD, readahead: int = DEFAULT_READAHEAD):
+                 inline_threshold: int = INLINE_THRESHOLD, readahead: int = DEFAULT_READAHEAD,
+                 compress_after_commit: bool = False):
         self.backend = backend
         # An encrypted store's backend brings the key of its chunk ids (backends/crypt.py).
-        self.chunks = ChunkStore(backend, codec, id_key=getattr(backend, "id_key", None))
+        self.chunks = ChunkStore(backend, codec, id_key=getattr(backend, "id_key", None),
+                                 defer_compression=compress_after_commit)
         self.chunker = chunker or ChunkerSpec()
         self.budget = ByteBudget(max(memory_limit, self.chunker.max_size))
         self.inline_threshold = inline_threshold
@@ -58,10 +65,22 @@ class Store:
             self.cache.disk.digest_of = self.chunks.digest
         self.upload_pool = ThreadPoolExecutor(self.streams, thread_name_prefix="chunk-up")
         self.read_pool = ThreadPoolExecutor(self.streams, thread_name_prefix="chunk-down")
+        self._closing = threading.Event()
+        self._compactor: threading.Thread | None = None
+        if self.chunks.defer_compression:
+            self._compactor = threading.Thread(target=self._compact_loop, name="compact", daemon=True)
+            self._compactor.start()
 
     @classmethod
     def from_settings(cls, settings: Settings, url: str | None = None, *,
-                      retry: RetryPolicy | None = None, chunker_kind: str = "cdc") -> "Store":
+                      retry: RetryPolicy | None = None, chunker_kind: str = "cdc",
+                      serving: bool = False) -> "Store":
+        """The store of `url` (default store.url). `serving`: the owner lives on (a mount server),
+        so it may compress chunks after their commit (store.compress_after_commit)."""
+        mode = settings.store.compress_after_commit.lower()
+        if mode not in COMPACT_MODES:
+            raise ConfigError(f"config key 'store.compress_after_commit' must be one of {', '.join(COMPACT_MODES)},"
+                              f" not {settings.store.compress_after_commit!r}")
         backend = open_store_backend(url or settings.store.url, settings, retry=retry)
         cache = ChunkCache(
             memory_limit=max(64 << 20, settings.store.memory_limit // 4),
@@ -74,10 +93,14 @@ class Store:
         # local store wants a thread per core, network-bound uploads more requests in flight.
         codec = settings.store.codec if settings.store.codec != "auto" else ("lz4" if local else "zstd")
         streams = settings.checkpoint.streams or ((os.cpu_count() or 2) if local else DEFAULT_STREAMS)
+        # After the commit: on a local disk compression is most of the ingest's CPU, and the time
+        # until a checkpoint is safe is what a user waits for; a bucket wants fewer bytes uploaded.
+        after_commit = serving and (mode == "on" or (mode == "auto" and local))
         return cls(backend, codec=codec,
                    chunker=ChunkerSpec.for_size(chunker_kind, settings.store.chunk_size),
                    memory_limit=settings.store.memory_limit, streams=streams,
-                   cache=cache, readahead=max(DEFAULT_READAHEAD, settings.checkpoint.streams))
+                   cache=cache, readahead=max(DEFAULT_READAHEAD, settings.checkpoint.streams),
+                   compress_after_commit=after_commit)
 
     @property
     def url(self) -> str:
@@ -114,7 +137,37 @@ class Store:
             stored += self.chunks.stored_size(digest)
         return StoreStats(count, stored, self.cache.stats())
 
+    def compaction(self) -> dict[str, int | bool]:
+        """Chunks stored plain, still to be compressed after their commit: {"chunks", "bytes"},
+        and whether this store compresses after the commit at all ("after_commit")."""
+        count, size = self.chunks.deferred()
+        return {"chunks": count, "bytes": size, "after_commit": self.chunks.defer_compression}
+
+    def _compact_loop(self) -> None:
+        """Compress the chunks stored plain, once no ingest is storing any, at idle priority: the
+        user's processes and the next dump's CRIU always go first. Left undone at close(), they
+        stay plain (still valid chunks)."""
+        _set_idle_priority()
+        while not self._closing.is_set():
+            self.chunks.stored_plain.wait()
+            quiet = COMPACT_QUIET - self.chunks.idle_for()
+            if quiet > 0:
+                self._closing.wait(quiet)
+                continue
+            try:
+                done, saved = self.chunks.compact()
+            except Exception as exc:  # a failing backend: try again later, the chunks stay valid
+                log.warning("compressing stored chunks of %s failed (they stay plain): %s", self.url, exc)
+                self._closing.wait(5.0)
+                continue
+            if done:
+                log.debug("compressed %d chunks of %s after their commit, %d bytes saved", done, self.url, saved)
+
     def close(self) -> None:
+        self._closing.set()
+        if self._compactor is not None:
+            self.chunks.stored_plain.set()
+            self._compactor.join()
         self.upload_pool.shutdown(wait=True, cancel_futures=True)
         self.read_pool.shutdown(wait=True, cancel_futures=True)
         self.backend.close()
@@ -127,3 +180,11 @@ class Store:
 
     def __repr__(self) -> str:
         return f"<Store {self.url} pid={os.getpid()}>"
+
+
+def _set_idle_priority() -> None:
+    """This thread at SCHED_IDLE: it runs only on a CPU nobody else wants."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (OSError, AttributeError) as exc:
+        log.debug("cannot lower the compressing thread's priority: %s", exc)

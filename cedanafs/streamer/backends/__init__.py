@@ -90,6 +90,10 @@ def s3_options(settings: Settings, environ: Mapping[str, str]) -> dict[str, Any]
         "config_kwargs": {
             "connect_timeout": CONNECT_TIMEOUT, "read_timeout": READ_TIMEOUT,
             "retries": {"max_attempts": 1, "mode": "standard"},
+            # No CRC32 of every body on the client's one event-loop thread: every chunk is checked
+            # against its BLAKE3 id on read (and sealed with AES-GCM in an encrypted store).
+            "request_checksum_calculation": "when_required",
+            "response_checksum_validation": "when_required",
         },
         "skip_instance_cache": True,
         "use_listings_cache": False,

@@ -10,7 +10,9 @@ from __future__ import annotations
 import io
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, Sequence, Union
+
+Buffer = Union[bytes, bytearray, memoryview]
 
 from cedanafs.errors import NoSuchObject
 
@@ -53,6 +55,17 @@ class Backend(ABC):
         """Like put(), but the object need only be durable after the next sync() (chunks: many
         puts, one sync before the manifest that references them is committed)."""
         self.put(key, data)
+
+    def put_parts_unsynced(self, key: str, parts: Sequence[Buffer]) -> None:
+        """put_unsynced() of the object made of `parts` in order (a local store writes them with
+        one writev, never joining them: a chunk's header and its body, a view of a read buffer)."""
+        self.put_unsynced(key, b"".join(parts))
+
+    def put_many(self, items: Sequence[tuple[str, Sequence[Buffer]]]) -> None:
+        """Several objects, each put() atomically and durably by the time this returns (a local
+        store syncs once for all of them, then renames each into place)."""
+        for key, parts in items:
+            self.put(key, b"".join(parts))
 
     def sync(self) -> None:
         """Make every put_unsynced() object durable (object stores: already are)."""

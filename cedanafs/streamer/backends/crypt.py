@@ -27,7 +27,7 @@ import logging
 import os
 import secrets
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import CorruptObject
-from .base import AtomicWriter, Backend, BufferedWriter, ObjectInfo, check_key
+from .base import AtomicWriter, Backend, Buffer, BufferedWriter, ObjectInfo, check_key
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +199,12 @@ class EncryptedBackend(Backend):
 
     def put_unsynced(self, key: str, data: bytes) -> None:
         self.inner.put_unsynced(self._enc_name(key), self.seal(key, bytes(data)))
+
+    def put_parts_unsynced(self, key: str, parts: Sequence[Buffer]) -> None:
+        self.put_unsynced(key, b"".join(parts))
+
+    def put_many(self, items: Sequence[tuple[str, Sequence[Buffer]]]) -> None:
+        self.inner.put_many([(self._enc_name(key), (self.seal(key, b"".join(parts)),)) for key, parts in items])
 
     def sync(self) -> None:
         self.inner.sync()
