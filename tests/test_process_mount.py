@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +73,35 @@ def test_two_dumps_of_one_job_and_failed_dump_leaves_nothing(mounted, tmp_path, 
         assert pid_alive(holder.pid) and pid_alive(proc.pid)
     finally:
         ours.close()
+
+
+def _pages_chunk_file(mounted, ckpt: str) -> tuple[str, Path]:
+    """A chunk of the checkpoint's pages image: (digest, its file in the local store)."""
+    from cedanafs.catalog.manifest import decode_manifest
+
+    job, name = Path(ckpt).parent.name, Path(ckpt).name
+    [manifest] = (mounted.store / "manifests" / job / name).glob("*.json")
+    pages = decode_manifest(manifest.read_bytes()).file("pages-1.img")
+    ref = pages.content.chunks[len(pages.content.chunks) // 2]
+    [path] = mounted.store.glob(f"chunks-*/{ref.digest[:2]}/{ref.digest}")
+    return ref.digest, path
+
+
+def test_eager_restore_of_a_corrupt_chunk_runs_nothing(mounted, tmp_path, procs):
+    """The images stream to CRIU as they are read: a chunk that fails verification stops the
+    restore before the process runs, and the error names the chunk."""
+    state = tmp_path / "state.json"
+    proc, _ = procs.workload(state, size="32M")
+    ckpt = _dump_into_mount(mounted, proc.pid, "bad")
+    proc.wait(timeout=20)
+    digest, path = _pages_chunk_file(mounted, ckpt)
+    stored = path.read_bytes()
+    path.write_bytes(stored[:1] + bytes(len(stored) - 1))  # the same codec byte, a wrong body
+
+    r = mounted.cedana("restore", "process", "--path", ckpt, "--pid-file", tmp_path / "pid")
+    assert r.returncode != 0, "a restore from a corrupt chunk succeeded"
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert digest[:12] in lines[0] and "nothing was restored" in lines[0], lines[0]
+    assert not (tmp_path / "pid").exists()
+    assert not pid_alive(proc.pid), "a process runs from a corrupt checkpoint"

@@ -10,9 +10,12 @@ then it is killed, or resumed if the commit fails, so nothing is lost. When the 
 hold the dump (predicted from the tree's resident memory, or CRIU ran out of space there), CRIU
 writes through the mount as before.
 
-An eager restore from the mount asks the mount server to write the checkpoint's files into a
-spool directory (user.cedana.materialize: chunks fetched and decoded in parallel, no FUSE data
-path) and restores from there; it falls back to reading through the mount when that cannot be.
+An eager restore from the mount has the mount server hand the checkpoint's files to CRIU
+itself (user.cedana.serve: `criu restore --stream` reads them from pipes the server fills, so
+chunks are fetched and decoded while CRIU restores, never copied to a local file first). Where
+that cannot be (restore options only the RPC takes, an older mount server), it asks the server
+to write the files into a spool directory (user.cedana.materialize: chunks fetched and decoded
+in parallel, no FUSE data path) and restores from there, and failing that reads through the mount.
 """
 
 from __future__ import annotations
@@ -31,8 +34,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-import psutil
-
 from .. import criu
 from ..config import Settings
 from ..errors import CheckpointError, CriuError
@@ -40,6 +41,7 @@ from ..fuse.xattrs import INGEST as XATTR_INGEST
 from ..fuse.xattrs import INGEST_FOLLOW as XATTR_INGEST_FOLLOW
 from ..fuse.xattrs import MATERIALIZE as XATTR_MATERIALIZE
 from ..fuse.xattrs import PROGRESS as XATTR_PROGRESS
+from ..fuse.xattrs import SERVE as XATTR_SERVE
 from ..spool import ABANDONED, COMPLETE, WRITER, writer_alive
 from . import mount as mountapp
 
@@ -269,6 +271,8 @@ def spool_room(root: str, limit: int) -> int:
     if limit > 0:
         room = min(room, limit - _used(root))
     if _is_tmpfs(root):
+        import psutil
+
         room = min(room, psutil.virtual_memory().available - MEMORY_RESERVE)
     return max(0, room)
 
@@ -285,6 +289,8 @@ def _used(root: str) -> int:
 
 
 def _is_tmpfs(path: str) -> bool:
+    import psutil
+
     best, fstype = "", ""
     real = os.path.realpath(path)
     for part in psutil.disk_partitions(all=True):
@@ -302,6 +308,8 @@ def nearly_full(path: str) -> bool:
 
 def predicted_size(pid: int) -> int:
     """About what CRIU will write for the tree of `pid`: its resident memory."""
+    import psutil  # loaded by the commands that dump, not by every restore
+
     total = 0
     try:
         procs = [psutil.Process(pid)]
@@ -353,3 +361,23 @@ def materialized(settings: Settings, ckpt_dir: str) -> Iterator[str]:
             yield ckpt_dir
             return
         yield target
+
+
+@contextmanager
+def served(ckpt_dir: str) -> Iterator[str | None]:
+    """A private local dir where the mount server listens for `criu restore --stream` to read the
+    checkpoint's images from; None when it cannot serve them (then materialize instead)."""
+    path = tempfile.mkdtemp(prefix="cedana-serve-")
+    if len(os.path.join(path, "streamer-serve.sock")) > 100:  # a unix socket's path is short
+        os.rmdir(path)
+        path = tempfile.mkdtemp(prefix="cedana-serve-", dir="/tmp")
+    try:
+        try:
+            os.setxattr(ckpt_dir, XATTR_SERVE, os.fsencode(path))
+        except OSError as exc:
+            log.info("the mount cannot serve %s to CRIU (%s); copying it out", ckpt_dir, exc.strerror)
+            yield None
+            return
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

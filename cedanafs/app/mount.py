@@ -482,27 +482,35 @@ def _pread(path: str, offset: int, length: int) -> int:
 LazyRestore = criu_lazy.LazyRestore  # the lazy-pages daemon and its watchdog live in criu/lazy.py
 
 
+class _Unreadable(CheckpointError):
+    """The images could not be read ahead: nothing was restored (the message says why)."""
+
+
 def lazy_restore(ckpt_dir: str | Path, work_dir: str | Path, *, options: RestoreOptions | None = None,
                  shell_job: bool = True, criu: str = "", extra_args: tuple[str, ...] = (), prefetch: bool = True,
                  threads: int = 8) -> LazyRestore:
     """Restore the checkpoint at `ckpt_dir` (in the mount) with lazy pages; returns once it runs.
 
-    The small images are read ahead in parallel (which also proves the store answers), then
-    criu/lazy.py runs `criu lazy-pages` and `criu restore --lazy-pages` with the same options an
-    eager restore gets (`options`; without them, a plain restore with `shell_job`).
+    The small images are read ahead in parallel (which also proves the store answers) while
+    criu/lazy.py starts `criu lazy-pages`, then it runs `criu restore --lazy-pages` with the same
+    options an eager restore gets (`options`; without them, a plain restore with `shell_job`).
     """
     ckpt_dir, work_dir = os.path.abspath(ckpt_dir), os.path.abspath(work_dir)
     if mount_of(work_dir) is not None:
         raise UsageError(f"the CRIU work dir {work_dir} must be local, not in a cedanafs mount")
-    if prefetch:
+
+    def read_ahead() -> None:  # while the lazy-pages daemon starts
         try:
             prefetch_images(ckpt_dir, threads=threads)
         except OSError as exc:
-            raise CheckpointError(f"cannot read the images of {ckpt_dir} from the store:"
-                                  f" {read_error(ckpt_dir) or exc.strerror or exc}; nothing was restored") from None
+            raise _Unreadable(f"cannot read the images of {ckpt_dir} from the store:"
+                              f" {read_error(ckpt_dir) or exc.strerror or exc}; nothing was restored") from None
     opts = options or RestoreOptions(images_dir=ckpt_dir, shell_job=shell_job)
     try:
-        return criu_lazy.restore_lazy(find_criu(criu), opts, work_dir, extra_args=extra_args)
+        return criu_lazy.restore_lazy(find_criu(criu), opts, work_dir, extra_args=extra_args,
+                                      meanwhile=read_ahead if prefetch else None)
+    except _Unreadable:
+        raise
     except CheckpointError as exc:
         why = read_error(ckpt_dir)
         if why:  # the mount could not read an image: say which chunk, not only CRIU's EIO

@@ -26,14 +26,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import criu
+from ..criu import lazy as criu_lazy
+from ..criu import stream as criu_stream
 from ..criu import terminal as criu_terminal
 from ..config import COMPRESSIONS, Settings
 from ..errors import AlreadyExists, CheckpointError, CriuError, NotFound, PermissionDenied, UsageError
 from ..fsio import WritingBack
 from ..spool import WRITER
-from . import archive, capture, remote
+from . import capture, remote
 from . import mount as mountapp
-from .procinfo import dumpable_process, process_state
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +217,8 @@ def _publish(staging: str, final: str, compression: str, owner: tuple[int, int] 
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchown(fd, *owner)
         with os.fdopen(fd, "wb") as out:
+            from . import archive
+
             archive.write_archive(staging, WritingBack(out), compression)  # type: ignore[arg-type]
             out.flush()
             os.fsync(out.fileno())  # mostly written back already: WritingBack started it as it went
@@ -241,6 +244,9 @@ def dump_process(settings: Settings, req: DumpRequest, report: capture.Report | 
     """Dump process req.pid to req.dir; `report` hears a dump into the mount's progress."""
     require_root()
     compression = resolve_compression(settings, req.compression)
+    from . import archive
+    from .procinfo import dumpable_process
+
     proc = dumpable_process(req.pid)
     target = req.dir or settings.checkpoint.dir or "/tmp"
     name = _check_name(req.name or f"dump-process-{time.time_ns()}")
@@ -314,6 +320,8 @@ def criu_dump(binary: str, settings: Settings, req: DumpRequest, proc, images_di
     written into the mount a line at a time); a failed dump's log is kept in failed-dumps/ and the
     error quotes its cause. Returns the state record written.
     """
+    from .procinfo import process_state
+
     state = process_state(proc)
     opts = _dump_options(req, settings, images_dir, state, leave_stopped)
     work = tempfile.mkdtemp(prefix="cedana-dump-")
@@ -399,6 +407,8 @@ class ImagesDir:
         return self._unpack(self._extract_local)
 
     def _extract_local(self, dest: str) -> None:
+        from . import archive
+
         with open(self.source, "rb") as src:
             archive.extract_archive(src, dest, self.source)
 
@@ -429,6 +439,8 @@ def read_state(images_dir: str) -> dict:
 
 def _pid_holder(pid: int, wait: float = 3.0) -> str | None:
     """What holds pid, or None if it is free; a zombie of the dumped process gets a moment to be reaped."""
+    if not os.path.exists(f"/proc/{pid}"):
+        return None  # the usual answer, without loading psutil
     import psutil
 
     deadline = time.monotonic() + wait
@@ -527,11 +539,49 @@ def _restore_lazy(settings: Settings, req: RestoreRequest) -> RestoreResult:
     return RestoreResult(pid=restored.pid)
 
 
+def _restore_streamed(settings: Settings, req: RestoreRequest, binary: str) -> int | None:
+    """An eager restore of a checkpoint in the mount with `criu restore --stream`: the mount
+    server feeds CRIU the images while it restores (capture.served). None where that cannot be
+    (not in a mount, options only the RPC takes, a server that cannot serve): restore otherwise."""
+    path = req.path
+    if req.no_server or remote.is_remote(path) or not os.path.isdir(path) or mountapp.mount_of(path) is None:
+        return None
+    if not os.path.exists(os.path.join(path, "inventory.img")):
+        return None  # ImagesDir says what is wrong with it
+    state = read_state(path)
+    opts = restore_options(req, path, "", state)
+    try:
+        criu_lazy.restore_args(opts)  # everything asked has a command line flag
+    except UsageError:
+        return None
+    check_pids_free(path)
+    with capture.served(path) as images:
+        if images is None:
+            return None
+        work = tempfile.mkdtemp(prefix="cedana-restore-")
+        try:
+            pid = criu_stream.restore_streamed(binary, replace(opts, images_dir=images, work_dir=work))
+        except criu.CriuFailed:
+            why = mountapp.read_error(path)
+            if why:  # the store could not give a chunk: say which
+                raise CheckpointError(f"cannot read the images of {path} from the store: {why};"
+                                      " nothing was restored") from None
+            raise
+    shutil.rmtree(work, ignore_errors=True)
+    return pid
+
+
 def restore_process(settings: Settings, req: RestoreRequest) -> RestoreResult:
     require_root()
     if req.lazy:
         return _restore_lazy(settings, req)
     binary = criu.find_criu(settings.criu.binary_path)
+    pid = _restore_streamed(settings, req, binary)
+    if pid is not None:
+        if req.pid_file:
+            with open(req.pid_file, "w") as f:
+                f.write(f"{pid}\n")
+        return RestoreResult(pid=pid)
     with ImagesDir(req.path, settings) as images:
         state = read_state(images.path)
         check_pids_free(images.path)

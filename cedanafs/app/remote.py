@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 
 from ..config import Settings
 from ..errors import AlreadyExists, NoSuchObject, NotFound
-from . import archive
 
 if TYPE_CHECKING:  # the store's code is loaded only by the commands that go to a bucket
     from ..streamer import Backend
@@ -42,6 +41,8 @@ def _exists_as_dir(backend: Backend, name: str) -> bool:
 
 
 def ensure_absent(backend: Backend, url: str, name: str, compression: str) -> None:
+    from . import archive  # the tar formats: only the commands that go to a bucket load them
+
     key = archive.archive_name(name, compression)
     taken = _exists_as_dir(backend, key) if compression == "none" else backend.exists(key)
     if taken:
@@ -64,6 +65,8 @@ def _atomic_upload(backend: Backend, key: str) -> Iterator[BinaryIO]:
 
 def upload_checkpoint(backend: Backend, url: str, images_dir: str, name: str, compression: str) -> str:
     """Stream a finished images dir to url/<name>[.tar.*] (backend is url's); returns its URL."""
+    from . import archive
+
     ensure_absent(backend, url, name, compression)  # again: the name may have been taken during the dump
     key = archive.archive_name(name, compression)
     if compression == "none":
@@ -80,6 +83,7 @@ def download_checkpoint(settings: Settings, url: str, dest: str) -> None:
     """Fetch the checkpoint at url (an archive object or a dir of images) into the empty dest."""
     parent, name = split_url(url)
     from ..streamer import open_backend
+    from . import archive
 
     backend = open_backend(parent, settings)
     # Object stores have no directories: a name with keys under it is an images dir.

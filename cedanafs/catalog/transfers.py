@@ -2,8 +2,9 @@
 
 A pending checkpoint takes in the files of a local spool directory that CRIU wrote (`ingest`,
 optionally while CRIU still writes them) and is then sealed; a sealed checkpoint writes its
-files into a new local directory (`materialize`) for an eager restore to read at local speed.
-The bytes move in the store session (cedanafs.streamer.session, through the `Session` and
+files into a new local directory (`materialize`) for an eager restore to read at local speed, or
+hands them out one by one as a restore asks for them (`image_source`: CRIU reading from pipes the
+mount server fills, fetching and decoding while CRIU restores). The bytes move in the store session (cedanafs.streamer.session, through the `Session` and
 `Data` protocols); this part of the tree only adds the ingested files as nodes and keeps the
 tree lock released during store I/O. A part of cedanafs.catalog.tree.Tree, like Lifecycle.
 """
@@ -15,7 +16,7 @@ import logging
 import os
 import stat
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import CedanaError, FsError
 from ..types import FileContent
@@ -98,6 +99,32 @@ class Transfers:
                 os.symlink(entry.target or "", target)
             elif entry.type == "file":
                 self._materialize_file(ckpt, entry, target)
+
+    def image_source(self, inode: int) -> Callable[[str], Callable[[int], None] | None]:
+        """For sealed checkpoint `inode`: a name -> the writer of that top-level file's bytes into a
+        file descriptor (None if it has no such file). A writer that cannot read a chunk records
+        why in the checkpoint's error (user.cedana.error) and raises, leaving its output short."""
+        with self._lock:
+            ckpt = self._node(inode)  # type: ignore[attr-defined]
+            if not isinstance(ckpt, CheckpointDir) or ckpt.state != SEALED:
+                raise FsError(errno.EINVAL, "only a sealed checkpoint can be served")
+        self._ensure_loaded(ckpt)  # type: ignore[attr-defined]
+        files = {e.path: e for e in ckpt.manifest.files if e.type == "file" and "/" not in e.path}
+
+        def source(name: str) -> Callable[[int], None] | None:
+            entry = files.get(name)
+            if entry is None:
+                return None
+
+            def write(fd: int) -> None:
+                try:
+                    self._data.write_to(entry.content, fd)
+                except CedanaError as exc:
+                    with self._lock:
+                        ckpt.error = f"{entry.path}: {exc}"
+                    raise
+            return write
+        return source
 
     def _materialize_file(self, ckpt: CheckpointDir, entry: Any, target: str) -> None:
         os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)

@@ -1,7 +1,9 @@
 """Reading what CRIU's images say about the dumped tree, without restoring it.
 
 pycriu's generic image decoder does not work with current protobuf releases, so the one image
-we need (pstree.img: a magic header, then length-prefixed PstreeEntry messages) is read here.
+we need (pstree.img: a magic header, then length-prefixed PstreeEntry messages) is read here,
+its five integer fields decoded by hand: importing protobuf and pycriu's generated messages
+would cost every restore a tenth of a second before CRIU even starts.
 """
 
 from __future__ import annotations
@@ -28,8 +30,6 @@ class TreeEntry:
 
 def read_pstree(images_dir: str) -> list[TreeEntry]:
     """The dumped process tree, root first."""
-    from pycriu.images import pstree_pb2  # generated messages work; only the decoder is broken
-
     path = os.path.join(images_dir, "pstree.img")
     try:
         with open(path, "rb") as f:
@@ -41,15 +41,68 @@ def read_pstree(images_dir: str) -> list[TreeEntry]:
         entries = []
         while offset < len(data):
             (size,) = struct.unpack_from("<I", data, offset)
-            msg = pstree_pb2.pstree_entry()
-            msg.ParseFromString(data[offset + 4 : offset + 4 + size])
-            entries.append(TreeEntry(msg.pid, msg.ppid, msg.pgid, msg.sid, tuple(msg.threads)))
-            offset += 4 + size
-    except Exception as exc:  # struct.error or protobuf DecodeError on a damaged image
+            end = offset + 4 + size
+            if end > len(data):
+                raise ValueError("truncated entry")
+            entries.append(_pstree_entry(data, offset + 4, end))
+            offset = end
+    except (struct.error, ValueError, IndexError) as exc:  # a damaged image
         raise CheckpointError(f"{path}: damaged CRIU image ({exc})") from None
     if not entries:
         raise CheckpointError(f"{path}: empty process tree")
     return entries
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if not byte & 0x80:
+            return value, pos
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _pstree_entry(data: bytes, pos: int, end: int) -> TreeEntry:
+    """One PstreeEntry message: pid = 1, ppid = 2, pgid = 3, sid = 4, threads = 5 (repeated)."""
+    fields, threads = _fields(data, pos, end, repeated=5)
+    return TreeEntry(fields.get(1, 0), fields.get(2, 0), fields.get(3, 0), fields.get(4, 0), tuple(threads))
+
+
+def _fields(data: bytes, pos: int, end: int, repeated: int = 0) -> tuple[dict[int, int], list[int]]:
+    """The integer fields of one protobuf message (what CRIU's image entries we read hold):
+    {field number: last value}, and the values of field `repeated` (packed or not). Fields of
+    other wire types are skipped."""
+    fields: dict[int, int] = {}
+    values: list[int] = []
+    while pos < end:
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+            if number == repeated:
+                values.append(value)
+            else:
+                fields[number] = value
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            if number == repeated:
+                inner = pos
+                while inner < pos + length:
+                    value, inner = _varint(data, inner)
+                    values.append(value)
+            pos += length
+        elif wire == 5:
+            pos += 4
+        elif wire == 1:
+            pos += 8
+        else:
+            raise ValueError(f"wire type {wire}")
+    if pos != end:
+        raise ValueError("a message overruns its length")
+    return fields, values
 
 
 def image_pids(images_dir: str) -> list[int]:
@@ -74,19 +127,20 @@ class PageRange:
     lazy: bool
 
 
-def _messages(path: str, first, rest) -> tuple[object, list]:
+def _messages(path: str) -> list[dict[int, int]]:
+    """The integer fields of each length-prefixed message of an image file (after its magic)."""
     with open(path, "rb") as f:
         data = f.read()
     offset = 8 if struct.unpack_from("<I", data, 0)[0] in _COMMON_MAGICS else 4
-    out, cls = [], first
+    out = []
     while offset < len(data):
         (size,) = struct.unpack_from("<I", data, offset)
-        msg = cls()
-        msg.ParseFromString(data[offset + 4 : offset + 4 + size])
-        out.append(msg)
-        offset += 4 + size
-        cls = rest
-    return (out[0] if out else None), out[1:]
+        end = offset + 4 + size
+        if end > len(data):
+            raise ValueError("truncated entry")
+        out.append(_fields(data, offset + 4, end)[0])
+        offset = end
+    return out
 
 
 def read_pagemap(images_dir: str, pid: int) -> tuple[str, list[PageRange]]:
@@ -95,21 +149,23 @@ def read_pagemap(images_dir: str, pid: int) -> tuple[str, list[PageRange]]:
     Ranges that CRIU restores at once (not lazy) are what a lazy restore reads before the
     process runs; the lazy ones arrive later through `criu lazy-pages`.
     """
-    from pycriu.images import pagemap_pb2
-
     path = os.path.join(images_dir, f"pagemap-{pid}.img")
     try:
-        head, entries = _messages(path, pagemap_pb2.pagemap_head, pagemap_pb2.pagemap_entry)
+        messages = _messages(path)
     except FileNotFoundError:
         raise CheckpointError(f"{images_dir}: no pagemap for pid {pid}") from None
-    except Exception as exc:
+    except (struct.error, ValueError, IndexError) as exc:
         raise CheckpointError(f"{path}: damaged CRIU image ({exc})") from None
-    if head is None:
+    if not messages:
         raise CheckpointError(f"{path}: empty pagemap")
+    # pagemap_head: pages_id = 1; pagemap_entry: vaddr = 1, compat_nr_pages = 2, in_parent = 3,
+    # flags = 4, nr_pages = 5.
+    head, entries = messages[0], messages[1:]
     ranges, pos = [], 0
     for e in entries:
-        if e.flags & PE_PRESENT or not (e.flags & (PE_PARENT | PE_LAZY)) and not e.in_parent:
-            length = e.nr_pages * PAGE_SIZE
-            ranges.append(PageRange(pos, length, bool(e.flags & PE_LAZY)))
+        flags = e.get(4, 0)
+        if flags & PE_PRESENT or not (flags & (PE_PARENT | PE_LAZY)) and not e.get(3, 0):
+            length = e.get(5, 0) * PAGE_SIZE
+            ranges.append(PageRange(pos, length, bool(flags & PE_LAZY)))
             pos += length
-    return f"pages-{head.pages_id}.img", ranges
+    return f"pages-{head.get(1, 0)}.img", ranges

@@ -17,6 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..errors import CheckpointError, UsageError
 from .rpc import RestoreOptions, log_errors
@@ -97,6 +98,10 @@ class LazyPages:
         return os.path.join(self.work_dir, LAZY_LOG)
 
     def start(self, timeout: float = 30.0) -> "LazyPages":
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> "LazyPages":
+        """Start the daemon without waiting for it (see wait_ready)."""
         os.makedirs(self.work_dir, exist_ok=True)
         # Its own session: it must outlive the command that started it. The shell around it
         # removes the work dir once every page is served (and keeps it, with the log, on failure).
@@ -109,6 +114,11 @@ class LazyPages:
              "-o", LAZY_LOG, "-v4"],
             env={**os.environ, "W": self.work_dir}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> "LazyPages":
+        """Wait until the daemon listens for the restore; CheckpointError if it never does."""
+        assert self.proc is not None
         socket_path = os.path.join(self.work_dir, LAZY_SOCKET)
         deadline = time.monotonic() + timeout
         while not os.path.exists(socket_path):
@@ -116,7 +126,7 @@ class LazyPages:
                 self.kill()
                 why = log_errors(self.log_path) or f"see {self.log_path}"
                 raise CheckpointError(f"criu lazy-pages did not start: {why}")
-            time.sleep(0.01)
+            time.sleep(0.002)
         return self
 
     def wait(self, timeout: float | None = None) -> int:
@@ -144,9 +154,18 @@ class LazyRestore:
         return self.pages.wait(timeout)
 
 
-def restore_lazy(binary: str, o: RestoreOptions, work_dir: str, extra_args: tuple[str, ...] = ()) -> LazyRestore:
-    """Start the lazy-pages daemon for o.images_dir, then restore detached; returns once it runs."""
-    pages = LazyPages(o.images_dir, work_dir, binary).start()
+def restore_lazy(binary: str, o: RestoreOptions, work_dir: str, extra_args: tuple[str, ...] = (),
+                 meanwhile: Callable[[], object] | None = None) -> LazyRestore:
+    """Start the lazy-pages daemon for o.images_dir, then restore detached; returns once it runs.
+    `meanwhile` runs while the daemon starts (an exception from it stops the daemon)."""
+    pages = LazyPages(o.images_dir, work_dir, binary).launch()
+    try:
+        if meanwhile is not None:
+            meanwhile()
+        pages.wait_ready()
+    except BaseException:
+        pages.kill()
+        raise
     # Not in the work dir: the daemon may finish (and remove it) before we read the pid.
     pid_dir = tempfile.mkdtemp(prefix="cedana-lazy-pid-")
     pid_file = os.path.join(pid_dir, "pid")  # CRIU refuses to overwrite an existing pid file

@@ -35,8 +35,11 @@ COMPACTION = PREFIX + "compaction"
 INGEST = PREFIX + "ingest"
 INGEST_FOLLOW = PREFIX + "ingest-follow"
 MATERIALIZE = PREFIX + "materialize"
+# Root only, on a sealed checkpoint: serve its files to one `criu restore --stream` through a
+# socket in the given local dir (fetched and decoded while CRIU restores; criu/stream.py).
+SERVE = PREFIX + "serve"
 PROGRESS = PREFIX + "progress"  # a running ingest: {"total", "read", "done", "stored"} bytes
-ROOT_ONLY = {INGEST, INGEST_FOLLOW, MATERIALIZE}
+ROOT_ONLY = {INGEST, INGEST_FOLLOW, MATERIALIZE, SERVE}
 
 
 def _flag(value: bytes) -> bool:
@@ -72,7 +75,14 @@ SETTERS: dict[str, Callable[[Tree, int, bytes], object]] = {
     INGEST: lambda tree, ino, value: tree.ingest(ino, os.fsdecode(value)),
     INGEST_FOLLOW: lambda tree, ino, value: tree.ingest(ino, os.fsdecode(value), follow=True),
     MATERIALIZE: lambda tree, ino, value: tree.materialize(ino, os.fsdecode(value)),
+    SERVE: lambda tree, ino, value: _serve(tree, ino, os.fsdecode(value)),
 }
+
+
+def _serve(tree: Tree, inode: int, images_dir: str) -> None:
+    from ..criu import stream  # only the restores that ask for it need the protocol
+
+    stream.serve(images_dir, tree.image_source(inode))
 
 
 def get(tree: Tree, inode: int, name: str) -> bytes:

@@ -246,27 +246,49 @@ class ChunkStore:
     def get(self, ref: ChunkRef | str) -> bytes:
         """The plain bytes, verified; CorruptChunk or MissingChunk naming the digest."""
         digest = ref if isinstance(ref, str) else ref.digest
+        return self._verify(digest, self._fetch(digest), ref)
+
+    def get_into(self, ref: ChunkRef, blob_buf: bytearray, out: bytearray) -> memoryview:
+        """As get(), with no new memory per chunk where the backend can read into a buffer: the
+        stored object is read into `blob_buf`, and the plain bytes are a view of it (stored plain)
+        or decoded into `out`. Both must outlive the view returned."""
+        read_into = getattr(self.backend, "get_into", None)
+        size = None
+        if read_into is not None and ref.digest not in self._corrupt_set() and ref.digest not in self._missing:
+            try:
+                size = read_into(self.key(ref.digest), blob_buf)
+            except NoSuchObject:
+                size = None  # _fetch says so, and remembers it
+        blob = memoryview(blob_buf)[:size] if size is not None else self._fetch(ref.digest)
+        try:
+            data = codecs.decode_into(blob, out)
+        except codecs.DecodeError as exc:
+            raise self._corrupted(ref.digest, str(exc)) from None
+        return self._check(ref.digest, data, ref)
+
+    def _fetch(self, digest: str) -> bytes:
         if digest in self._corrupt_set():
             raise CorruptChunk(digest, "found corrupt earlier; not fetched again")
         if digest in self._missing:
             raise MissingChunk(digest, "(found missing earlier; not fetched again)")
         try:
-            blob = self.backend.get(self.key(digest))
+            return self.backend.get(self.key(digest))
         except NoSuchObject:
             with self._lock:
                 self._missing.add(digest)
             raise MissingChunk(digest) from None
         except CorruptObject as exc:  # an encrypted store's object failed authentication
             raise self._corrupted(digest, str(exc)) from None
-        except CorruptObject as exc:  # an encrypted store's object failed authentication
-            raise self._corrupted(digest, str(exc)) from None
-        return self._verify(digest, blob, ref)
 
     def _verify(self, digest: str, blob: bytes, ref: ChunkRef | str) -> bytes:
         try:
             data = codecs.decode(blob)
         except codecs.DecodeError as exc:
             raise self._corrupted(digest, str(exc)) from None
+        return self._check(digest, data, ref)
+
+    def _check(self, digest: str, data, ref: ChunkRef | str):
+        """`data` (bytes or a view) if it is the chunk `digest` names, else CorruptChunk."""
         if self.digest(data) != digest:
             raise self._corrupted(digest, "content does not match the digest")
         if isinstance(ref, ChunkRef) and len(data) != ref.size:

@@ -7,6 +7,7 @@ when compression saves less than MIN_SAVING of its size (random data, already-co
 
 from __future__ import annotations
 
+import ctypes
 import threading
 
 import lz4.block
@@ -141,3 +142,46 @@ def codec_of(blob: bytes) -> str:
     if not blob or blob[0] not in NAMES:
         raise DecodeError("unknown codec header")
     return NAMES[blob[0]]
+
+
+def _lz4_decoder():
+    """LZ4_decompress_safe of the lz4 library python-lz4 carries, or None: through ctypes it
+    writes into a buffer of ours (no new buffer per chunk, and the GIL released meanwhile)."""
+    try:
+        fn = ctypes.CDLL(lz4.block._block.__file__).LZ4_decompress_safe
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_LZ4_SAFE = _lz4_decoder()
+
+
+def decode_into(blob: bytes | memoryview, out: bytearray) -> memoryview:
+    """The plain bytes of an encoded chunk, copied as little as can be: a view of `blob` itself
+    when it is stored plain, lz4 decoded into `out` (which must outlive the view), anything else
+    decoded into a new buffer. DecodeError as for decode()."""
+    if not len(blob):
+        raise DecodeError("empty object")
+    cid = blob[0]
+    if cid == NONE:
+        return memoryview(blob)[1:]
+    if cid == LZ4 and _LZ4_SAFE is not None and len(blob) >= 5:
+        size = int.from_bytes(blob[1:5], "little")
+        _check_size(size)
+        if size <= len(out):
+            if isinstance(blob, memoryview) and not blob.readonly:
+                src_obj = (ctypes.c_char * (len(blob) - 5)).from_buffer(blob[5:])
+                src = ctypes.addressof(src_obj)
+            else:
+                src_obj = ctypes.c_char_p(bytes(blob))
+                src = ctypes.cast(src_obj, ctypes.c_void_p).value + 5  # type: ignore[operator]
+            dst = (ctypes.c_char * len(out)).from_buffer(out)
+            got = _LZ4_SAFE(src, ctypes.addressof(dst), len(blob) - 5, size)
+            del dst, src_obj
+            if got != size:
+                raise DecodeError(f"lz4 body does not decode ({got} of {size} bytes)")
+            return memoryview(out)[:size]
+    return memoryview(decode(bytes(blob)))

@@ -14,7 +14,7 @@ import threading
 
 from cedanafs.types import FileContent
 
-from .files import FileReader, FileWriter
+from .files import FileReader, FileWriter, write_to
 from .gc import Lease
 from .ingest import Progress, ingest_dir, ingest_file, materialize
 from .pending import PendingContent
@@ -64,6 +64,10 @@ class StoreSession:
 
     def materialize(self, content: FileContent, path: str, mode: int) -> int:
         return materialize(self.store, content, path, mode)
+
+    def write_to(self, content: FileContent, fd: int) -> int:
+        """A stored file's bytes into file descriptor `fd` (a pipe CRIU reads), verified."""
+        return write_to(self.store, content, fd)
 
     def compaction(self) -> dict[str, int | bool]:
         """Chunks stored plain, to be compressed now that their checkpoint is committed."""

@@ -52,6 +52,29 @@ class LocalBackend(Backend):
         except OSError as exc:
             raise self._fail(key, exc) from None
 
+    def get_into(self, key: str, buf: bytearray) -> int | None:
+        """Read the object into `buf` (no new memory per read); its size, or None if it does not
+        fit (get() it then)."""
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise self._fail(key, exc) from None
+        try:
+            size = os.fstat(fd).st_size
+            if size > len(buf):
+                return None
+            view, got = memoryview(buf), 0
+            while got < size:
+                n = os.readv(fd, [view[got:size]])
+                if not n:
+                    break
+                got += n
+            return got
+        except OSError as exc:
+            raise self._fail(key, exc) from None
+        finally:
+            os.close(fd)
+
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         try:
             with open(self._path(key), "rb") as f:
