@@ -67,6 +67,7 @@ def serve(images_dir: str, open_image: ImageSource, on_done: Callable[[], None] 
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         listener.bind(path)
+        os.chmod(path, 0o600)  # the images are the process's memory: only root connects
         listener.listen(1)
     except OSError:
         listener.close()
