@@ -94,8 +94,13 @@ def test_ids_sort_by_time():
     t0 = datetime(2026, 11, 27, 3, 15, 2, tzinfo=timezone.utc)
     ids = [new_checkpoint_id(t0 + timedelta(seconds=s)) for s in (3600 * 24 * 40, 0, 59, 3600, 1)]
     assert sorted(ids) == [ids[1], ids[4], ids[2], ids[3], ids[0]]
-    assert ids[1].startswith("20261127T031502Z-") and len(ids[1]) == len("20261127T031502Z-3f9a")
+    assert ids[1].startswith("20261127T031502.000Z-") and len(ids[1]) == len("20261127T031502.000Z-3f9a")
     assert id_time(ids[1]) == t0
+    assert id_time("20261127T031502Z-3f9a") == t0  # an id of an earlier version: to the second
+    # Two checkpoints of one job a few milliseconds apart sort in the order they were taken.
+    close = [new_checkpoint_id(t0 + timedelta(milliseconds=ms)) for ms in (998, 7, 250)]
+    assert sorted(close) == [close[1], close[2], close[0]]
+    assert id_time(close[2]) == t0 + timedelta(milliseconds=250)
     assert id_time("my-name") is None
     assert len({new_checkpoint_id(t0) for _ in range(200)}) > 150  # random suffix
 

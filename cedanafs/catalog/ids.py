@@ -1,8 +1,10 @@
 """Checkpoint ids and the names users give to jobs and checkpoints.
 
 This module owns what a valid job name and checkpoint name is, and how new checkpoint ids are made:
-`20261127T031502Z-3f9a`, the UTC time of creation then a random suffix, so that ids sort by time
-and two writers of one job in the same second still get distinct ids.
+`20261127T031502.123Z-3f9a`, the UTC time of creation (to the millisecond: a dump takes less
+than a second, and two of one job must still sort in the order they were taken) then a random
+suffix, so that two writers of one job at the same instant still get distinct ids. Ids of
+earlier versions (`20261127T031502Z-3f9a`, to the second) are still recognised.
 """
 
 from __future__ import annotations
@@ -15,16 +17,16 @@ from ..errors import UsageError
 
 # One path component a filesystem, an object key and a shell all accept without quoting.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+@=-]{0,127}$")
-_ID_TIME = "%Y%m%dT%H%M%SZ"
-_GENERATED = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]{4,}$")
+_ID_TIME = "%Y%m%dT%H%M%S"
+_GENERATED = re.compile(r"^(\d{8}T\d{6})(?:\.(\d{3}))?Z-[0-9a-f]{4,}$")
 # `latest` is the mount's link to the newest checkpoint of a job, so no checkpoint may take its name.
 RESERVED_CHECKPOINT_NAMES = frozenset({"latest"})
 
 
 def new_checkpoint_id(now: datetime | None = None, suffix_bytes: int = 2) -> str:
-    """A fresh id that sorts by creation time: `<UTC yyyymmddThhmmssZ>-<random hex>`."""
-    now = now or datetime.now(timezone.utc)
-    return f"{now.astimezone(timezone.utc).strftime(_ID_TIME)}-{secrets.token_hex(suffix_bytes)}"
+    """A fresh id that sorts by creation time: `<UTC yyyymmddThhmmss.mmmZ>-<random hex>`."""
+    now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return f"{now.strftime(_ID_TIME)}.{now.microsecond // 1000:03d}Z-{secrets.token_hex(suffix_bytes)}"
 
 
 def id_time(checkpoint_id: str) -> datetime | None:
@@ -32,7 +34,8 @@ def id_time(checkpoint_id: str) -> datetime | None:
     m = _GENERATED.match(checkpoint_id)
     if not m:
         return None
-    return datetime.strptime(m.group(1), _ID_TIME).replace(tzinfo=timezone.utc)
+    when = datetime.strptime(m.group(1), _ID_TIME).replace(tzinfo=timezone.utc)
+    return when.replace(microsecond=int(m.group(2) or 0) * 1000)
 
 
 def _check_name(name: object, what: str) -> str:
