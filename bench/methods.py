@@ -86,7 +86,15 @@ def tree_bytes(path: Path) -> int:
     """Apparent size of a file, or of all files under a directory."""
     if path.is_file():
         return path.stat().st_size
-    return sum((Path(root) / name).lstat().st_size for root, _, names in os.walk(path) for name in names)
+    total = 0
+    for root, dirs, names in os.walk(path):
+        dirs[:] = [d for d in dirs if d != ".tmp"]  # a store's objects being written, not stored yet
+        for name in names:
+            try:
+                total += (Path(root) / name).lstat().st_size
+            except FileNotFoundError:
+                pass  # renamed or deleted meanwhile (the store's background work)
+    return total
 
 
 def wait_running(pid: int, timeout: float = 10.0) -> None:
