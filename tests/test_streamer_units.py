@@ -441,6 +441,21 @@ def test_chunks_stored_plain_are_compressed_after_the_commit(tmp_path):
     assert sorted(os.listdir(tmp_path / "store" / ".tmp")) == []
 
 
+def test_a_local_store_removes_temporary_objects_of_dead_writers(tmp_path):
+    """A put killed midway leaves a temporary file; the next open of the store removes it once it
+    is an hour old (a fresh one may be another writer's put in flight)."""
+    open_backend(str(tmp_path / "store")).close()
+    tmp = tmp_path / "store" / ".tmp"
+    stale, fresh = tmp / "put-dead-1-0", tmp / "put-live-2-0"
+    stale.write_bytes(b"half a chunk")
+    fresh.write_bytes(b"being written")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    backend = open_backend(str(tmp_path / "store"))
+    assert not stale.exists() and fresh.exists()
+    assert list(backend.list()) == []
+    backend.close()
+
+
 def test_compaction_skips_a_chunk_deleted_meanwhile(tmp_path):
     cs = ChunkStore(open_backend(str(tmp_path / "store")), codec="zstd", defer_compression=True)
     ref = cs.store(text_like(300_000)).ref

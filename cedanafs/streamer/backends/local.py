@@ -17,6 +17,7 @@ import itertools
 import os
 import tempfile
 import threading
+import time
 from typing import BinaryIO, Iterator, Sequence
 
 from ...fsio import start_writeback, syncfs
@@ -36,6 +37,7 @@ class LocalBackend(Backend):
             os.makedirs(os.path.join(self.root, TMP_DIR), exist_ok=True)
         except OSError as exc:
             raise BackendError(f"{self.url}: cannot create the store directory: {exc.strerror}") from None
+        _remove_stale_temps(os.path.join(self.root, TMP_DIR))
 
     def _path(self, key: str) -> str:
         return os.path.join(self.root, *check_key(key).split("/"))
@@ -247,6 +249,25 @@ def _write_all(fd: int, parts: Sequence[Buffer]) -> None:
             views.pop(0)
         if views and n:
             views[0] = views[0][n:]
+
+
+STALE_TEMP = 3600.0  # a temporary object this old belongs to a writer that died (a put takes seconds)
+
+
+def _remove_stale_temps(tmp_dir: str) -> None:
+    """Temporary objects left by writers that were killed mid-put (never part of the store)."""
+    cutoff = time.time() - STALE_TEMP
+    try:
+        names = os.listdir(tmp_dir)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(tmp_dir, name)
+        try:
+            if name.startswith("put-") and os.lstat(path).st_mtime < cutoff:
+                os.unlink(path)
+        except OSError:
+            pass
 
 
 def _unlink_quietly(path: str) -> None:
