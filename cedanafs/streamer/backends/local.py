@@ -2,12 +2,16 @@
 
 Writes go to a temporary file in <root>/.tmp/ (same filesystem), are fsynced, then renamed over
 the final name and the directory fsynced, so readers see the old or the whole new object and a
-crash leaves at most a stray temp file (which list() never shows).
+crash leaves at most a stray temp file (which list() never shows, and which opening the store
+removes once it is an hour old).
 
 put_unsynced() (chunks) skips both fsyncs and only starts the write-back; sync() then flushes
 the whole store filesystem once (syncfs), before the manifest that references them is written:
-two fsyncs per chunk cost more than the rest of the ingest on this kind of disk. A conditional
-create links the temporary file to the final name instead, which fails if the name exists.
+two fsyncs per chunk cost more than the rest of the ingest on this kind of disk. A chunk comes as
+parts (its header byte and a view of its bytes) written with one writev. put_many() replaces a
+batch of objects with one syncfs before the renames (the compression after a commit). A
+conditional create links the temporary file to the final name instead, which fails if the name
+exists.
 """
 
 from __future__ import annotations
