@@ -366,7 +366,7 @@ class JobService:
         targets = job_processes(job.pid)
         if not targets:
             raise NotFound(f"job {jid}: PID {job.pid} is gone")
-        _signal_tree(targets, signum)
+        capture.signal_tree(targets, signum)
         log.info("job %s: sent signal %d to %d process(es) of pid %d", jid, signum, len(targets), job.pid)
         return {"job": jid, "pid": job.pid, "signal": signal.Signals(signum).name, "pids": targets}
 
@@ -443,7 +443,7 @@ class JobService:
             except (CedanaError, OSError) as exc:
                 log.warning("job %s: cannot discard %s: %s", job.jid, job.pending, exc)
             if job_status(job, self.host) in ALIVE:
-                _signal_tree([job.pid, *_children(job.pid)], signal.SIGCONT)
+                capture.signal_tree([job.pid, *_children(job.pid)], signal.SIGCONT)
             job.pending = ""
             self.db.put(job)
 
@@ -824,17 +824,9 @@ def reap_failed_restore(images_dir: str, wait: float = 5.0) -> None:
             if killed:
                 log.warning("pid %d of a failed restore does not end", root)
                 return
-            _signal_tree([root], signal.SIGKILL)
+            capture.signal_tree([root], signal.SIGKILL)
             deadline, killed = time.monotonic() + wait, True
         time.sleep(0.05)
-
-
-def _signal_tree(pids: list[int], signum: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
 
 
 def log_path(settings: Settings, jid: str) -> str:

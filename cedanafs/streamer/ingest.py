@@ -37,6 +37,7 @@ from cedanafs.types import FileContent, TransferStats
 
 from .chunkstore import PutResult
 from .files import read_to
+from .priority import set_background
 
 if TYPE_CHECKING:
     from .gc import Lease
@@ -99,7 +100,7 @@ def ingest_dir(store: "Store", source: str, lease: "Lease | None" = None, progre
                 content, _ = _Ingest(store, lease, progress, background=True).run(growing)
             done[name] = (os.lstat(os.path.join(source, name)), content)
     finally:
-        _set_background(False)
+        set_background(False)
     entries = _regular_files(source)
     progress.total = progress.read + sum(st.st_size for name, st in entries if name not in done)
     for name, st in entries:
@@ -166,21 +167,6 @@ class _Growing:
         self._file.close()
 
 
-_thread_state = threading.local()
-
-
-def _set_background(on: bool) -> None:
-    """This thread at SCHED_IDLE (on) or back to normal: only once CRIU is done may it compete."""
-    if getattr(_thread_state, "background", False) == on:
-        return
-    try:
-        policy = os.SCHED_IDLE if on else os.SCHED_OTHER
-        os.sched_setscheduler(0, policy, os.sched_param(0))
-        _thread_state.background = on
-    except (OSError, AttributeError) as exc:
-        log.debug("cannot change this thread's scheduling: %s", exc)
-
-
 class _Ingest:
     def __init__(self, store: "Store", lease: "Lease | None", progress: Progress | None, background: bool = False):
         self.store = store
@@ -195,7 +181,7 @@ class _Ingest:
         self._slots = threading.BoundedSemaphore(2 * store.streams)
 
     def run(self, src) -> tuple[FileContent, TransferStats]:
-        _set_background(self.background)
+        set_background(self.background)
         return self._finish(lambda: self._feed(src))
 
     def _finish(self, feed: Callable[[], int]) -> tuple[FileContent, TransferStats]:
@@ -287,7 +273,7 @@ class _Ingest:
         self.futures.append(fut)
 
     def _store_chunk(self, chunk: memoryview, reserved: int) -> PutResult:
-        _set_background(self.background)  # a pool thread: back to normal below, whatever it does next
+        set_background(self.background)  # a pool thread: back to normal below, whatever it does next
         try:
             result = self.store.chunks.store(chunk, self.lease)
             with self._lock:
@@ -301,7 +287,7 @@ class _Ingest:
         finally:
             self.store.budget.release(reserved)
             self._slots.release()
-            _set_background(False)
+            set_background(False)
 
 
 class _Blocks:

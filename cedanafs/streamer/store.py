@@ -24,6 +24,7 @@ from .chunker import ChunkerSpec
 from .chunkstore import ChunkStore
 from .files import INLINE_THRESHOLD, ByteBudget, FileReader, FileWriter
 from .gc import DEFAULT_GRACE, DEFAULT_TTL, GcResult, Lease, collect_garbage, open_lease
+from .priority import set_background
 from .retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ class Store:
         """Compress the chunks stored plain, once no ingest is storing any, at idle priority: the
         user's processes and the next dump's CRIU always go first. Left undone at close(), they
         stay plain (still valid chunks)."""
-        _set_idle_priority()
+        set_background(True)
         while not self._closing.is_set():
             self.chunks.stored_plain.wait()
             quiet = COMPACT_QUIET - self.chunks.idle_for()
@@ -180,11 +181,3 @@ class Store:
 
     def __repr__(self) -> str:
         return f"<Store {self.url} pid={os.getpid()}>"
-
-
-def _set_idle_priority() -> None:
-    """This thread at SCHED_IDLE: it runs only on a CPU nobody else wants."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (OSError, AttributeError) as exc:
-        log.debug("cannot lower the compressing thread's priority: %s", exc)
