@@ -126,6 +126,32 @@ def test_published_reuse_is_spared_by_gc(store):
     assert store.read_bytes(again) == data
 
 
+def test_a_writer_committing_while_gc_lists_keeps_its_reused_chunks(store):
+    """The writer published its reuse, then commits and releases its lease between the GC's
+    listing of the manifests and its second reading of the leases: neither read shows the reuse,
+    so GC must list the manifests again rather than delete the chunks the new manifest needs."""
+    data = os.urandom(200_000)
+    store.write_bytes(data)
+    _age_all_chunks(store, 7200)
+    lease = store.open_lease()
+    writer = store.writer(lease)
+    writer.write(data)
+    again = writer.close()
+    store.chunks.prepare_commit(lease)
+    committed: set[str] = set()
+
+    def manifests() -> set[str]:
+        listed = set(committed)  # what the store's manifests referenced when listed
+        if not committed:  # the commit and the release land just after this listing
+            committed.update(c.digest for c in again.chunks)
+            lease.release()
+        return listed
+
+    result = store.collect_garbage(manifests, grace_seconds=0)
+    assert result.deleted == 0, "GC deleted chunks a manifest committed during the run references"
+    assert store.read_bytes(again) == data
+
+
 def test_reuse_of_a_chunk_gc_deleted_meanwhile_is_refused(store):
     """GC deletes a reused chunk before the writer published its lease: the commit is refused."""
     data = os.urandom(200_000)

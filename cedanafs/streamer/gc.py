@@ -10,7 +10,9 @@ The rule (docs/store.md has the reasoning):
   re-lists the chunks and refuses to commit if a reused chunk is gone (ChunkStore.prepare_commit).
 - GC puts a run marker in gc-runs/ first, takes its start time from the backend clock, lists
   leases, then the referenced digests (manifests listed after the leases), then the chunks, then
-  reads the live leases' reused lists once more (after the manifests). It deletes a chunk only if
+  reads the live leases' reused lists once more (after the manifests); if a lease seen at the
+  start has been released by then, its writer committed (or gave up) meanwhile, so the manifests
+  are listed again (a release follows the commit). It deletes a chunk only if
   it is unreferenced, in no live lease's list, and older than min(GC start, oldest live lease
   start) - grace, re-statting it just before the delete. Then it leaves a done record.
 So a writer that published before the GC's marker is seen by the GC, and one that published
@@ -190,8 +192,15 @@ def collect_garbage(store: ChunkStore, referenced: Iterable[str] | Callable[[], 
         result.cutoff = min(now, oldest) - grace_seconds
         listed = list(store.list_digests())
         result.chunks_seen = len(listed)
-        candidates = [d for d in listed if d not in refs]
-        spared = _reused_by_leases(store)
+        spared, present = _reused_by_leases(store)
+        finished = any(LEASES + lease not in present for lease in result.live_leases)
+        if finished and callable(referenced):
+            # A writer released its lease since the scan: it committed its manifest first, maybe
+            # after the listing above (or it gave up), so the manifests are listed again now.
+            refs |= set(referenced())
+            result.referenced = len(refs)
+        # With a fixed set there is no listing to repeat: nothing is deleted this run.
+        candidates = [] if finished and not callable(referenced) else [d for d in listed if d not in refs]
         for digest in candidates:
             if digest in spared:
                 result.kept_reused += 1
@@ -205,18 +214,21 @@ def collect_garbage(store: ChunkStore, referenced: Iterable[str] | Callable[[], 
     return result
 
 
-def _reused_by_leases(store: ChunkStore) -> set[str]:
-    """Every chunk a live writer has published as reused (read after the manifests were listed)."""
+def _reused_by_leases(store: ChunkStore) -> tuple[set[str], set[str]]:
+    """Every chunk a live writer has published as reused (read after the manifests were listed),
+    and the lease keys read."""
     spared: set[str] = set()
+    present: set[str] = set()
     for key in list(store.backend.list(LEASES)):
         try:
             spared.update(json.loads(store.backend.get(key)).get("reused", ()))
+            present.add(key)
         except NoSuchObject:
-            continue  # released meanwhile: its manifest was committed (and listed) or abandoned
+            continue  # released meanwhile: the caller lists the manifests again
         except (ValueError, AttributeError):
             log.warning("gc: lease %s is unreadable; no chunk is deleted this run", key)
             raise BackendError(f"lease {key} is unreadable") from None
-    return spared
+    return spared, present
 
 
 def _finish_run(store: ChunkStore, run_id: str, marker: str) -> None:
