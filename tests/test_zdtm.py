@@ -60,8 +60,8 @@ def _report() -> None:
         Path(path).write_text(json.dumps(_RESULTS, indent=1, sort_keys=True))
 
 
-def _restore(way: str, run: runner.Running, world: World, work: Path) -> None:
-    name = run.program.name
+def _restore(way: str, run: runner.Running, world: World, work: Path, attempt: int) -> None:
+    name = run.program.name + ("" if attempt == 1 else f"-{attempt}")
     jobs = world.harness.mount_dir / "jobs"
     if way == "criu":
         runner.criu_baseline(run, work / "images")
@@ -73,15 +73,32 @@ def _restore(way: str, run: runner.Running, world: World, work: Path) -> None:
         runner.via_job(run, str(world.harness.address), f"zdtm-{name}")
 
 
+# Failures of the kernel, not of the checkpoint, retried once with a fresh program. Since Linux 6.17
+# a connection whose buffers are full has its receive window retracted towards zero, and restoring
+# it now and then fails inside CRIU's TCP repair (plain `criu restore` too, with no cedanafs code
+# involved); CRIU's own CI stopped running socket-tcpbuf* on such kernels. A second failure fails.
+KERNEL_FLAKES = {"socket-tcpbuf": "Unable to set window parameters"}
+
+
 @pytest.mark.parametrize("way", WAYS)
 @pytest.mark.parametrize("program", PROGRAMS, ids=[p.name for p in PROGRAMS])
 def test_zdtm(program: runner.Program, way: str, world: World):
+    flake = KERNEL_FLAKES.get(program.name)
+    try:
+        _run_once(program, way, world, attempt=1)
+    except Exception as exc:
+        if flake is None or flake not in str(exc):
+            raise
+        _run_once(program, way, world, attempt=2)
+
+
+def _run_once(program: runner.Program, way: str, world: World, attempt: int) -> None:
     work = world.harness.root / "work" / way / program.name
     run = runner.Running(program, work)
     verdict = "FAIL"
     try:
         run.start()
-        _restore(way, run, world, work)
+        _restore(way, run, world, work, attempt)
         output = run.finish()
         verdict = "PASS" if run.passed(output) else "FAIL"
         assert run.passed(output), f"{program.name} after {way}: {output.strip()[-500:]}"
