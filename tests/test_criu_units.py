@@ -77,3 +77,18 @@ def test_a_zombie_holding_a_pid_is_not_taken_for_free():
     finally:
         child.wait()
     assert app_process._pid_holder(child.pid, wait=0.2) is None
+
+
+def test_dumps_use_the_command_line_unless_rpc_fields_are_asked(monkeypatch):
+    from cedanafs.criu import DumpOptions, rpc
+
+    ran = []
+    monkeypatch.setattr(rpc, "_dump_cli", lambda binary, o: ran.append(("cli", rpc.dump_args(o))))
+    monkeypatch.setattr(rpc, "_dump_rpc", lambda binary, o: ran.append(("rpc", dict(o.extra))))
+    plain = DumpOptions(images_dir="/x", pid=7, leave_running=True, tcp_established=True, file_locks=True,
+                        external=("unix[1]",), extra={"leave_stopped": True})
+    rpc.dump("criu", plain)
+    rpc.dump("criu", DumpOptions(images_dir="/x", pid=7, extra={"ghost_limit": 10}))
+    assert ran == [("cli", ["--tcp-established", "--file-locks", "--leave-running", "--leave-stopped",
+                            "--external", "unix[1]"]),
+                   ("rpc", {"ghost_limit": 10})]

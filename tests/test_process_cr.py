@@ -134,6 +134,22 @@ def test_leave_running_keeps_the_original(tmp_path, procs, cedana):
     assert (tmp_path / "live" / "criu-dump.log").exists()
 
 
+def test_criu_opts_dump_goes_over_rpc_and_restores(tmp_path, procs, cedana):
+    """--criu-opts names CRIU RPC fields: such a dump goes over swrk (the other dumps use the criu
+    command line), the field reaches CRIU, and the checkpoint restores."""
+    out = tmp_path / "count.txt"
+    proc = procs.counter(out)
+    started_counting(out)
+    cedana("dump", "process", proc.pid, "--dir", tmp_path, "--name", "rpc", "--criu-opts",
+           '{"ghost_limit": 12345678}', check=True)
+    proc.wait(timeout=10)
+    at_dump = read_lines(out)[-1]
+    cedana("restore", "process", "--path", tmp_path / "rpc", "--pid-file", tmp_path / "pid", check=True)
+    pid = int((tmp_path / "pid").read_text())
+    procs.watch(pid)
+    wait_for(lambda: read_lines(out)[-1] >= at_dump + 3, what="restored counter to go on")
+
+
 def test_config_default_dir_and_compression(tmp_path, procs, cedana):
     out = tmp_path / "count.txt"
     proc = procs.counter(out)

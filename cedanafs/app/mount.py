@@ -373,13 +373,15 @@ def begin_checkpoint(job_dir: str | Path, name: str | None = None, *, streams: i
 
     Auto-sealing is switched off for it, so a slow writer is never sealed half-way.
     """
-    from ..catalog import new_checkpoint_id
-
     job_dir = Path(job_dir)
     if mount_of(job_dir) is None:
         raise UsageError(f"{job_dir} is not in a cedanafs mount")
     job_dir.mkdir(exist_ok=True)
-    path = job_dir / (name or new_checkpoint_id())
+    if not name:
+        from ..catalog import new_checkpoint_id  # the catalog's import is not free: only when needed
+
+        name = new_checkpoint_id()
+    path = job_dir / name
     try:
         path.mkdir()
     except FileExistsError:

@@ -244,7 +244,6 @@ def dump_process(settings: Settings, req: DumpRequest, report: capture.Report | 
     """Dump process req.pid to req.dir; `report` hears a dump into the mount's progress."""
     require_root()
     compression = resolve_compression(settings, req.compression)
-    from . import archive
     from .procinfo import dumpable_process
 
     proc = dumpable_process(req.pid)
@@ -256,6 +255,8 @@ def dump_process(settings: Settings, req: DumpRequest, report: capture.Report | 
     if mountapp.mount_of(target) is not None:
         _check_mount_target(target, req.compression)
         return _dump_into_mount(settings, req, binary, proc, target, report)
+    from . import archive  # not before: a dump into the mount never loads ISA-L
+
     parent = _check_parent(target)
     final = os.path.join(parent, archive.archive_name(name, compression))
     if os.path.lexists(final):
