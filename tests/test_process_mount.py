@@ -105,3 +105,30 @@ def test_eager_restore_of_a_corrupt_chunk_runs_nothing(mounted, tmp_path, procs)
     assert digest[:12] in lines[0] and "nothing was restored" in lines[0], lines[0]
     assert not (tmp_path / "pid").exists()
     assert not pid_alive(proc.pid), "a process runs from a corrupt checkpoint"
+
+
+def test_lazy_restore_that_reaches_the_daemon_too_early_runs_again(mounted, tmp_path, procs, monkeypatch):
+    """The lazy restore starts beside the lazy-pages daemon; one that tries to connect before the
+    daemon listens (here the daemon starts a second late) fails before making any process and is
+    run again once the daemon is ready: the process comes back once, its memory intact."""
+    from cedanafs.criu import find_criu
+
+    calls = tmp_path / "calls"
+    wrapper = tmp_path / "criu"
+    wrapper.write_text(f'#!/bin/sh\necho "$1" >> {calls}\n[ "$1" = lazy-pages ] && sleep 1\n'
+                       f'exec {find_criu("")} "$@"\n')
+    wrapper.chmod(0o755)
+    state = tmp_path / "state.json"
+    proc, before = procs.workload(state, size="32M")
+    ckpt = _dump_into_mount(mounted, proc.pid, "late")
+    proc.wait(timeout=20)
+    state.unlink()
+    calls.unlink(missing_ok=True)
+    monkeypatch.setenv("CEDANA_CRIU_BINARY_PATH", str(wrapper))
+    r = mounted.cedana("restore", "process", "--path", ckpt, "--pid-file", tmp_path / "pid", "--lazy")
+    assert r.returncode == 0, r.stderr
+    pid = int((tmp_path / "pid").read_text())
+    procs.watch(pid)
+    assert calls.read_text().split().count("restore") == 2, calls.read_text()
+    after = checksum_after_signal(pid, state, timeout=120)
+    assert after["checksum"] == before["checksum"]

@@ -156,29 +156,39 @@ class LazyRestore:
 
 def restore_lazy(binary: str, o: RestoreOptions, work_dir: str, extra_args: tuple[str, ...] = (),
                  meanwhile: Callable[[], object] | None = None) -> LazyRestore:
-    """Start the lazy-pages daemon for o.images_dir, then restore detached; returns once it runs.
-    `meanwhile` runs while the daemon starts (an exception from it stops the daemon)."""
+    """Start the lazy-pages daemon for o.images_dir and the restore, detached; returns once it runs.
+    `meanwhile` runs while both start (an exception from it stops them).
+
+    The restore starts beside the daemon, not after it: each CRIU spends most of its start-up
+    probing the kernel, and the restore only connects to the daemon once it has read the
+    checkpoint's small images, by when the daemon listens. If it came too early all the same,
+    it failed before making any process, and runs again once the daemon is ready."""
     pages = LazyPages(o.images_dir, work_dir, binary).launch()
-    try:
-        if meanwhile is not None:
-            meanwhile()
-        pages.wait_ready()
-    except BaseException:
-        pages.kill()
-        raise
     # Not in the work dir: the daemon may finish (and remove it) before we read the pid.
     pid_dir = tempfile.mkdtemp(prefix="cedana-lazy-pid-")
     pid_file = os.path.join(pid_dir, "pid")  # CRIU refuses to overwrite an existing pid file
+    cmd = [binary, "restore", "-D", o.images_dir, "-W", work_dir, "--lazy-pages", "-d", "-o", RESTORE_LOG,
+           "-v4", "--pidfile", pid_file, *restore_args(o), *extra_args]
+    fds = tuple(m.fd for m in o.inherit)
     try:
-        cmd = [binary, "restore", "-D", o.images_dir, "-W", work_dir, "--lazy-pages", "-d", "-o", RESTORE_LOG,
-               "-v4", "--pidfile", pid_file, *restore_args(o), *extra_args]
-        fds = tuple(m.fd for m in o.inherit)
-        result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, pass_fds=fds)
-        if result.returncode != 0:
-            pages.kill()
+        restore = _start(cmd, fds)
+        try:
+            if meanwhile is not None:
+                meanwhile()
+            pages.wait_ready()
+        except BaseException:
+            restore.communicate()
+            if os.path.exists(pid_file):
+                kill_tree(int(Path(pid_file).read_text().strip()))
+            raise
+        _, stderr = restore.communicate()
+        if restore.returncode != 0 and _too_early(work_dir):
+            restore = _start(cmd, fds)
+            _, stderr = restore.communicate()
+        if restore.returncode != 0:
             log_path = os.path.join(work_dir, RESTORE_LOG)
             raise CheckpointError(f"lazy restore from {o.images_dir} failed: "
-                                  f"{log_errors(log_path) or result.stderr.strip() or 'see ' + log_path}"
+                                  f"{log_errors(log_path) or stderr.strip() or 'see ' + log_path}"
                                   f" (logs in {work_dir})")
         pid = int(Path(pid_file).read_text().strip())
         try:
@@ -191,5 +201,23 @@ def restore_lazy(binary: str, o: RestoreOptions, work_dir: str, extra_args: tupl
             raise CheckpointError(f"lazy restore from {o.images_dir} failed: criu lazy-pages exited with {code}"
                                   f" ({log_errors(pages.log_path)}); the restored process was killed")
         return LazyRestore(pid, pages)
+    except BaseException:
+        pages.kill()
+        raise
     finally:
         shutil.rmtree(pid_dir, ignore_errors=True)
+
+
+def _start(cmd: list[str], fds: tuple[int, ...]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, pass_fds=fds)
+
+
+def _too_early(work_dir: str) -> bool:
+    """Whether the restore failed only because the daemon did not listen yet (it then stopped
+    before making any process: connecting is its last step before it forks the tree)."""
+    try:
+        with open(os.path.join(work_dir, RESTORE_LOG), errors="replace") as f:
+            return any("connect to" in ln and LAZY_SOCKET in ln for ln in f if "Error" in ln)
+    except OSError:
+        return False
