@@ -130,3 +130,9 @@ def cedana(tmp_path):
         return result
 
     return run
+
+
+def spool_emptied(root: Path, timeout: float = 20) -> None:
+    """Wait until a spool root holds nothing: spool dirs are removed in the background once used."""
+    wait_for(lambda: not root.exists() or os.listdir(root) == [], timeout=timeout,
+             what=f"the spool {root} to be emptied")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_procs import checksum_after_signal, pid_alive, wait_for
+from tests.fixtures_procs import checksum_after_signal, pid_alive, spool_emptied, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.real, pytest.mark.timeout(300)]
 
@@ -64,7 +64,7 @@ def test_dump_goes_through_the_spool_and_restores(leave_running, spool_mount, tm
     assert result["via"] == "spool"
     assert 0 < result["captured_after"] <= result["committed_after"]
     assert m.state(result["path"]) == "sealed"
-    assert os.listdir(tmp_path / "spool") == [], "the spool dir is removed once committed"
+    spool_emptied(tmp_path / "spool")
     if leave_running:
         assert pid_alive(proc.pid)
         proc.kill()
@@ -139,7 +139,7 @@ def test_spool_filling_up_mid_dump_falls_back_to_the_mount(mount_factory, monkey
     result = dump_process(load_settings(str(m.config_dir)),
                           DumpRequest(pid=proc.pid, dir=str(m.jobs / "full"), leave_running=True))
     assert result.via == "mount"
-    assert os.listdir(tiny_tmpfs / "spool") == []
+    spool_emptied(tiny_tmpfs / "spool")
     proc.kill()
     proc.wait(timeout=30)
     _restore_and_check(m, result.path, state, before, procs, tmp_path)
@@ -159,7 +159,7 @@ def test_commit_failing_after_capture_resumes_the_process(mount_factory, monkeyp
     r = m.cedana("dump", "process", proc.pid, "--dir", m.jobs / "j")
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert os.listdir(m.jobs / "j") == [], "no checkpoint, pending or sealed, is left"
-    assert os.listdir(tmp_path / "spool") == []
+    spool_emptied(tmp_path / "spool")
     wait_for(lambda: _state(proc.pid) in ("S", "R"), what="the stopped process running again")
     state.unlink()
     assert checksum_after_signal(proc.pid, state)["checksum"] == before["checksum"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures_procs import (
-    CEDANA, PROGRAMS, checksum_after_signal, pid_alive, read_lines, wait_for,
+    CEDANA, PROGRAMS, checksum_after_signal, pid_alive, read_lines, spool_emptied, wait_for,
 )
 
 pytestmark = [pytest.mark.real, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -176,7 +176,7 @@ def test_archive_images_through_the_spool_or_beside(spool, tmp_path, procs, ceda
     cedana("dump", "process", proc.pid, "--dir", ckdir, "--name", "a", "--compression", "gzip", env=env, check=True)
     proc.wait(timeout=10)
     assert sorted(os.listdir(ckdir)) == ["a.tar.gz"]
-    assert not root.exists() or os.listdir(root) == []
+    spool_emptied(root)
     at_dump = read_lines(out)[-1]
     cedana("restore", "process", "--path", ckdir / "a.tar.gz", "--pid-file", tmp_path / "pid", check=True)
     pid = int((tmp_path / "pid").read_text())
