@@ -6,6 +6,8 @@ jobs.py add their commands to it. Only this package imports click.
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 import click
@@ -31,5 +33,18 @@ def main() -> None:
         fail(err.format_message(), err.exit_code)
     except click.Abort:
         fail("aborted", 1)
-    sys.exit(code if isinstance(code, int) else 0)
+    _exit(code if isinstance(code, int) else 0)
+
+
+def _exit(code: int) -> None:
+    """Leave as soon as the command is done: its output flushed and its log closed, but without
+    the interpreter tearing down every module and object one by one (~25 ms after each command,
+    which a dump or restore would count as the caller's time)."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed pipe: as the interpreter's own exit would
+        code = code or 1
+    logging.shutdown()
+    os._exit(code)
 
