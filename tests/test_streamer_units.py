@@ -547,3 +547,59 @@ def test_client_errors_are_classified_by_type_not_by_name():
         """Only the name of a temporary failure."""
 
     assert classify(EndpointConnectionError()) is BackendError
+
+
+# -- following a spool CRIU still writes ------------------------------------------------------
+def test_following_hashes_while_the_writer_writes_and_stores_new_chunks_once_it_is_done(store, tmp_path):
+    """While CRIU writes pages-1.img the ingest only cuts and hashes it (what the store has is
+    reused at once); the chunks the store lacks are written once the dump is complete, read back
+    from the spool, and the file reads back whole."""
+    from cedanafs.spool import COMPLETE, WRITER
+    from cedanafs.streamer import Progress, ingest_dir, ingest_file, read_to
+
+    rng = random.Random(7)
+    old = rng.randbytes(8 << 20)
+    (tmp_path / "earlier").write_bytes(old)
+    earlier, _ = ingest_file(store, str(tmp_path / "earlier"))  # a part of the image the store has already
+    known = sorted(store.chunks.list_digests())
+    new = rng.randbytes(32 << 20)  # more than the ingest's 16 MiB blocks: cut before the dump ends
+    image = old + new
+    src = tmp_path / "spool"
+    src.mkdir()
+    (src / WRITER).write_text(f"{os.getpid()}\n")
+    (src / "inventory.img").write_bytes(b"inv")
+    before_complete = {}
+    progress = Progress()
+
+    def write_like_criu():
+        with open(src / "pages-1.img", "wb") as f:
+            for at in range(0, len(image), 1 << 20):
+                f.write(image[at:at + (1 << 20)])
+                f.flush()
+                time.sleep(0.002)
+        # The follower cuts and hashes all but the last block meanwhile; the dump is not complete.
+        deadline = time.monotonic() + 10
+        while progress.read < 32 << 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)  # the blocks read are hashed by now
+        before_complete["done"] = progress.done
+        before_complete["objects"] = sorted(store.chunks.list_digests())
+        (src / COMPLETE).write_text("")
+
+    writer = threading.Thread(target=write_like_criu)
+    writer.start()
+    try:
+        files = ingest_dir(store, str(src), progress=progress, follow=True)
+    finally:
+        writer.join()
+    assert before_complete["done"] >= 7 << 20, "what the store had was found while the writer wrote"
+    assert before_complete["objects"] == known, "nothing new is stored while the writer writes"
+    contents = {name: content for name, _, content in files}
+    assert sorted(contents) == ["inventory.img", "pages-1.img"]
+    out = io.BytesIO()
+    read_to(store, contents["pages-1.img"], out)
+    assert out.getvalue() == image
+    stored = set(store.chunks.list_digests())
+    digests = [c.digest for c in contents["pages-1.img"].chunks]
+    assert set(digests) <= stored
+    assert len(set(digests) & set(known)) >= len(earlier.chunks) - 1, "the earlier file's chunks are reused"

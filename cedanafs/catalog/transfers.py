@@ -117,8 +117,10 @@ class Transfers:
                 return None
 
             def write(fd: int) -> None:
+                log.debug("serving %s of %s/%s (%d bytes)", name, ckpt.job, ckpt.id, entry.content.size)
                 try:
                     self._data.write_to(entry.content, fd)
+                    log.debug("served %s of %s/%s", name, ckpt.job, ckpt.id)
                 except CedanaError as exc:
                     with self._lock:
                         ckpt.error = f"{entry.path}: {exc}"

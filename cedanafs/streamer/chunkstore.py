@@ -149,14 +149,14 @@ class ChunkStore:
     def put(self, data: bytes, lease: "Lease | None" = None) -> ChunkRef:
         return self.store(data, lease).ref
 
-    def store(self, data: bytes, lease: "Lease | None" = None) -> PutResult:
-        """Store `data` unless the store has it; a reused chunk is noted in the lease."""
-        digest = self.digest(data)
+    def store(self, data: bytes, lease: "Lease | None" = None, digest: str | None = None) -> PutResult:
+        """Store `data` unless the store has it; a reused chunk is noted in the lease. `digest`:
+        this store's id of `data`, when the caller took it already (see reuse())."""
+        digest = digest or self.digest(data)
         ref = ChunkRef(digest, len(data))
-        if digest not in self._corrupt and self._is_known(digest):
-            if lease is not None:
-                lease.note_reused(digest)
-            return PutResult(ref, 0, new=False)
+        reused = self.reuse(ref, lease)
+        if reused is not None:
+            return reused
         deferred = self.defer_compression and codecs.worth_compressing(data, self.codec)
         header, body = codecs.plain_parts(data) if deferred else codecs.encode_parts(data, self.codec)
         self.backend.put_parts_unsynced(self.key(digest), (header, body))
@@ -169,6 +169,15 @@ class ChunkStore:
             self._last_store = time.monotonic()
         self._learn(digest)
         return PutResult(ref, len(header) + len(body), new=True)
+
+    def reuse(self, ref: ChunkRef, lease: "Lease | None" = None) -> PutResult | None:
+        """The chunk `ref` names, if the store has it (noted in the lease, so no GC deletes it
+        before the commit); None if it must be stored."""
+        if ref.digest in self._corrupt or not self._is_known(ref.digest):
+            return None
+        if lease is not None:
+            lease.note_reused(ref.digest)
+        return PutResult(ref, 0, new=False)
 
     # -- compression after the commit ------------------------------------------------------
     def deferred(self) -> tuple[int, int]:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Callable
 
 from cedanafs.errors import CheckpointError, UsageError
 from cedanafs.spool import ABANDONED, COMPLETE, writer_alive
-from cedanafs.types import FileContent, TransferStats
+from cedanafs.types import ChunkRef, FileContent, TransferStats
 
 from .chunkstore import PutResult
 from .files import read_to
@@ -87,20 +87,27 @@ def ingest_dir(store: "Store", source: str, lease: "Lease | None" = None, progre
     """Every regular file of local dir `source` (hidden names aside): (name, stat, content), by name."""
     progress = progress or Progress()
     done: dict[str, tuple[os.stat_result, FileContent]] = {}
+    later: list[tuple[str, list[tuple[int, ChunkRef]]]] = []
     try:
         while follow and not _final(source):
-            pending = [n for n in _pages(source) if n not in done]
-            if not pending:
+            waiting = [n for n in _pages(source) if n not in done]
+            if not waiting:
                 time.sleep(_POLL)
                 continue
-            name = pending[0]
+            name = waiting[0]
             growing = _Growing(os.path.join(source, name), lambda n=name: _later_pages(source, n))
             progress.total = max(progress.total, progress.read)
-            with growing:  # at SCHED_IDLE: CRIU, which holds the process frozen, goes first
-                content, _ = _Ingest(store, lease, progress, background=True).run(growing)
+            # At SCHED_IDLE, and only cut and hashed: CRIU, which holds the process frozen, goes
+            # first, and what the store lacks is written once CRIU is done (below).
+            ingest = _Ingest(store, lease, progress, background=True, defer_new=True)
+            with growing:
+                content, _ = ingest.run(growing)
             done[name] = (os.lstat(os.path.join(source, name)), content)
+            later.append((name, ingest.new_chunks))
     finally:
         set_background(False)
+    for name, new_chunks in later:  # CRIU is done: the chunks the store lacked, from the spool
+        _store_new(store, lease, progress, os.path.join(source, name), new_chunks)
     entries = _regular_files(source)
     progress.total = progress.read + sum(st.st_size for name, st in entries if name not in done)
     for name, st in entries:
@@ -116,6 +123,22 @@ def _final(source: str) -> bool:
     if os.path.exists(os.path.join(source, ABANDONED)) or not os.path.isdir(source) or not writer_alive(source):
         raise IngestAborted(f"the dump writing {source} failed; nothing was stored")
     return False
+
+
+def _store_new(store: "Store", lease: "Lease | None", progress: Progress, path: str,
+               new_chunks: list[tuple[int, ChunkRef]]) -> None:
+    """Store the chunks of a followed file that the store lacked, each read back from the spool
+    file at its offset: the file is private to the dump and CRIU never rewrites an image, so the
+    bytes are those that were hashed."""
+    if not new_chunks:
+        return
+    first: dict[str, tuple[int, ChunkRef]] = {}
+    for offset, ref in sorted(new_chunks, key=lambda c: c[0]):  # in file order; a repeated chunk once
+        first.setdefault(ref.digest, (offset, ref))
+    new_chunks = list(first.values())
+    with open(path, "rb", buffering=0) as src:
+        mapping = mmap.mmap(src.fileno(), 0, prot=mmap.PROT_READ)
+    _Ingest(store, lease, progress).run_stored(mapping, new_chunks)
 
 
 def _pages(source: str) -> list[str]:
@@ -168,10 +191,15 @@ class _Growing:
 
 
 class _Ingest:
-    def __init__(self, store: "Store", lease: "Lease | None", progress: Progress | None, background: bool = False):
+    def __init__(self, store: "Store", lease: "Lease | None", progress: Progress | None, background: bool = False,
+                 defer_new: bool = False):
         self.store = store
         self.lease = lease
         self.background = background
+        # defer_new: chunks the store lacks are only hashed, listed in new_chunks (file offset,
+        # ref) for run_stored() to write later.
+        self.defer_new = defer_new
+        self.new_chunks: list[tuple[int, ChunkRef]] = []
         self.progress = progress or Progress()
         self.futures: list[Future] = []
         self.error: BaseException | None = None
@@ -215,6 +243,28 @@ class _Ingest:
             except BufferError:  # a chunk view still referenced somewhere: the GC unmaps it
                 pass
 
+    def run_stored(self, mapping: mmap.mmap, chunks: list[tuple[int, ChunkRef]]) -> None:
+        """Store chunks of a mapped file already hashed: (offset, ref) each."""
+        try:
+            view = memoryview(mapping)
+            try:
+                try:
+                    for offset, ref in chunks:
+                        _populate(mapping, offset, ref.size)
+                        self._submit(view[offset:offset + ref.size],
+                                     lambda at=offset, n=ref.size: _unmap(mapping, at, n), digest=ref.digest)
+                finally:
+                    wait(self.futures)
+                if self.error is not None:
+                    raise self.error
+            finally:
+                view.release()
+        finally:
+            try:
+                mapping.close()
+            except BufferError:
+                pass
+
     def _cut_all(self, mapping: mmap.mmap, view: memoryview) -> int:
         ahead = 2 * BLOCK + self.store.chunker.max_size  # the most the cut finder reads past a chunk's start
         start, mapped = 0, 0
@@ -243,7 +293,7 @@ class _Ingest:
                 if end is None:
                     break
                 blocks.hold(buf)
-                self._submit(view[start:end], lambda b=buf: blocks.drop(b))
+                self._submit(view[start:end], lambda b=buf: blocks.drop(b), offset=total + start)
                 start = end
             total += start
             if eof:
@@ -255,7 +305,7 @@ class _Ingest:
             blocks.retire(buf)
             buf = nxt
 
-    def _submit(self, chunk: memoryview, done: Callable[[], None]) -> None:
+    def _submit(self, chunk: memoryview, done: Callable[[], None], offset: int = 0, digest: str | None = None) -> None:
         if self.error is not None:
             done()
             raise self.error
@@ -263,7 +313,7 @@ class _Ingest:
         self._slots.acquire()
         reserved = budget.acquire(len(chunk))
         try:
-            fut = self.store.upload_pool.submit(self._store_chunk, chunk, reserved)
+            fut = self.store.upload_pool.submit(self._store_chunk, chunk, reserved, offset, digest)
         except BaseException:
             budget.release(reserved)
             self._slots.release()
@@ -272,10 +322,12 @@ class _Ingest:
         fut.add_done_callback(lambda _: done())
         self.futures.append(fut)
 
-    def _store_chunk(self, chunk: memoryview, reserved: int) -> PutResult:
+    def _store_chunk(self, chunk: memoryview, reserved: int, offset: int, digest: str | None) -> PutResult:
         set_background(self.background)  # a pool thread: back to normal below, whatever it does next
         try:
-            result = self.store.chunks.store(chunk, self.lease)
+            if self.defer_new:
+                return self._hash_chunk(chunk, offset)
+            result = self.store.chunks.store(chunk, self.lease, digest)
             with self._lock:
                 self.progress.done += len(chunk)
                 self.progress.stored += result.stored_bytes
@@ -288,6 +340,18 @@ class _Ingest:
             self.store.budget.release(reserved)
             self._slots.release()
             set_background(False)
+
+
+    def _hash_chunk(self, chunk: memoryview, offset: int) -> PutResult:
+        """defer_new: the chunk's ref, reused if the store has it, else listed for run_stored()."""
+        ref = ChunkRef(self.store.chunks.digest(chunk), len(chunk))
+        result = self.store.chunks.reuse(ref, self.lease)
+        with self._lock:
+            if result is None:
+                self.new_chunks.append((offset, ref))
+            else:
+                self.progress.done += len(chunk)
+        return result or PutResult(ref, 0, new=True)
 
 
 class _Blocks:
