@@ -16,6 +16,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from typing import Any, Callable
 
 from ..errors import CedanaError, FsError
@@ -45,7 +46,10 @@ class Transfers:
             if getattr(ckpt.data, "progress", None) is not None:
                 raise FsError(errno.EBUSY, f"checkpoint {ckpt.job}/{ckpt.id} is already ingesting")
         try:
+            started = time.monotonic()
             ingested = ckpt.data.ingest_dir(source, follow)  # store I/O, outside the tree lock
+            log.debug("checkpoint %s/%s: %s taken in after %.3f s", ckpt.job, ckpt.id, source,
+                      time.monotonic() - started)
             ingested = self._reingest_gone(ckpt, source, ingested)
             with self._lock:
                 check_pending(ckpt)
