@@ -1,7 +1,10 @@
 """Thread priority: a thread of ours at SCHED_IDLE runs only on a CPU nobody else wants.
 
-The ingest that follows CRIU's writes and the compression after a commit run this way, so CRIU
-(which holds a process frozen) and the user's jobs always go first.
+The ingest that follows CRIU's writes, the compression after a commit and the hashing of a dump
+archive's pages images while CRIU writes them run this way, so CRIU (which holds a process
+frozen) and the user's jobs always go first.
+
+Layer 0, with no imports beyond the standard library, so a dump command loads it cheaply.
 """
 
 from __future__ import annotations
