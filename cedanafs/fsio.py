@@ -1,5 +1,5 @@
-"""Linux file calls the os module lacks (syncfs, sync_file_range), through libc, and a file whose
-write-back starts as it is written.
+"""Linux file calls the os module lacks (syncfs, sync_file_range), through libc, a file whose
+write-back starts as it is written, and a file written around the page cache (O_DIRECT).
 
 Layer 0, with no imports beyond the standard library, so a dump command loads it cheaply.
 """
@@ -7,7 +7,12 @@ Layer 0, with no imports beyond the standard library, so a dump command loads it
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
+import mmap
 import os
+import queue
+import threading
 from typing import BinaryIO
 
 SYNC_FILE_RANGE_WRITE = 2
@@ -60,3 +65,124 @@ class WritingBack:
 
     def flush(self) -> None:
         self._f.flush()
+
+
+class DirectWriter:
+    """A file written from start to end around the page cache (O_DIRECT), by a thread of its own.
+
+    On this kind of machine copying a large file into the page cache and writing it back costs
+    more CPU than producing it (~0.9 GB/s, against the disk's ~1 GB/s direct). Writes are gathered
+    into page-aligned buffers; each full one is written by the writer thread while the caller
+    fills the next. The last partial page goes through the page cache (O_DIRECT cleared), as
+    does everything where the filesystem refuses O_DIRECT. close() writes what is left and waits
+    (the caller still fsyncs: the file's size and blocks are metadata); an error of the thread
+    is raised by the next write() or close(). abort() stops the thread, writing nothing more.
+    """
+
+    def __init__(self, fd: int, buffer: int = 4 << 20, buffers: int = 3):
+        self._fd = fd
+        self.direct = _set_direct(fd, True)
+        self._size = buffer
+        self._free: queue.Queue[mmap.mmap] = queue.Queue()
+        for _ in range(buffers):
+            self._free.put(mmap.mmap(-1, buffer))  # anonymous mappings are page-aligned
+        self._todo: queue.Queue[tuple[mmap.mmap, int] | None] = queue.Queue()
+        self._buf = self._free.get()
+        self._used = 0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="archive-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        n = len(view)
+        while view:
+            room = self._size - self._used
+            take = min(room, len(view))
+            self._buf[self._used:self._used + take] = view[:take]
+            self._used += take
+            view = view[take:]
+            if self._used == self._size:
+                self._hand_on(self._size)
+        return n
+
+    def writelines(self, parts) -> None:
+        for part in parts:
+            self.write(part)
+
+    def flush(self) -> None:
+        """Nothing to flush before close(): the thread writes whole buffers as they fill."""
+
+    def _hand_on(self, n: int) -> None:
+        if self._error is not None:
+            raise self._error
+        self._todo.put((self._buf, n))
+        self._buf = self._free.get()
+        self._used = 0
+
+    def close(self) -> None:
+        """Write everything; the last partial page through the page cache."""
+        whole = self._used - self._used % mmap.PAGESIZE
+        tail = bytes(self._buf[whole:self._used])
+        if whole:
+            self._hand_on(whole)
+        self._stop()
+        if self._error is not None:
+            raise self._error
+        if tail:
+            _set_direct(self._fd, False)
+            _write_all(self._fd, memoryview(tail))
+
+    def abort(self) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._todo.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._todo.get()) is not None:
+            buf, n = item
+            try:
+                if self._error is None:
+                    self._write(memoryview(buf)[:n])
+            except BaseException as exc:  # noqa: BLE001 - raised by the caller's next call
+                self._error = exc
+            finally:
+                self._free.put(buf)
+
+    def _write(self, view: memoryview) -> None:
+        try:
+            _write_all(self._fd, view)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or not self.direct:
+                raise
+            # The filesystem took O_DIRECT but not this write (its blocks are larger than a page).
+            # O_DIRECT writes whole blocks or fail before writing, so the offset is where it was.
+            self.direct = _set_direct(self._fd, False) and False
+            _write_all(self._fd, view)
+
+    def __enter__(self) -> "DirectWriter":
+        return self
+
+    def __exit__(self, exc_type, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _set_direct(fd: int, on: bool) -> bool:
+    """O_DIRECT on or off for fd; whether it is on now (False where the filesystem refuses it)."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT if on else flags & ~os.O_DIRECT)
+    except OSError:
+        return False
+    return on
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view):]

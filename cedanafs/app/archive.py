@@ -22,7 +22,7 @@ import os
 import tarfile
 import zlib
 from contextlib import contextmanager
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator, Protocol
 
 from isal import igzip, isal_zlib
 
@@ -165,8 +165,16 @@ class _Sink:
         return self._pos
 
 
+class Hashed(Protocol):
+    """Digests of some files taken elsewhere (imagesums.PagesHasher: while CRIU wrote them)."""
+
+    def covers(self, name: str) -> bool: ...
+
+    def digest(self, name: str, size: int) -> str: ...
+
+
 class _MappedImage:
-    """A regular file tarfile reads through once, hashed on the way.
+    """A regular file tarfile reads through once, hashed on the way (unless `hash` is False).
 
     A large file is mapped a window at a time and read as memoryviews of the mapping: its bytes
     go from the page cache to SHA-256 and to the compressor without a copy (tarfile only takes
@@ -174,8 +182,8 @@ class _MappedImage:
     view of it any more, so a large image never sits in this process's memory whole.
     """
 
-    def __init__(self, path: str, size: int):
-        self.sha = hashlib.sha256()
+    def __init__(self, path: str, size: int, hash: bool = True):
+        self.sha = hashlib.sha256() if hash else None
         self._file = open(path, "rb")
         self._size = size
         self._pos = 0
@@ -195,7 +203,8 @@ class _MappedImage:
             chunk = self._window[start:start + n]
             self._pos += len(chunk)
             n -= len(chunk)
-            self.sha.update(chunk)
+            if self.sha is not None:
+                self.sha.update(chunk)
             parts.append(chunk)
         # One view, unless the read straddles two windows (tarfile reads aligned blocks: never).
         return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -213,18 +222,23 @@ class _MappedImage:
         self._file.close()
 
 
-def _add_hashed(tar: tarfile.TarFile, path: str, arcname: str) -> str | None:
-    """Add one entry; returns the SHA-256 of a regular file's bytes (None for anything else)."""
+def _add_hashed(tar: tarfile.TarFile, path: str, arcname: str, hashed: Hashed | None) -> Callable[[], str] | None:
+    """Add one entry; returns what gives the SHA-256 of a regular file's bytes (None for anything
+    else): its own hash, or the one `hashed` took elsewhere, asked for only when it is needed."""
     info = tar.gettarinfo(path, arcname=arcname)
     if not info.isfile():
         tar.add(path, arcname=arcname, recursive=True)
         return None
-    image = _MappedImage(path, info.size)
+    elsewhere = hashed is not None and hashed.covers(arcname)
+    image = _MappedImage(path, info.size, hash=not elsewhere)
     try:
         tar.addfile(info, image)  # type: ignore[arg-type]
     finally:
         image.close()
-    return image.sha.hexdigest()
+    if elsewhere:
+        return lambda: hashed.digest(arcname, info.size)  # type: ignore[union-attr]
+    digest = image.sha.hexdigest()  # type: ignore[union-attr]
+    return lambda: digest
 
 
 def _add_sums(tar: tarfile.TarFile, sums: dict[str, str]) -> None:
@@ -234,23 +248,24 @@ def _add_sums(tar: tarfile.TarFile, sums: dict[str, str]) -> None:
     tar.addfile(info, io.BytesIO(text))
 
 
-def write_archive(src_dir: str, out: BinaryIO, compression: str) -> None:
+def write_archive(src_dir: str, out: BinaryIO, compression: str, hashed: Hashed | None = None) -> None:
     """Stream a flat tar of src_dir's files, compressed, into out; SHA256SUMS last.
 
-    gzip and zlib are compressed on all cores (deflate.py) while this thread reads and hashes.
+    gzip and zlib are compressed on all cores (deflate.py) while this thread reads and hashes;
+    the files `hashed` covers are not hashed here: their digests come from it.
     """
     stream = _compressor(out, compression)
-    sums: dict[str, str] = {}
+    sums: dict[str, Callable[[], str]] = {}
     try:
         with tarfile.open(fileobj=_Sink(stream), mode="w", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
                           pax_headers={_PAX_INTEGRITY: "sha256"}, copybufsize=BLOCK) as tar:
             for name in sorted(os.listdir(src_dir)):
                 if name == SUMS_NAME:
                     continue
-                digest = _add_hashed(tar, os.path.join(src_dir, name), name)
+                digest = _add_hashed(tar, os.path.join(src_dir, name), name, hashed)
                 if digest is not None:
                     sums[name] = digest
-            _add_sums(tar, sums)
+            _add_sums(tar, {name: digest() for name, digest in sums.items()})
     except BaseException:
         if stream is not out:
             getattr(stream, "abort", stream.close)()  # a deflate writer's threads stop; nothing more is written

@@ -1,0 +1,150 @@
+"""The SHA-256 of CRIU's pages images, taken while CRIU writes them, for an archive's SHA256SUMS.
+
+A dump archive carries the SHA-256 of each of its files (archive.py). Most of its bytes are in
+`pages-<n>.img`, and CRIU, which holds the process frozen while it writes them, uses one core:
+`PagesHasher` reads each pages image as it grows, on a thread of its own at SCHED_IDLE (it runs
+only on a core nobody else wants, so CRIU never waits for it), and hashes it. A pages image is
+final once a later one exists (CRIU dumps one process after the other) or CRIU has returned
+(`criu_done()`, after which the thread runs at normal priority and finishes what is left, beside
+the archive's compression). The archive writer then takes these digests (`digest()`) instead of
+hashing those files a second time.
+
+The bytes hashed are the file's as read here; `digest()` is asked with the size the archive
+wrote, and a file whose size differs (it changed after CRIU returned) fails the dump.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+
+from ..errors import CheckpointError
+from ..priority import set_background
+
+log = logging.getLogger(__name__)
+
+PAGES = re.compile(r"pages-(\d+)\.img$")
+_READ = 1 << 20  # read into one buffer of this size, reused: it stays in the caches SHA-256 reads from
+_POLL = 0.002  # at the end of a growing file: how long to wait for more
+
+
+class PagesHasher:
+    """Hashes every pages image of `images_dir` in a background thread, while CRIU writes them.
+
+    Use as a context manager around CRIU and the archive: leaving it stops the thread.
+    """
+
+    def __init__(self, images_dir: str):
+        self._dir = images_dir
+        self._criu_done = threading.Event()
+        self._stop = threading.Event()
+        self._changed = threading.Condition()
+        self._done: dict[str, tuple[int, str]] = {}  # name -> (bytes hashed, hex digest)
+        self._error: BaseException | None = None
+        self._finished = False
+        self._thread = threading.Thread(target=self._run, name="pages-sha256", daemon=True)
+
+    def __enter__(self) -> "PagesHasher":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def criu_done(self) -> None:
+        """CRIU returned: every file is final; the thread now runs at normal priority."""
+        self._criu_done.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._criu_done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def covers(self, name: str) -> bool:
+        """Whether `digest(name)` will answer (a pages image, and the thread not stopped by an error)."""
+        return PAGES.match(name) is not None and self._error is None and not self._stop.is_set()
+
+    def digest(self, name: str, size: int) -> str:
+        """The SHA-256 (hex) of `name`, once its `size` bytes are hashed (waits for the thread)."""
+        with self._changed:
+            while name not in self._done and not self._finished:
+                self._changed.wait()
+        if name not in self._done:
+            cause = f" ({self._error})" if self._error is not None else ""
+            raise CheckpointError(f"could not hash {name} of {self._dir}{cause}")
+        hashed, digest = self._done[name]
+        if hashed != size:
+            raise CheckpointError(f"{self._dir}/{name} changed while it was being archived"
+                                  f" ({hashed} bytes hashed, {size} archived)")
+        return digest
+
+    def _run(self) -> None:
+        set_background(True)
+        try:
+            buf = bytearray(_READ)
+            while (name := self._next()) is not None:
+                result = self._hash(name, memoryview(buf))
+                if result is None:
+                    break
+                with self._changed:
+                    self._done[name] = result
+                    self._changed.notify_all()
+        except BaseException as exc:  # noqa: BLE001 - reported by digest()
+            log.debug("hashing the pages images of %s stopped: %s", self._dir, exc)
+            self._error = exc
+        finally:
+            set_background(False)
+            with self._changed:
+                self._finished = True
+                self._changed.notify_all()
+
+    def _pages(self) -> list[str]:
+        found = [(int(m.group(1)), n) for n in os.listdir(self._dir) if (m := PAGES.match(n))]
+        return [n for _, n in sorted(found)]
+
+    def _next(self) -> str | None:
+        """The next pages image not hashed yet, once it exists; None when there is none left."""
+        while not self._stop.is_set():
+            final = self._criu_done.is_set()  # before listing: a file listed after it is complete
+            waiting = [n for n in self._pages() if n not in self._done]
+            if waiting:
+                return waiting[0]
+            if final:
+                return None
+            self._criu_done.wait(_POLL)
+        return None
+
+    def _final(self, name: str) -> bool:
+        if self._criu_done.is_set():
+            return True
+        pages = self._pages()
+        return name in pages and pages.index(name) < len(pages) - 1
+
+    def _hash(self, name: str, buf: memoryview) -> tuple[int, str] | None:
+        """(bytes hashed, hex digest) of a file read to its final end; None if stopped first."""
+        sha = hashlib.sha256()
+        hashed = 0
+        final = False
+        fd = os.open(os.path.join(self._dir, name), os.O_RDONLY)
+        try:
+            while not self._stop.is_set():
+                if self._criu_done.is_set():
+                    set_background(False)  # CRIU is gone: the archive waits for this thread now
+                n = os.readv(fd, [buf])
+                if n:
+                    sha.update(buf[:n])
+                    hashed += n
+                elif final:
+                    break
+                elif self._final(name):
+                    final = True  # read once more: what was written before it became final
+                else:
+                    time.sleep(_POLL)
+        finally:
+            os.close(fd)
+        return None if self._stop.is_set() else (hashed, sha.hexdigest())
