@@ -11,7 +11,8 @@ as deflate's stored blocks (RFC 1951, 3.2.4) and costs a copy instead of a compr
 sample of every 256 KiB is compressed first, and a segment whose sample does not shrink is stored.
 
 Each block is handed to a worker as given (a memoryview of a mapped file stays one, no copy), so
-a caller must not change a buffer it wrote until close() returns or the blocks are written out.
+a caller must not change a buffer it wrote until close() returns or the blocks are written out;
+what is stored goes to `out` as views of it too.
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ def _incompressible(segment: memoryview, level: int) -> bool:
     return len(isal_zlib.compress(sample, level, wbits=-15)) > len(sample) * STORED_AT
 
 
-def _deflate(data: memoryview, zdict: bytes, level: int) -> bytes:
-    """One block as raw deflate ending on a byte boundary; zdict: the 32 KiB of input before it."""
+def _deflate(data: memoryview, zdict: bytes, level: int) -> list:
+    """One block as raw deflate ending on a byte boundary, in pieces to write one after the other
+    (stored data stays a view of `data`: joining them would copy it into fresh memory, and each
+    block's fresh memory costs page faults); zdict: the 32 KiB of input before it."""
     runs: list[list] = []  # [start, end, stored]: segments of the same kind joined
     for start in range(0, len(data), SEGMENT):
         end = min(start + SEGMENT, len(data))
@@ -77,7 +80,7 @@ def _deflate(data: memoryview, zdict: bytes, level: int) -> bytes:
                 parts += packed
                 continue
         parts.extend(_stored(run))
-    return b"".join(parts)
+    return parts
 
 
 class ParallelDeflateWriter:
@@ -138,7 +141,12 @@ class ParallelDeflateWriter:
                         else (self._window + bytes(block))[-WINDOW:])
         self._queued.append(self._pool.submit(_deflate, block, zdict, self._level))
         while len(self._queued) > self._depth:
-            self._out.write(self._queued.popleft().result())
+            self._emit(self._queued.popleft().result())
+
+    def _emit(self, parts: list) -> None:
+        write = self._out.write
+        for part in parts:
+            write(part)
 
     def close(self) -> None:
         """Write what is queued and the stream's end; out stays open."""
@@ -147,7 +155,7 @@ class ParallelDeflateWriter:
         try:
             self._flush_gathered()
             while self._queued:
-                self._out.write(self._queued.popleft().result())
+                self._emit(self._queued.popleft().result())
             self._out.write(_END)
             if self._fmt == "gzip":
                 self._out.write(struct.pack("<II", self._check, self._size & 0xFFFFFFFF))

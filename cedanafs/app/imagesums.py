@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import mmap
 import os
 import re
 import threading
@@ -28,7 +29,7 @@ from ..priority import set_background
 log = logging.getLogger(__name__)
 
 PAGES = re.compile(r"pages-(\d+)\.img$")
-_READ = 1 << 20  # read into one buffer of this size, reused: it stays in the caches SHA-256 reads from
+_WINDOW = 8 << 20  # how much of a file is mapped at a time
 _POLL = 0.002  # at the end of a growing file: how long to wait for more
 
 
@@ -86,9 +87,8 @@ class PagesHasher:
     def _run(self) -> None:
         set_background(True)
         try:
-            buf = bytearray(_READ)
             while (name := self._next()) is not None:
-                result = self._hash(name, memoryview(buf))
+                result = self._hash(name)
                 if result is None:
                     break
                 with self._changed:
@@ -125,26 +125,29 @@ class PagesHasher:
         pages = self._pages()
         return name in pages and pages.index(name) < len(pages) - 1
 
-    def _hash(self, name: str, buf: memoryview) -> tuple[int, str] | None:
-        """(bytes hashed, hex digest) of a file read to its final end; None if stopped first."""
+    def _hash(self, name: str) -> tuple[int, str] | None:
+        """(bytes hashed, hex digest) of a file read to its final end; None if stopped first.
+
+        What the file holds so far is mapped a window at a time (cheaper here than copying it out
+        with read()); never past its current end, so CRIU's appending never meets a mapping."""
         sha = hashlib.sha256()
-        hashed = 0
+        hashed = 0  # a multiple of the page size until the file is final: where the next window starts
         final = False
-        fd = os.open(os.path.join(self._dir, name), os.O_RDONLY)
-        try:
+        with open(os.path.join(self._dir, name), "rb", buffering=0) as f:
             while not self._stop.is_set():
                 if self._criu_done.is_set():
                     set_background(False)  # CRIU is gone: the archive waits for this thread now
-                n = os.readv(fd, [buf])
-                if n:
-                    sha.update(buf[:n])
-                    hashed += n
+                size = os.fstat(f.fileno()).st_size
+                end = size if final else size - size % mmap.PAGESIZE
+                if end > hashed:
+                    length = min(end - hashed, _WINDOW)
+                    with mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ, offset=hashed) as window:
+                        sha.update(window)
+                    hashed += length
                 elif final:
                     break
                 elif self._final(name):
-                    final = True  # read once more: what was written before it became final
+                    final = True  # look once more: what was written before it became final
                 else:
                     time.sleep(_POLL)
-        finally:
-            os.close(fd)
         return None if self._stop.is_set() else (hashed, sha.hexdigest())
