@@ -71,39 +71,35 @@ class DirectWriter:
     """A file written from start to end around the page cache (O_DIRECT), by a thread of its own.
 
     On this kind of machine copying a large file into the page cache and writing it back costs
-    more CPU than producing it (~0.9 GB/s, against the disk's ~1 GB/s direct). Writes are gathered
-    into page-aligned buffers; each full one is written by the writer thread while the caller
-    fills the next. The last partial page goes through the page cache (O_DIRECT cleared), as
-    does everything where the filesystem refuses O_DIRECT. close() writes what is left and waits
-    (the caller still fsyncs: the file's size and blocks are metadata); an error of the thread
-    is raised by the next write() or close(). abort() stops the thread, writing nothing more.
+    more CPU than producing it (~0.9 GB/s, against the disk's ~1 GB/s direct). write() only
+    keeps the data (a caller must not change what it wrote until close()); the thread gathers it
+    into page-aligned buffers and writes each one full. The last partial page goes through the
+    page cache (O_DIRECT cleared), as does everything where the filesystem refuses O_DIRECT.
+    close() writes what is left and waits (the caller still fsyncs: the file's size and blocks
+    are metadata); an error of the thread is raised by the next write() or close(). abort()
+    stops the thread, writing nothing more.
     """
 
-    def __init__(self, fd: int, buffer: int = 4 << 20, buffers: int = 3):
+    def __init__(self, fd: int, buffer: int = 4 << 20):
         self._fd = fd
         self.direct = _set_direct(fd, True)
         self._size = buffer
-        self._free: queue.Queue[mmap.mmap] = queue.Queue()
-        for _ in range(buffers):
-            self._free.put(mmap.mmap(-1, buffer))  # anonymous mappings are page-aligned
-        self._todo: queue.Queue[tuple[mmap.mmap, int] | None] = queue.Queue()
-        self._buf = self._free.get()
-        self._used = 0
+        self._kept: list = []
+        self._kept_bytes = 0
+        self._todo: queue.Queue[list | None] = queue.Queue(maxsize=2)  # what write() waits on
         self._error: BaseException | None = None
+        self._abandoned = False
         self._thread = threading.Thread(target=self._run, name="archive-writer", daemon=True)
         self._thread.start()
 
     def write(self, data) -> int:
-        view = memoryview(data).cast("B")
-        n = len(view)
-        while view:
-            room = self._size - self._used
-            take = min(room, len(view))
-            self._buf[self._used:self._used + take] = view[:take]
-            self._used += take
-            view = view[take:]
-            if self._used == self._size:
-                self._hand_on(self._size)
+        if self._error is not None:
+            raise self._error
+        n = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+        self._kept.append(data)
+        self._kept_bytes += n
+        if self._kept_bytes >= self._size:
+            self._hand_on()
         return n
 
     def writelines(self, parts) -> None:
@@ -113,27 +109,21 @@ class DirectWriter:
     def flush(self) -> None:
         """Nothing to flush before close(): the thread writes whole buffers as they fill."""
 
-    def _hand_on(self, n: int) -> None:
-        if self._error is not None:
-            raise self._error
-        self._todo.put((self._buf, n))
-        self._buf = self._free.get()
-        self._used = 0
+    def _hand_on(self) -> None:
+        self._todo.put(self._kept)
+        self._kept = []
+        self._kept_bytes = 0
 
     def close(self) -> None:
-        """Write everything; the last partial page through the page cache."""
-        whole = self._used - self._used % mmap.PAGESIZE
-        tail = bytes(self._buf[whole:self._used])
-        if whole:
-            self._hand_on(whole)
+        """Write everything (the last partial page through the page cache) and wait."""
+        self._hand_on()
         self._stop()
         if self._error is not None:
             raise self._error
-        if tail:
-            _set_direct(self._fd, False)
-            _write_all(self._fd, memoryview(tail))
 
     def abort(self) -> None:
+        self._kept = []
+        self._abandoned = True
         self._stop()
 
     def _stop(self) -> None:
@@ -142,15 +132,40 @@ class DirectWriter:
             self._thread.join()
 
     def _run(self) -> None:
-        while (item := self._todo.get()) is not None:
-            buf, n = item
+        buf = mmap.mmap(-1, self._size)  # anonymous mappings are page-aligned
+        used = 0
+        while (parts := self._todo.get()) is not None:
+            if self._error is not None or self._abandoned:
+                continue  # only drained now: write() or close() raises the error
             try:
-                if self._error is None:
-                    self._write(memoryview(buf)[:n])
+                used = self._gather(buf, used, parts)
             except BaseException as exc:  # noqa: BLE001 - raised by the caller's next call
                 self._error = exc
-            finally:
-                self._free.put(buf)
+        if self._error is not None or self._abandoned:
+            return
+        try:
+            whole = used - used % mmap.PAGESIZE
+            if whole:
+                self._write(memoryview(buf)[:whole])
+            if used > whole:
+                _set_direct(self._fd, False)
+                _write_all(self._fd, memoryview(buf)[whole:used])
+        except BaseException as exc:  # noqa: BLE001 - raised by close()
+            self._error = exc
+
+    def _gather(self, buf: mmap.mmap, used: int, parts: list) -> int:
+        """Copy parts into buf after its first `used` bytes, writing it each time it is full."""
+        for part in parts:
+            view = memoryview(part).cast("B")
+            while view:
+                take = min(self._size - used, len(view))
+                buf[used:used + take] = view[:take]
+                used += take
+                view = view[take:]
+                if used == self._size:
+                    self._write(memoryview(buf))
+                    used = 0
+        return used
 
     def _write(self, view: memoryview) -> None:
         try:

@@ -29,3 +29,12 @@ def set_background(on: bool) -> None:
         _thread_state.background = on
     except (OSError, AttributeError) as exc:
         log.debug("cannot change this thread's scheduling: %s", exc)
+
+
+def set_foreground_of(native_id: int) -> None:
+    """Another thread of ours (its threading.get_native_id()) back to normal priority now: a
+    thread at SCHED_IDLE on a busy machine may not run for long enough to do it itself."""
+    try:
+        os.sched_setscheduler(native_id, os.SCHED_OTHER, os.sched_param(0))
+    except (OSError, AttributeError) as exc:
+        log.debug("cannot change thread %d's scheduling: %s", native_id, exc)

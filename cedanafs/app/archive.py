@@ -42,6 +42,7 @@ SUFFIXES = {"tar": ".tar", "gzip": ".tar.gz", "lz4": ".tar.lz4", "zlib": ".tar.z
 _SNIFF = 512 + 8
 _MAP_FROM = 1 << 20  # files (or windows of them) this large are mapped, smaller ones read
 _MAP_WINDOW = 16 * BLOCK  # how much of a file is mapped at a time
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # a window's pages at once, not a fault each
 
 
 def archive_name(name: str, compression: str) -> str:
@@ -215,7 +216,7 @@ class _MappedImage:
         if length < _MAP_FROM:
             self._window = memoryview(os.pread(self._file.fileno(), length, pos))
         else:
-            self._window = memoryview(mmap.mmap(self._file.fileno(), length, access=mmap.ACCESS_READ, offset=pos))
+            self._window = memoryview(mmap.mmap(self._file.fileno(), length, _MAP_FLAGS, mmap.PROT_READ, offset=pos))
 
     def close(self) -> None:
         self._window = memoryview(b"")  # the mapping goes with the last view of it

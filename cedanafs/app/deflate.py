@@ -4,7 +4,8 @@ pigz's layout, as python-isal's threaded gzip writer has it too: the input is cu
 1 MiB, each compressed by ISA-L in a worker thread with the 32 KiB before it as its dictionary and
 ended on a byte boundary (a sync flush), so the blocks concatenate, in order, into one deflate
 stream that any inflater (`gzip -d`, `tar -xz`, zlib, Go's compress/*) reads as usual. The
-gzip/zlib frame around it is written here; its CRC-32 or Adler-32 is taken as the data goes by.
+gzip/zlib frame around it is written here: gzip's CRC-32 is taken by each block's worker and
+combined here (crc32_combine), zlib's Adler-32 here as the data goes by.
 
 What compression cannot shrink (CRIU's pages of encrypted, compressed or random memory) goes out
 as deflate's stored blocks (RFC 1951, 3.2.4) and costs a copy instead of a compression: a 4 KiB
@@ -83,6 +84,11 @@ def _deflate(data: memoryview, zdict: bytes, level: int) -> list:
     return parts
 
 
+def _block(data: memoryview, zdict: bytes, level: int, crc: bool) -> tuple[list, int]:
+    """A worker's job: the block deflated, and its CRC-32 (gzip's check; 0 when not asked)."""
+    return _deflate(data, zdict, level), isal_zlib.crc32(data) if crc else 0
+
+
 class ParallelDeflateWriter:
     """A write-only stream of one gzip member (fmt "gzip") or one zlib stream (fmt "zlib").
 
@@ -99,7 +105,7 @@ class ParallelDeflateWriter:
         self._level = level
         threads = threads or default_threads()
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="deflate")
-        self._queued: deque[Future] = deque()
+        self._queued: deque[tuple[Future, int]] = deque()  # a block's job, and its length
         self._depth = 2 * threads  # blocks in flight before write() waits for the oldest
         self._gathered = bytearray()
         self._window = b""
@@ -131,19 +137,21 @@ class ParallelDeflateWriter:
             self._submit(memoryview(block))
 
     def _submit(self, block: memoryview) -> None:
-        if self._fmt == "gzip":
-            self._check = isal_zlib.crc32(block, self._check)
-        else:
+        gzip = self._fmt == "gzip"  # gzip's CRC-32 is taken by the workers, zlib's Adler-32 here
+        if not gzip:
             self._check = isal_zlib.adler32(block, self._check)
         self._size += len(block)
         zdict = self._window
         self._window = (bytes(block[-WINDOW:]) if len(block) >= WINDOW
                         else (self._window + bytes(block))[-WINDOW:])
-        self._queued.append(self._pool.submit(_deflate, block, zdict, self._level))
+        self._queued.append((self._pool.submit(_block, block, zdict, self._level, gzip), len(block)))
         while len(self._queued) > self._depth:
-            self._emit(self._queued.popleft().result())
+            self._emit(self._queued.popleft())
 
-    def _emit(self, parts: list) -> None:
+    def _emit(self, queued: tuple[Future, int]) -> None:
+        parts, crc = queued[0].result()
+        if self._fmt == "gzip":
+            self._check = isal_zlib.crc32_combine(self._check, crc, queued[1])
         write = self._out.write
         for part in parts:
             write(part)
@@ -155,7 +163,7 @@ class ParallelDeflateWriter:
         try:
             self._flush_gathered()
             while self._queued:
-                self._emit(self._queued.popleft().result())
+                self._emit(self._queued.popleft())
             self._out.write(_END)
             if self._fmt == "gzip":
                 self._out.write(struct.pack("<II", self._check, self._size & 0xFFFFFFFF))
@@ -167,7 +175,7 @@ class ParallelDeflateWriter:
     def abort(self) -> None:
         """Stop the workers; what was not written yet is dropped."""
         self.closed = True
-        for queued in self._queued:
+        for queued, _ in self._queued:
             queued.cancel()
         self._queued.clear()
         self._pool.shutdown(wait=True)

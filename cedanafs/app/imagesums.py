@@ -24,12 +24,13 @@ import threading
 import time
 
 from ..errors import CheckpointError
-from ..priority import set_background
+from ..priority import set_background, set_foreground_of
 
 log = logging.getLogger(__name__)
 
 PAGES = re.compile(r"pages-(\d+)\.img$")
 _WINDOW = 8 << 20  # how much of a file is mapped at a time
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # its pages at once: cheaper than a fault each
 _POLL = 0.002  # at the end of a growing file: how long to wait for more
 
 
@@ -57,8 +58,11 @@ class PagesHasher:
         self.close()
 
     def criu_done(self) -> None:
-        """CRIU returned: every file is final; the thread now runs at normal priority."""
+        """CRIU returned: every file is final; the thread now runs at normal priority (set from
+        here: at SCHED_IDLE beside the archive's busy threads it might not get to run to do it)."""
         self._criu_done.set()
+        if self._thread.native_id is not None and self._thread.is_alive():
+            set_foreground_of(self._thread.native_id)
 
     def close(self) -> None:
         self._stop.set()
@@ -136,12 +140,12 @@ class PagesHasher:
         with open(os.path.join(self._dir, name), "rb", buffering=0) as f:
             while not self._stop.is_set():
                 if self._criu_done.is_set():
-                    set_background(False)  # CRIU is gone: the archive waits for this thread now
+                    set_background(False)  # CRIU is gone (criu_done() lifts it too, unless it came first)
                 size = os.fstat(f.fileno()).st_size
                 end = size if final else size - size % mmap.PAGESIZE
                 if end > hashed:
                     length = min(end - hashed, _WINDOW)
-                    with mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ, offset=hashed) as window:
+                    with mmap.mmap(f.fileno(), length, _MAP_FLAGS, mmap.PROT_READ, offset=hashed) as window:
                         sha.update(window)
                     hashed += length
                 elif final:
