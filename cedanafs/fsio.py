@@ -1,5 +1,6 @@
-"""Linux file calls the os module lacks (syncfs, sync_file_range), through libc, a file whose
-write-back starts as it is written, and a file written around the page cache (O_DIRECT).
+"""Linux file calls the os module lacks (syncfs, sync_file_range, fallocate's hole punching),
+through libc, a file whose write-back starts as it is written, and a file written around the
+page cache (O_DIRECT).
 
 Layer 0, with no imports beyond the standard library, so a dump command loads it cheaply.
 """
@@ -16,6 +17,8 @@ import threading
 from typing import BinaryIO
 
 SYNC_FILE_RANGE_WRITE = 2
+FALLOC_FL_KEEP_SIZE = 1
+FALLOC_FL_PUNCH_HOLE = 2
 
 
 def _load_libc() -> ctypes.CDLL | None:
@@ -23,6 +26,7 @@ def _load_libc() -> ctypes.CDLL | None:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.syncfs.argtypes = [ctypes.c_int]
         libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
         return libc
     except (OSError, AttributeError):
         return None
@@ -42,6 +46,13 @@ def start_writeback(fd: int, offset: int = 0, nbytes: int = 0) -> None:
     later fsync has little left to do."""
     if _LIBC is not None:
         _LIBC.sync_file_range(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE)
+
+
+def punch_hole(fd: int, offset: int, nbytes: int) -> bool:
+    """Free a range of a file's blocks (it reads as zeros after); False where that is not possible."""
+    if _LIBC is None:
+        return False
+    return _LIBC.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, nbytes) == 0
 
 
 class WritingBack:

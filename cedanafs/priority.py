@@ -31,10 +31,12 @@ def set_background(on: bool) -> None:
         log.debug("cannot change this thread's scheduling: %s", exc)
 
 
-def set_foreground_of(native_id: int) -> None:
-    """Another thread of ours (its threading.get_native_id()) back to normal priority now: a
-    thread at SCHED_IDLE on a busy machine may not run for long enough to do it itself."""
+def set_priority_of(native_id: int, nice: int) -> None:
+    """Another thread of ours (its threading.get_native_id()) at normal scheduling with this nice
+    value, now: a thread at SCHED_IDLE on a busy machine may not run for long enough to do it
+    itself. Nice 10 takes what the other threads leave and a little more; 0 is normal."""
     try:
         os.sched_setscheduler(native_id, os.SCHED_OTHER, os.sched_param(0))
+        os.setpriority(os.PRIO_PROCESS, native_id, nice)
     except (OSError, AttributeError) as exc:
         log.debug("cannot change thread %d's scheduling: %s", native_id, exc)

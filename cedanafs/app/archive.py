@@ -20,6 +20,7 @@ import logging
 import mmap
 import os
 import tarfile
+import weakref
 import zlib
 from contextlib import contextmanager
 from typing import BinaryIO, Callable, Iterator, Protocol
@@ -27,6 +28,7 @@ from typing import BinaryIO, Callable, Iterator, Protocol
 from isal import igzip, isal_zlib
 
 from ..errors import CheckpointError, UsageError
+from ..fsio import punch_hole
 from .deflate import BLOCK, ParallelDeflateWriter
 
 # gzip and zlib archives go through ISA-L (python-isal): the same formats, written and read
@@ -173,6 +175,44 @@ class Hashed(Protocol):
 
     def digest(self, name: str, size: int) -> str: ...
 
+    def hashed_upto(self, name: str) -> int: ...
+
+
+class _Reclaim:
+    """Frees the pages of the files being archived behind the archive, when they go once archived
+    (a spool): each mapped window's range is punched out of its file once no view of it is left
+    (its blocks are compressed and written) and, for a file hashed elsewhere, its bytes are hashed.
+    Freeing them as it goes costs what removing the files at the end would, but not at the end."""
+
+    def __init__(self, hashed: Hashed | None):
+        self._hashed = hashed
+        self._pending: list[tuple[int, str, int, int, weakref.ref]] = []
+        self._fds: list[int] = []
+        self._broken = False
+
+    def opened(self, path: str) -> int:
+        fd = os.open(path, os.O_WRONLY)
+        self._fds.append(fd)
+        return fd
+
+    def mapped(self, fd: int, name: str, start: int, mapping: mmap.mmap) -> None:
+        self._pending.append((fd, name, start, start + len(mapping), weakref.ref(mapping)))
+        self.run()
+
+    def run(self) -> None:
+        keep = []
+        for fd, name, start, end, mapping in self._pending:
+            if self._broken or mapping() is not None or (
+                    self._hashed is not None and self._hashed.covers(name) and self._hashed.hashed_upto(name) < end):
+                keep.append((fd, name, start, end, mapping))
+            elif not punch_hole(fd, start, end - start):
+                self._broken = True  # not on this filesystem: the files go whole at the end
+        self._pending = [] if self._broken else keep
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+
 
 class _MappedImage:
     """A regular file tarfile reads through once, hashed on the way (unless `hash` is False).
@@ -183,9 +223,12 @@ class _MappedImage:
     view of it any more, so a large image never sits in this process's memory whole.
     """
 
-    def __init__(self, path: str, size: int, hash: bool = True):
+    def __init__(self, path: str, size: int, hash: bool = True, reclaim: _Reclaim | None = None):
         self.sha = hashlib.sha256() if hash else None
         self._file = open(path, "rb")
+        self._name = os.path.basename(path)
+        self._reclaim = reclaim
+        self._reclaim_fd = reclaim.opened(path) if reclaim is not None and size >= _MAP_FROM else -1
         self._size = size
         self._pos = 0
         self._base = 0
@@ -215,15 +258,19 @@ class _MappedImage:
         self._base = pos
         if length < _MAP_FROM:
             self._window = memoryview(os.pread(self._file.fileno(), length, pos))
-        else:
-            self._window = memoryview(mmap.mmap(self._file.fileno(), length, _MAP_FLAGS, mmap.PROT_READ, offset=pos))
+            return
+        mapping = mmap.mmap(self._file.fileno(), length, _MAP_FLAGS, mmap.PROT_READ, offset=pos)
+        self._window = memoryview(mapping)
+        if self._reclaim is not None:
+            self._reclaim.mapped(self._reclaim_fd, self._name, pos, mapping)
 
     def close(self) -> None:
         self._window = memoryview(b"")  # the mapping goes with the last view of it
         self._file.close()
 
 
-def _add_hashed(tar: tarfile.TarFile, path: str, arcname: str, hashed: Hashed | None) -> Callable[[], str] | None:
+def _add_hashed(tar: tarfile.TarFile, path: str, arcname: str, hashed: Hashed | None,
+                reclaim: _Reclaim | None) -> Callable[[], str] | None:
     """Add one entry; returns what gives the SHA-256 of a regular file's bytes (None for anything
     else): its own hash, or the one `hashed` took elsewhere, asked for only when it is needed."""
     info = tar.gettarinfo(path, arcname=arcname)
@@ -231,7 +278,7 @@ def _add_hashed(tar: tarfile.TarFile, path: str, arcname: str, hashed: Hashed | 
         tar.add(path, arcname=arcname, recursive=True)
         return None
     elsewhere = hashed is not None and hashed.covers(arcname)
-    image = _MappedImage(path, info.size, hash=not elsewhere)
+    image = _MappedImage(path, info.size, hash=not elsewhere, reclaim=reclaim)
     try:
         tar.addfile(info, image)  # type: ignore[arg-type]
     finally:
@@ -249,21 +296,25 @@ def _add_sums(tar: tarfile.TarFile, sums: dict[str, str]) -> None:
     tar.addfile(info, io.BytesIO(text))
 
 
-def write_archive(src_dir: str, out: BinaryIO, compression: str, hashed: Hashed | None = None) -> None:
+def write_archive(src_dir: str, out: BinaryIO, compression: str, hashed: Hashed | None = None,
+                  consume: bool = False) -> None:
     """Stream a flat tar of src_dir's files, compressed, into out; SHA256SUMS last.
 
     gzip and zlib are compressed on all cores (deflate.py) while this thread reads and hashes;
-    the files `hashed` covers are not hashed here: their digests come from it.
+    the files `hashed` covers are not hashed here: their digests come from it. With consume, the
+    files' blocks are freed as they are archived (they read as zeros after): for a source that
+    is removed once archived, whether or not that succeeds.
     """
     stream = _compressor(out, compression)
     sums: dict[str, Callable[[], str]] = {}
+    reclaim = _Reclaim(hashed) if consume else None
     try:
         with tarfile.open(fileobj=_Sink(stream), mode="w", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
                           pax_headers={_PAX_INTEGRITY: "sha256"}, copybufsize=BLOCK) as tar:
             for name in sorted(os.listdir(src_dir)):
                 if name == SUMS_NAME:
                     continue
-                digest = _add_hashed(tar, os.path.join(src_dir, name), name, hashed)
+                digest = _add_hashed(tar, os.path.join(src_dir, name), name, hashed, reclaim)
                 if digest is not None:
                     sums[name] = digest
             _add_sums(tar, {name: digest() for name, digest in sums.items()})
@@ -271,6 +322,9 @@ def write_archive(src_dir: str, out: BinaryIO, compression: str, hashed: Hashed 
         if stream is not out:
             getattr(stream, "abort", stream.close)()  # a deflate writer's threads stop; nothing more is written
         raise
+    finally:
+        if reclaim is not None:
+            reclaim.close()
     if stream is not out:
         stream.close()
 

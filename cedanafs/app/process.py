@@ -223,7 +223,8 @@ def _publish(staging: str, final: str, compression: str, owner: tuple[int, int] 
             from . import archive
 
             with DirectWriter(fd) as out:  # around the page cache: cheaper here than through it
-                archive.write_archive(staging, out, compression, hashed)  # type: ignore[arg-type]
+                # The images go once archived (below), failed or not: freed as they are archived.
+                archive.write_archive(staging, out, compression, hashed, consume=True)  # type: ignore[arg-type]
             os.fsync(fd)  # the data is on disk already (O_DIRECT): the tail and the metadata
         finally:
             os.close(fd)
