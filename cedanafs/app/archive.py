@@ -322,11 +322,13 @@ def write_archive(src_dir: str, out: BinaryIO, compression: str, hashed: Hashed 
         if stream is not out:
             getattr(stream, "abort", stream.close)()  # a deflate writer's threads stop; nothing more is written
         raise
+    else:
+        if stream is not out:
+            stream.close()
     finally:
         if reclaim is not None:
+            reclaim.run()  # what the end of the stream let go of
             reclaim.close()
-    if stream is not out:
-        stream.close()
 
 
 class CorruptArchive(CheckpointError):
