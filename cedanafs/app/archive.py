@@ -43,7 +43,7 @@ _PAX_INTEGRITY = "CEDANA.integrity"  # pax global header key: the archive ends w
 SUFFIXES = {"tar": ".tar", "gzip": ".tar.gz", "lz4": ".tar.lz4", "zlib": ".tar.zlib", "zstd": ".tar.zst"}
 _SNIFF = 512 + 8
 _MAP_FROM = 1 << 20  # files (or windows of them) this large are mapped, smaller ones read
-_MAP_WINDOW = 16 * BLOCK  # how much of a file is mapped at a time
+_MAP_WINDOW = 8 * BLOCK  # how much of a file is mapped at a time
 _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # a window's pages at once, not a fault each
 
 
@@ -191,12 +191,18 @@ class _Reclaim:
         self._broken = False
 
     def opened(self, path: str) -> int:
-        fd = os.open(path, os.O_WRONLY)
+        """An fd to punch `path` through; -1 (nothing freed early) where it cannot be opened so."""
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except OSError as exc:
+            log.debug("%s is not freed as it is archived: %s", path, exc)
+            return -1
         self._fds.append(fd)
         return fd
 
     def mapped(self, fd: int, name: str, start: int, mapping: mmap.mmap) -> None:
-        self._pending.append((fd, name, start, start + len(mapping), weakref.ref(mapping)))
+        if fd >= 0:
+            self._pending.append((fd, name, start, start + len(mapping), weakref.ref(mapping)))
         self.run()
 
     def run(self) -> None:
