@@ -205,11 +205,13 @@ def _make_private(images_dir: str, owner: tuple[int, int]) -> None:
 
 
 def _publish(staging: str, final: str, compression: str, owner: tuple[int, int] = (0, 0),
-             hashed: PagesHasher | None = None) -> None:
+             hashed: PagesHasher | None = None, remove: bool = True) -> None:
     """Give the finished dump its final name without ever replacing an existing one.
 
     An archive is made 0600 and the process owner's before it has any content; `hashed` has
-    the digests of the pages images, taken while CRIU wrote them."""
+    the digests of the pages images, taken while CRIU wrote them. With remove, the staging dir
+    goes once archived (its blocks freed as they are archived); without, the caller removes it
+    (a spool dir: in the background)."""
     if compression == "none":
         if os.path.exists(final):
             raise AlreadyExists(f"{final} already exists")
@@ -223,8 +225,7 @@ def _publish(staging: str, final: str, compression: str, owner: tuple[int, int] 
             from . import archive
 
             with DirectWriter(fd) as out:  # around the page cache: cheaper here than through it
-                # The images go once archived (below), failed or not: freed as they are archived.
-                archive.write_archive(staging, out, compression, hashed, consume=True)  # type: ignore[arg-type]
+                archive.write_archive(staging, out, compression, hashed, consume=remove)  # type: ignore[arg-type]
             os.fsync(fd)  # the data is on disk already (O_DIRECT): the tail and the metadata
         finally:
             os.close(fd)
@@ -235,7 +236,8 @@ def _publish(staging: str, final: str, compression: str, owner: tuple[int, int] 
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        shutil.rmtree(staging, ignore_errors=True)
+        if remove:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def resolve_compression(settings: Settings, requested: str | None) -> str:
@@ -307,7 +309,7 @@ def _dump_archive_via_spool(settings: Settings, req: DumpRequest, binary: str, p
                 return False
             _criu_done(hashed)
             _make_private(images, owner)
-            _publish(images, final, compression, owner, hashed)
+            _publish(images, final, compression, owner, hashed, remove=False)  # the spool goes in the background
     return True
 
 
