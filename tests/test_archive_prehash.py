@@ -129,6 +129,9 @@ def test_the_archive_takes_the_digests_taken_elsewhere(tmp_path):
         def hashed_upto(self, name):
             return 0
 
+        def reading(self, name, upto):
+            pass
+
     buf = io.BytesIO()
     archive.write_archive(str(images), buf, "gzip", Wrong())
     assert Wrong.asked == [("pages-1.img", len(pages))]
@@ -201,6 +204,9 @@ def test_consume_frees_nothing_the_hasher_has_not_read_yet(tmp_path):
         def hashed_upto(self, name):
             return 0
 
+        def reading(self, name, upto):
+            pass
+
     before = _blocks(images / "pages-1.img")
     archive.write_archive(str(images), io.BytesIO(), "gzip", Behind(), consume=True)
     assert _blocks(images / "pages-1.img") == before
@@ -244,6 +250,19 @@ def test_direct_writer_raises_what_the_disk_said_and_stops(tmp_path):
     finally:
         os.close(fd)
     assert not [t for t in threading.enumerate() if t.name == "archive-writer"]
+
+
+def test_after_criu_the_hasher_yields_until_the_archive_catches_up_with_it(tmp_path):
+    images = _images(tmp_path)
+    with open(images / "pages-1.img", "wb") as f:
+        f.truncate(1 << 30)  # sparse: long enough to hash that the thread is still at it below
+    with PagesHasher(str(images)) as hasher:
+        hasher.criu_done()
+        tid = hasher._thread.native_id
+        assert os.getpriority(os.PRIO_PROCESS, tid) == 10
+        hasher.reading("pages-1.img", 8 * MiB)  # only the first window: the hasher may be past it
+        hasher.reading("pages-1.img", 1 << 30)  # past it: the archive would wait for the hasher
+        assert os.getpriority(os.PRIO_PROCESS, tid) == 0
 
 
 def test_another_thread_can_be_moved_out_of_idle_priority():

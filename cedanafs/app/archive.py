@@ -177,6 +177,9 @@ class Hashed(Protocol):
 
     def hashed_upto(self, name: str) -> int: ...
 
+    def reading(self, name: str, upto: int) -> None:
+        """The archive is about to read `name` up to `upto`."""
+
 
 class _Reclaim:
     """Frees the pages of the files being archived behind the archive, when they go once archived
@@ -229,8 +232,10 @@ class _MappedImage:
     view of it any more, so a large image never sits in this process's memory whole.
     """
 
-    def __init__(self, path: str, size: int, hash: bool = True, reclaim: _Reclaim | None = None):
+    def __init__(self, path: str, size: int, hash: bool = True, reclaim: _Reclaim | None = None,
+                 reading: Callable[[str, int], None] | None = None):
         self.sha = hashlib.sha256() if hash else None
+        self._reading = reading
         self._file = open(path, "rb")
         self._name = os.path.basename(path)
         self._reclaim = reclaim
@@ -265,6 +270,8 @@ class _MappedImage:
         if length < _MAP_FROM:
             self._window = memoryview(os.pread(self._file.fileno(), length, pos))
             return
+        if self._reading is not None:
+            self._reading(self._name, pos + length)
         mapping = mmap.mmap(self._file.fileno(), length, _MAP_FLAGS, mmap.PROT_READ, offset=pos)
         self._window = memoryview(mapping)
         if self._reclaim is not None:
@@ -284,7 +291,8 @@ def _add_hashed(tar: tarfile.TarFile, path: str, arcname: str, hashed: Hashed | 
         tar.add(path, arcname=arcname, recursive=True)
         return None
     elsewhere = hashed is not None and hashed.covers(arcname)
-    image = _MappedImage(path, info.size, hash=not elsewhere, reclaim=reclaim)
+    image = _MappedImage(path, info.size, hash=not elsewhere, reclaim=reclaim,
+                         reading=hashed.reading if elsewhere else None)  # type: ignore[union-attr]
     try:
         tar.addfile(info, image)  # type: ignore[arg-type]
     finally:

@@ -5,9 +5,10 @@ A dump archive carries the SHA-256 of each of its files (archive.py). Most of it
 `PagesHasher` reads each pages image as it grows, on a thread of its own at SCHED_IDLE (it runs
 only on a core nobody else wants, so CRIU never waits for it), and hashes it. A pages image is
 final once a later one exists (CRIU dumps one process after the other) or CRIU has returned
-(`criu_done()`: the thread then finishes what is left at normal priority, beside the archive's
-compression; kept behind it, it would finish alone at the end where the machine is busy). The
-archive writer takes these digests (`digest()`) instead of hashing those files a second time.
+(`criu_done()`: the thread then goes on at nice 10 while it is ahead of the archive, on what the
+compression leaves idle, and at normal priority as soon as the archive catches up with it, so
+on a busy machine it is never left to finish alone at the end). The archive writer takes these
+digests (`digest()`) instead of hashing those files a second time.
 
 The bytes hashed are the file's as read here; `digest()` is asked with the size the archive
 wrote, and a file whose size differs (it changed after CRIU returned) fails the dump.
@@ -32,6 +33,7 @@ PAGES = re.compile(r"pages-(\d+)\.img$")
 _WINDOW = 8 << 20  # how much of a file is mapped at a time
 _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # its pages at once: cheaper than a fault each
 _POLL = 0.002  # at the end of a growing file: how long to wait for more
+_NICE_AHEAD = 10  # after CRIU, while the thread is ahead of the archive
 
 
 class PagesHasher:
@@ -48,6 +50,7 @@ class PagesHasher:
         self._done: dict[str, tuple[int, str]] = {}  # name -> (bytes hashed, hex digest)
         self._error: BaseException | None = None
         self._finished = False
+        self._nice = 0
         self._progress = ("", 0)  # the file being hashed, and how far: one tuple, replaced whole
         self._thread = threading.Thread(target=self._run, name="pages-sha256", daemon=True)
 
@@ -59,11 +62,25 @@ class PagesHasher:
         self.close()
 
     def criu_done(self) -> None:
-        """CRIU returned: every file is final. The thread leaves SCHED_IDLE for normal priority
-        (set from here: beside the archive's busy threads it might not get to run to do it)."""
+        """CRIU returned: every file is final. The thread leaves SCHED_IDLE (set from here: beside
+        the archive's busy threads it might not get to run to do it) for nice 10: while it is
+        ahead of the archive, what is left is hashed on what the compression leaves idle (the
+        archive's stored pages waiting for the disk, say); once the archive catches up with it
+        (`reading()`) or asks for a digest, it runs at normal priority."""
         self._criu_done.set()
-        if self._thread.native_id is not None and self._thread.is_alive():
-            set_priority_of(self._thread.native_id, 0)
+        self._set_nice(_NICE_AHEAD)
+
+    def reading(self, name: str, upto: int) -> None:
+        """The archive is about to read `name` up to `upto`: the thread goes to normal priority if
+        that is past what it hashed, so it never lags far behind the archive (on a busy machine it
+        would be left to finish alone at the end)."""
+        if self._nice and PAGES.match(name) and self.hashed_upto(name) < upto:
+            self._set_nice(0)
+
+    def _set_nice(self, nice: int) -> None:
+        if self._thread.native_id is not None and self._thread.is_alive() and self._nice != nice:
+            self._nice = nice
+            set_priority_of(self._thread.native_id, nice)
 
     def close(self) -> None:
         self._stop.set()
@@ -77,6 +94,7 @@ class PagesHasher:
 
     def digest(self, name: str, size: int) -> str:
         """The SHA-256 (hex) of `name`, once its `size` bytes are hashed (waits for the thread)."""
+        self._set_nice(0)
         with self._changed:
             while name not in self._done and not self._finished:
                 self._changed.wait()
