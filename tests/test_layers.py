@@ -12,7 +12,7 @@ pytestmark = pytest.mark.unit
 PACKAGE = Path(__file__).resolve().parent.parent / "cedanafs"
 
 LAYER = {
-    "errors": 0, "types": 0, "config": 0, "log": 0, "spool": 0, "fsio": 0, "__init__": 0,
+    "errors": 0, "types": 0, "config": 0, "log": 0, "spool": 0, "fsio": 0, "priority": 0, "__init__": 0,
     "catalog": 1, "streamer": 1, "criu": 1,
     "fuse": 2, "runtimes": 2,
     "app": 3,

@@ -20,13 +20,15 @@ import logging
 import mmap
 import os
 import tarfile
+import weakref
 import zlib
 from contextlib import contextmanager
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator, Protocol
 
 from isal import igzip, isal_zlib
 
 from ..errors import CheckpointError, UsageError
+from ..fsio import punch_hole
 from .deflate import BLOCK, ParallelDeflateWriter
 
 # gzip and zlib archives go through ISA-L (python-isal): the same formats, written and read
@@ -41,7 +43,8 @@ _PAX_INTEGRITY = "CEDANA.integrity"  # pax global header key: the archive ends w
 SUFFIXES = {"tar": ".tar", "gzip": ".tar.gz", "lz4": ".tar.lz4", "zlib": ".tar.zlib", "zstd": ".tar.zst"}
 _SNIFF = 512 + 8
 _MAP_FROM = 1 << 20  # files (or windows of them) this large are mapped, smaller ones read
-_MAP_WINDOW = 16 * BLOCK  # how much of a file is mapped at a time
+_MAP_WINDOW = 8 * BLOCK  # how much of a file is mapped at a time
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # a window's pages at once, not a fault each
 
 
 def archive_name(name: str, compression: str) -> str:
@@ -165,8 +168,63 @@ class _Sink:
         return self._pos
 
 
+class Hashed(Protocol):
+    """Digests of some files taken elsewhere (imagesums.PagesHasher: while CRIU wrote them)."""
+
+    def covers(self, name: str) -> bool: ...
+
+    def digest(self, name: str, size: int) -> str: ...
+
+    def hashed_upto(self, name: str) -> int: ...
+
+    def reading(self, name: str, upto: int) -> None:
+        """The archive is about to read `name` up to `upto`."""
+
+
+class _Reclaim:
+    """Frees the pages of the files being archived behind the archive, when they go once archived
+    (a spool): each mapped window's range is punched out of its file once no view of it is left
+    (its blocks are compressed and written) and, for a file hashed elsewhere, its bytes are hashed.
+    Freeing them as it goes costs what removing the files at the end would, but not at the end."""
+
+    def __init__(self, hashed: Hashed | None):
+        self._hashed = hashed
+        self._pending: list[tuple[int, str, int, int, weakref.ref]] = []
+        self._fds: list[int] = []
+        self._broken = False
+
+    def opened(self, path: str) -> int:
+        """An fd to punch `path` through; -1 (nothing freed early) where it cannot be opened so."""
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except OSError as exc:
+            log.debug("%s is not freed as it is archived: %s", path, exc)
+            return -1
+        self._fds.append(fd)
+        return fd
+
+    def mapped(self, fd: int, name: str, start: int, mapping: mmap.mmap) -> None:
+        if fd >= 0:
+            self._pending.append((fd, name, start, start + len(mapping), weakref.ref(mapping)))
+        self.run()
+
+    def run(self) -> None:
+        keep = []
+        for fd, name, start, end, mapping in self._pending:
+            if self._broken or mapping() is not None or (
+                    self._hashed is not None and self._hashed.covers(name) and self._hashed.hashed_upto(name) < end):
+                keep.append((fd, name, start, end, mapping))
+            elif not punch_hole(fd, start, end - start):
+                self._broken = True  # not on this filesystem: the files go whole at the end
+        self._pending = [] if self._broken else keep
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+
+
 class _MappedImage:
-    """A regular file tarfile reads through once, hashed on the way.
+    """A regular file tarfile reads through once, hashed on the way (unless `hash` is False).
 
     A large file is mapped a window at a time and read as memoryviews of the mapping: its bytes
     go from the page cache to SHA-256 and to the compressor without a copy (tarfile only takes
@@ -174,9 +232,14 @@ class _MappedImage:
     view of it any more, so a large image never sits in this process's memory whole.
     """
 
-    def __init__(self, path: str, size: int):
-        self.sha = hashlib.sha256()
+    def __init__(self, path: str, size: int, hash: bool = True, reclaim: _Reclaim | None = None,
+                 reading: Callable[[str, int], None] | None = None):
+        self.sha = hashlib.sha256() if hash else None
+        self._reading = reading
         self._file = open(path, "rb")
+        self._name = os.path.basename(path)
+        self._reclaim = reclaim
+        self._reclaim_fd = reclaim.opened(path) if reclaim is not None and size >= _MAP_FROM else -1
         self._size = size
         self._pos = 0
         self._base = 0
@@ -195,7 +258,8 @@ class _MappedImage:
             chunk = self._window[start:start + n]
             self._pos += len(chunk)
             n -= len(chunk)
-            self.sha.update(chunk)
+            if self.sha is not None:
+                self.sha.update(chunk)
             parts.append(chunk)
         # One view, unless the read straddles two windows (tarfile reads aligned blocks: never).
         return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -205,26 +269,38 @@ class _MappedImage:
         self._base = pos
         if length < _MAP_FROM:
             self._window = memoryview(os.pread(self._file.fileno(), length, pos))
-        else:
-            self._window = memoryview(mmap.mmap(self._file.fileno(), length, access=mmap.ACCESS_READ, offset=pos))
+            return
+        if self._reading is not None:
+            self._reading(self._name, pos + length)
+        mapping = mmap.mmap(self._file.fileno(), length, _MAP_FLAGS, mmap.PROT_READ, offset=pos)
+        self._window = memoryview(mapping)
+        if self._reclaim is not None:
+            self._reclaim.mapped(self._reclaim_fd, self._name, pos, mapping)
 
     def close(self) -> None:
         self._window = memoryview(b"")  # the mapping goes with the last view of it
         self._file.close()
 
 
-def _add_hashed(tar: tarfile.TarFile, path: str, arcname: str) -> str | None:
-    """Add one entry; returns the SHA-256 of a regular file's bytes (None for anything else)."""
+def _add_hashed(tar: tarfile.TarFile, path: str, arcname: str, hashed: Hashed | None,
+                reclaim: _Reclaim | None) -> Callable[[], str] | None:
+    """Add one entry; returns what gives the SHA-256 of a regular file's bytes (None for anything
+    else): its own hash, or the one `hashed` took elsewhere, asked for only when it is needed."""
     info = tar.gettarinfo(path, arcname=arcname)
     if not info.isfile():
         tar.add(path, arcname=arcname, recursive=True)
         return None
-    image = _MappedImage(path, info.size)
+    elsewhere = hashed is not None and hashed.covers(arcname)
+    image = _MappedImage(path, info.size, hash=not elsewhere, reclaim=reclaim,
+                         reading=hashed.reading if elsewhere else None)  # type: ignore[union-attr]
     try:
         tar.addfile(info, image)  # type: ignore[arg-type]
     finally:
         image.close()
-    return image.sha.hexdigest()
+    if elsewhere:
+        return lambda: hashed.digest(arcname, info.size)  # type: ignore[union-attr]
+    digest = image.sha.hexdigest()  # type: ignore[union-attr]
+    return lambda: digest
 
 
 def _add_sums(tar: tarfile.TarFile, sums: dict[str, str]) -> None:
@@ -234,29 +310,39 @@ def _add_sums(tar: tarfile.TarFile, sums: dict[str, str]) -> None:
     tar.addfile(info, io.BytesIO(text))
 
 
-def write_archive(src_dir: str, out: BinaryIO, compression: str) -> None:
+def write_archive(src_dir: str, out: BinaryIO, compression: str, hashed: Hashed | None = None,
+                  consume: bool = False) -> None:
     """Stream a flat tar of src_dir's files, compressed, into out; SHA256SUMS last.
 
-    gzip and zlib are compressed on all cores (deflate.py) while this thread reads and hashes.
+    gzip and zlib are compressed on all cores (deflate.py) while this thread reads and hashes;
+    the files `hashed` covers are not hashed here: their digests come from it. With consume, the
+    files' blocks are freed as they are archived (they read as zeros after): for a source that
+    is removed once archived, whether or not that succeeds.
     """
     stream = _compressor(out, compression)
-    sums: dict[str, str] = {}
+    sums: dict[str, Callable[[], str]] = {}
+    reclaim = _Reclaim(hashed) if consume else None
     try:
         with tarfile.open(fileobj=_Sink(stream), mode="w", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
                           pax_headers={_PAX_INTEGRITY: "sha256"}, copybufsize=BLOCK) as tar:
             for name in sorted(os.listdir(src_dir)):
                 if name == SUMS_NAME:
                     continue
-                digest = _add_hashed(tar, os.path.join(src_dir, name), name)
+                digest = _add_hashed(tar, os.path.join(src_dir, name), name, hashed, reclaim)
                 if digest is not None:
                     sums[name] = digest
-            _add_sums(tar, sums)
+            _add_sums(tar, {name: digest() for name, digest in sums.items()})
     except BaseException:
         if stream is not out:
             getattr(stream, "abort", stream.close)()  # a deflate writer's threads stop; nothing more is written
         raise
-    if stream is not out:
-        stream.close()
+    else:
+        if stream is not out:
+            stream.close()
+    finally:
+        if reclaim is not None:
+            reclaim.run()  # what the end of the stream let go of
+            reclaim.close()
 
 
 class CorruptArchive(CheckpointError):

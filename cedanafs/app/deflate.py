@@ -4,14 +4,16 @@ pigz's layout, as python-isal's threaded gzip writer has it too: the input is cu
 1 MiB, each compressed by ISA-L in a worker thread with the 32 KiB before it as its dictionary and
 ended on a byte boundary (a sync flush), so the blocks concatenate, in order, into one deflate
 stream that any inflater (`gzip -d`, `tar -xz`, zlib, Go's compress/*) reads as usual. The
-gzip/zlib frame around it is written here; its CRC-32 or Adler-32 is taken as the data goes by.
+gzip/zlib frame around it is written here: gzip's CRC-32 is taken by each block's worker and
+combined here (crc32_combine), zlib's Adler-32 here as the data goes by.
 
 What compression cannot shrink (CRIU's pages of encrypted, compressed or random memory) goes out
 as deflate's stored blocks (RFC 1951, 3.2.4) and costs a copy instead of a compression: a 4 KiB
 sample of every 256 KiB is compressed first, and a segment whose sample does not shrink is stored.
 
 Each block is handed to a worker as given (a memoryview of a mapped file stays one, no copy), so
-a caller must not change a buffer it wrote until close() returns or the blocks are written out.
+a caller must not change a buffer it wrote until close() returns or the blocks are written out;
+what is stored goes to `out` as views of it too.
 """
 
 from __future__ import annotations
@@ -55,8 +57,10 @@ def _incompressible(segment: memoryview, level: int) -> bool:
     return len(isal_zlib.compress(sample, level, wbits=-15)) > len(sample) * STORED_AT
 
 
-def _deflate(data: memoryview, zdict: bytes, level: int) -> bytes:
-    """One block as raw deflate ending on a byte boundary; zdict: the 32 KiB of input before it."""
+def _deflate(data: memoryview, zdict: bytes, level: int) -> list:
+    """One block as raw deflate ending on a byte boundary, in pieces to write one after the other
+    (stored data stays a view of `data`: joining them would copy it into fresh memory, and each
+    block's fresh memory costs page faults); zdict: the 32 KiB of input before it."""
     runs: list[list] = []  # [start, end, stored]: segments of the same kind joined
     for start in range(0, len(data), SEGMENT):
         end = min(start + SEGMENT, len(data))
@@ -77,7 +81,12 @@ def _deflate(data: memoryview, zdict: bytes, level: int) -> bytes:
                 parts += packed
                 continue
         parts.extend(_stored(run))
-    return b"".join(parts)
+    return parts
+
+
+def _block(data: memoryview, zdict: bytes, level: int, crc: bool) -> tuple[list, int]:
+    """A worker's job: the block deflated, and its CRC-32 (gzip's check; 0 when not asked)."""
+    return _deflate(data, zdict, level), isal_zlib.crc32(data) if crc else 0
 
 
 class ParallelDeflateWriter:
@@ -96,7 +105,7 @@ class ParallelDeflateWriter:
         self._level = level
         threads = threads or default_threads()
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="deflate")
-        self._queued: deque[Future] = deque()
+        self._queued: deque[tuple[Future, int]] = deque()  # a block's job, and its length
         self._depth = 2 * threads  # blocks in flight before write() waits for the oldest
         self._gathered = bytearray()
         self._window = b""
@@ -128,17 +137,24 @@ class ParallelDeflateWriter:
             self._submit(memoryview(block))
 
     def _submit(self, block: memoryview) -> None:
-        if self._fmt == "gzip":
-            self._check = isal_zlib.crc32(block, self._check)
-        else:
+        gzip = self._fmt == "gzip"  # gzip's CRC-32 is taken by the workers, zlib's Adler-32 here
+        if not gzip:
             self._check = isal_zlib.adler32(block, self._check)
         self._size += len(block)
         zdict = self._window
         self._window = (bytes(block[-WINDOW:]) if len(block) >= WINDOW
                         else (self._window + bytes(block))[-WINDOW:])
-        self._queued.append(self._pool.submit(_deflate, block, zdict, self._level))
+        self._queued.append((self._pool.submit(_block, block, zdict, self._level, gzip), len(block)))
         while len(self._queued) > self._depth:
-            self._out.write(self._queued.popleft().result())
+            self._emit(self._queued.popleft())
+
+    def _emit(self, queued: tuple[Future, int]) -> None:
+        parts, crc = queued[0].result()
+        if self._fmt == "gzip":
+            self._check = isal_zlib.crc32_combine(self._check, crc, queued[1])
+        write = self._out.write
+        for part in parts:
+            write(part)
 
     def close(self) -> None:
         """Write what is queued and the stream's end; out stays open."""
@@ -147,7 +163,7 @@ class ParallelDeflateWriter:
         try:
             self._flush_gathered()
             while self._queued:
-                self._out.write(self._queued.popleft().result())
+                self._emit(self._queued.popleft())
             self._out.write(_END)
             if self._fmt == "gzip":
                 self._out.write(struct.pack("<II", self._check, self._size & 0xFFFFFFFF))
@@ -159,7 +175,7 @@ class ParallelDeflateWriter:
     def abort(self) -> None:
         """Stop the workers; what was not written yet is dropped."""
         self.closed = True
-        for queued in self._queued:
+        for queued, _ in self._queued:
             queued.cancel()
         self._queued.clear()
         self._pool.shutdown(wait=True)

@@ -20,10 +20,10 @@ import shutil
 import signal
 import tempfile
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .. import criu
 from ..criu import lazy as criu_lazy
@@ -31,10 +31,11 @@ from ..criu import stream as criu_stream
 from ..criu import terminal as criu_terminal
 from ..config import COMPRESSIONS, Settings
 from ..errors import AlreadyExists, CheckpointError, CriuError, NotFound, PermissionDenied, UsageError
-from ..fsio import WritingBack
+from ..fsio import DirectWriter
 from ..spool import WRITER
 from . import capture, remote
 from . import mount as mountapp
+from .imagesums import PagesHasher
 
 log = logging.getLogger(__name__)
 
@@ -203,10 +204,14 @@ def _make_private(images_dir: str, owner: tuple[int, int]) -> None:
     os.chown(images_dir, *owner)
 
 
-def _publish(staging: str, final: str, compression: str, owner: tuple[int, int] = (0, 0)) -> None:
+def _publish(staging: str, final: str, compression: str, owner: tuple[int, int] = (0, 0),
+             hashed: PagesHasher | None = None, remove: bool = True) -> None:
     """Give the finished dump its final name without ever replacing an existing one.
 
-    An archive is made 0600 and the process owner's before it has any content."""
+    An archive is made 0600 and the process owner's before it has any content; `hashed` has
+    the digests of the pages images, taken while CRIU wrote them. With remove, the staging dir
+    goes once archived (its blocks freed as they are archived); without, the caller removes it
+    (a spool dir: in the background)."""
     if compression == "none":
         if os.path.exists(final):
             raise AlreadyExists(f"{final} already exists")
@@ -215,13 +220,15 @@ def _publish(staging: str, final: str, compression: str, owner: tuple[int, int] 
     tmp = f"{os.path.dirname(final)}/.{os.path.basename(final)}.partial-{os.getpid()}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchown(fd, *owner)
-        with os.fdopen(fd, "wb") as out:
+        try:
+            os.fchown(fd, *owner)
             from . import archive
 
-            archive.write_archive(staging, WritingBack(out), compression)  # type: ignore[arg-type]
-            out.flush()
-            os.fsync(out.fileno())  # mostly written back already: WritingBack started it as it went
+            with DirectWriter(fd) as out:  # around the page cache: cheaper here than through it
+                archive.write_archive(staging, out, compression, hashed, consume=remove)  # type: ignore[arg-type]
+            os.fsync(fd)  # the data is on disk already (O_DIRECT): the tail and the metadata
+        finally:
+            os.close(fd)
         try:
             os.link(tmp, final)  # fails if final appeared meanwhile: no silent overwrite
         except FileExistsError:
@@ -229,7 +236,8 @@ def _publish(staging: str, final: str, compression: str, owner: tuple[int, int] 
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        shutil.rmtree(staging, ignore_errors=True)
+        if remove:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def resolve_compression(settings: Settings, requested: str | None) -> str:
@@ -266,9 +274,11 @@ def dump_process(settings: Settings, req: DumpRequest, report: capture.Report | 
     if compression == "none" or not _dump_archive_via_spool(settings, req, binary, proc, final, compression, owner):
         staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=parent)
         try:
-            criu_dump(binary, settings, req, proc, staging)
-            _make_private(staging, owner)
-            _publish(staging, final, compression, owner)
+            with _hashing(staging, compression) as hashed:
+                criu_dump(binary, settings, req, proc, staging)
+                _criu_done(hashed)
+                _make_private(staging, owner)
+                _publish(staging, final, compression, owner, hashed)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -289,16 +299,34 @@ def _dump_archive_via_spool(settings: Settings, req: DumpRequest, binary: str, p
             f.write(f"{os.getpid()}\n")
         images = os.path.join(spool, "images")
         os.mkdir(images, 0o700)
-        try:
-            criu_dump(binary, settings, req, proc, images)
-        except CriuError:
-            if not capture.nearly_full(spool):
-                raise
-            log.warning("the spool %s ran out of space; dumping beside %s instead", settings.spool.dir, final)
-            return False
-        _make_private(images, owner)
-        _publish(images, final, compression, owner)
+        with _hashing(images, compression) as hashed:
+            try:
+                criu_dump(binary, settings, req, proc, images)
+            except CriuError:
+                if not capture.nearly_full(spool):
+                    raise
+                log.warning("the spool %s ran out of space; dumping beside %s instead", settings.spool.dir, final)
+                return False
+            _criu_done(hashed)
+            _make_private(images, owner)
+            _publish(images, final, compression, owner, hashed, remove=False)  # the spool goes in the background
     return True
+
+
+@contextmanager
+def _hashing(images_dir: str, compression: str) -> Iterator[PagesHasher | None]:
+    """For an archive: its pages images hashed while CRIU writes them, on the core CRIU leaves
+    idle (imagesums.py); the thread stops on the way out."""
+    if compression == "none":
+        yield None
+        return
+    with PagesHasher(images_dir) as hasher:
+        yield hasher
+
+
+def _criu_done(hashed: PagesHasher | None) -> None:
+    if hashed is not None:
+        hashed.criu_done()
 
 
 def _check_mount_target(target: str, compression: str | None) -> None:

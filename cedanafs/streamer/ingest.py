@@ -37,7 +37,7 @@ from cedanafs.types import ChunkRef, FileContent, TransferStats
 
 from .chunkstore import PutResult
 from .files import read_to
-from .priority import set_background
+from ..priority import set_background
 
 if TYPE_CHECKING:
     from .gc import Lease

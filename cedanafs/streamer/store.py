@@ -24,7 +24,7 @@ from .chunker import ChunkerSpec
 from .chunkstore import ChunkStore
 from .files import INLINE_THRESHOLD, ByteBudget, FileReader, FileWriter
 from .gc import DEFAULT_GRACE, DEFAULT_TTL, GcResult, Lease, collect_garbage, open_lease
-from .priority import set_background
+from ..priority import set_background
 from .retry import RetryPolicy
 
 log = logging.getLogger(__name__)
