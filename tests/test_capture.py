@@ -204,3 +204,29 @@ def test_gc_running_while_a_dump_reuses_chunks_deletes_none_of_them(spool_mount,
     proc.kill()
     proc.wait(timeout=30)
     _restore_and_check(m, second["path"], state, before, procs, tmp_path)
+
+
+def test_an_ingest_whose_dumper_died_commits_nothing(mount_factory, tmp_path):
+    """The dumper (a `cedana dump` or the daemon) waits in user.cedana.ingest until its checkpoint
+    is committed, then kills or resumes the process: if it died meanwhile nobody would, so the
+    mount commits nothing and leaves the checkpoint pending for the daemon's recovery to discard."""
+    from cedanafs.app import mount as mountapp
+    from cedanafs.spool import WRITER
+
+    m = mount_factory()
+    m.mount()
+    (m.jobs / "gone").mkdir()
+    ckpt = mountapp.begin_checkpoint(m.jobs / "gone", "c1")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    for name, size in (("inventory.img", 64), ("pstree.img", 32), ("pages-1.img", 3 << 20)):
+        (spool / name).write_bytes(os.urandom(size))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (spool / WRITER).write_text(f"{dead.pid}\n")
+    with pytest.raises(OSError):
+        os.setxattr(ckpt, "user.cedana.ingest", os.fsencode(spool))
+    assert m.state(ckpt) == "pending", "nothing was committed"
+    assert "ended before its checkpoint was committed" in mountapp.read_error(str(ckpt))
+    mountapp.discard_checkpoint(ckpt)
+    assert os.listdir(m.jobs / "gone") == []

@@ -19,7 +19,8 @@ import threading
 import time
 from typing import Any, Callable
 
-from ..errors import CedanaError, FsError
+from ..errors import CedanaError, CheckpointError, FsError
+from ..spool import writer_alive
 from ..types import FileContent
 from .lifecycle import check_pending
 from .manifest import Manifest
@@ -51,6 +52,9 @@ class Transfers:
             log.debug("checkpoint %s/%s: %s taken in after %.3f s", ckpt.job, ckpt.id, source,
                       time.monotonic() - started)
             ingested = self._reingest_gone(ckpt, source, ingested)
+            if not writer_alive(source, every=0):  # nobody is left to finish the dump's protocol
+                raise CheckpointError(f"the dump writing {source} ended before its checkpoint was committed;"
+                                      " nothing was committed")
             with self._lock:
                 check_pending(ckpt)
                 for name, st, content in ingested:

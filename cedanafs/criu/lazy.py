@@ -175,14 +175,16 @@ def restore_lazy(binary: str, o: RestoreOptions, work_dir: str, extra_args: tupl
         try:
             if meanwhile is not None:
                 meanwhile()
-            pages.wait_ready()
         except BaseException:
             restore.communicate()
             if os.path.exists(pid_file):
                 kill_tree(int(Path(pid_file).read_text().strip()))
             raise
+        # Not waiting for the daemon's socket first: with a small process the daemon may have
+        # served every page, exited and removed its work dir before we would have seen it.
         _, stderr = restore.communicate()
         if restore.returncode != 0 and _too_early(work_dir):
+            pages.wait_ready()  # says why, if the daemon could not start at all
             restore = _start(cmd, fds)
             _, stderr = restore.communicate()
         if restore.returncode != 0:
