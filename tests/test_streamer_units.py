@@ -603,3 +603,28 @@ def test_following_hashes_while_the_writer_writes_and_stores_new_chunks_once_it_
     digests = [c.digest for c in contents["pages-1.img"].chunks]
     assert set(digests) <= stored
     assert len(set(digests) & set(known)) >= len(earlier.chunks) - 1, "the earlier file's chunks are reused"
+
+
+def test_local_sync_fsyncs_what_was_put_and_its_directories_not_the_filesystem(tmp_path, monkeypatch):
+    """A commit's sync makes its own chunks durable (each file and the directories naming them)
+    without syncfs, which would also wait for every other writer's dirty data on the disk."""
+    from cedanafs.streamer.backends import local
+
+    synced, whole = [], []
+    real = local._fsync_path
+    monkeypatch.setattr(local, "_fsync_path", lambda path: (synced.append(path), real(path)))
+    monkeypatch.setattr(local, "_syncfs", lambda root: whole.append(root))
+    backend = local.LocalBackend(str(tmp_path / "store"))
+    backend.put_parts_unsynced("chunks-b3/ab/abcd", (b"\0", b"data"))
+    backend.put_parts_unsynced("chunks-b3/cd/cdef", (b"\0", b"more"))
+    backend.put_parts_unsynced("chunks-b3/cd/gone", (b"\0", b"x"))
+    backend.delete("chunks-b3/cd/gone")  # deleted before the sync: skipped, no error
+    backend.sync()
+    root = str(tmp_path / "store")
+    assert {f"{root}/chunks-b3/ab/abcd", f"{root}/chunks-b3/cd/cdef", f"{root}/chunks-b3/ab",
+            f"{root}/chunks-b3/cd", f"{root}/chunks-b3", root} <= set(synced)
+    assert whole == []
+    synced.clear()
+    backend.sync()
+    assert synced == [], "nothing new to make durable"
+    assert backend.get("chunks-b3/ab/abcd") == b"\0data"

@@ -5,13 +5,15 @@ the final name and the directory fsynced, so readers see the old or the whole ne
 crash leaves at most a stray temp file (which list() never shows, and which opening the store
 removes once it is an hour old).
 
-put_unsynced() (chunks) skips both fsyncs and only starts the write-back; sync() then flushes
-the whole store filesystem once (syncfs), before the manifest that references them is written:
-two fsyncs per chunk cost more than the rest of the ingest on this kind of disk. A chunk comes as
-parts (its header byte and a view of its bytes) written with one writev. put_many() replaces a
-batch of objects with one syncfs before the renames (the compression after a commit). A
-conditional create links the temporary file to the final name instead, which fails if the name
-exists.
+put_unsynced() (chunks) skips both fsyncs and only starts the write-back; sync() then fsyncs
+the files written so since the last sync, and their directories, before the manifest that
+references them is written: two fsyncs per chunk as it is written cost more than the rest of the
+ingest on this kind of disk, while fsyncs at the end find the data already on the disk and share
+one journal commit (~0.03 s for 700 chunks). Not syncfs: that would also wait for every other
+writer's dirty data on the filesystem. A chunk comes as parts (its header byte and a view of its
+bytes) written with one writev. put_many() replaces a batch of objects with one sync before the
+renames (the compression after a commit). A conditional create links the temporary file to the
+final name instead, which fails if the name exists.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ..errors import BackendError, NoSuchObject, ObjectExists
 from .base import AtomicWriter, Backend, Buffer, ObjectInfo, check_key
 
 TMP_DIR = ".tmp"
+SYNCFS_ABOVE = 20000  # objects awaiting a sync beyond which one syncfs is cheaper than their fsyncs
 
 
 class LocalBackend(Backend):
@@ -37,6 +40,9 @@ class LocalBackend(Backend):
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
         self.url = "file://" + self.root
+        self._pending: set[str] = set()  # files and directories to fsync at the next sync()
+        self._pending_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
         try:
             os.makedirs(os.path.join(self.root, TMP_DIR), exist_ok=True)
         except OSError as exc:
@@ -100,14 +106,20 @@ class LocalBackend(Backend):
         final = self._path(key)
         tmp = self._write_temp(key, parts)
         self._rename_into_place(key, tmp, final)
+        self._unsynced([final, os.path.dirname(final)])
+
+    def _unsynced(self, paths: Sequence[str]) -> None:
+        with self._pending_lock:
+            self._pending.update(paths)
 
     def put_many(self, items: Sequence[tuple[str, Sequence[Buffer]]]) -> None:
-        """Every object written to a temporary file, one syncfs, then each renamed over its name:
+        """Every object written to a temporary file, one sync, then each renamed over its name:
         a crash leaves each name with its old object or its whole new one."""
         written: list[tuple[str, str, str]] = []
         try:
             for key, parts in items:
                 written.append((key, self._write_temp(key, parts), self._path(key)))
+            self._unsynced([tmp for _, tmp, _ in written])
             self.sync()
         except BaseException:
             for _, tmp, _ in written:
@@ -115,6 +127,7 @@ class LocalBackend(Backend):
             raise
         for key, tmp, final in written:
             self._rename_into_place(key, tmp, final)
+        self._unsynced([os.path.dirname(final) for _, _, final in written])
         self.sync()
 
     def _write_temp(self, key: str, parts: Sequence[Buffer]) -> str:
@@ -142,17 +155,29 @@ class LocalBackend(Backend):
                 os.rename(tmp, final)
             except FileNotFoundError:
                 os.makedirs(os.path.dirname(final), exist_ok=True)
+                self._unsynced(_ancestors(os.path.dirname(final), self.root))  # the new directories' entries
                 os.rename(tmp, final)
         except OSError as exc:
             _unlink_quietly(tmp)
             raise self._fail(key, exc) from None
 
     def sync(self) -> None:
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            syncfs(fd)
-        finally:
-            os.close(fd)
+        """Everything put unsynced so far is durable when this returns."""
+        # Held across the fsyncs, unlike every other lock here: a sync that finds nothing left
+        # to do must not return while another one is still making its objects durable.
+        with self._sync_lock:
+            with self._pending_lock:
+                paths, self._pending = self._pending, set()
+            try:
+                if len(paths) > SYNCFS_ABOVE:  # fewer calls, whatever else it waits for
+                    _syncfs(self.root)
+                    return
+                for path in sorted(paths, key=len, reverse=True):  # files, then their directories
+                    _fsync_path(path)
+            except OSError as exc:
+                with self._pending_lock:
+                    self._pending.update(paths)
+                raise BackendError(f"{self.url}: cannot make objects durable: {exc.strerror or exc}") from None
 
     def create(self, key: str, data: bytes) -> None:
         final = self._path(key)
@@ -287,3 +312,31 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_path(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return  # deleted since (a GC, or a temporary file renamed): nothing of it to keep
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _syncfs(root: str) -> None:
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        syncfs(fd)
+    finally:
+        os.close(fd)
+
+
+def _ancestors(directory: str, root: str) -> list[str]:
+    """`directory` and the directories above it up to `root` (whose entries a new one adds)."""
+    found = [directory]
+    while directory != root and directory.startswith(root + os.sep):
+        directory = os.path.dirname(directory)
+        found.append(directory)
+    return found
