@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -13,6 +14,7 @@ from cedanafs.catalog import (Catalog, FileEntry, Manifest, decode_manifest, mak
 from cedanafs.catalog.ids import check_checkpoint_name, check_job_name, id_time
 from cedanafs.errors import AlreadyExists, CheckpointError, NoSuchObject, NotFound, ObjectExists, UsageError
 from cedanafs.streamer.backends import open_backend
+from cedanafs.streamer.backends.memory import forget
 from cedanafs.types import ChunkRef, FileContent
 
 pytestmark = pytest.mark.unit
@@ -66,8 +68,13 @@ def _memory_backend(name):
 @pytest.fixture(params=["dict", "memory"])
 def objects(request):
     if request.param == "dict":
-        return DictObjects()
-    return _memory_backend(f"catalog-{id(request)}")
+        yield DictObjects()
+        return
+    # A name of its own, forgotten after: named after id(request), a later test could get the
+    # name of an earlier one (ids are reused) and find its manifests there.
+    name = f"catalog-{uuid.uuid4().hex}"
+    yield _memory_backend(name)
+    forget(name)
 
 
 def _chunked(path, sizes, mode=0o600, mtime_ns=1_700_000_000_123_456_789):
