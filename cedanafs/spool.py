@@ -1,6 +1,8 @@
 """The markers of a spool directory, shared by its writer (app/capture.py) and the ingest that
 follows it (streamer/ingest.py): `.complete` (every file is final), `.abandoned` (the writer
-failed), `.writer` (the writer's pid: if that process dies outright, the ingest stops too).
+failed), `.writer` (the writer's pid: if that process dies outright, the ingest stops too); and
+CRIU's pages images in it, which the readers that follow CRIU (the ingest, app/imagesums.py)
+take in the order CRIU writes them.
 
 Layer 0, with no imports beyond the standard library, so a dump command loads it cheaply.
 """
@@ -8,11 +10,13 @@ Layer 0, with no imports beyond the standard library, so a dump command loads it
 from __future__ import annotations
 
 import os
+import re
 import time
 
 COMPLETE = ".complete"
 ABANDONED = ".abandoned"
 WRITER = ".writer"
+PAGES = re.compile(r"pages-(\d+)\.img$")
 
 _checked: dict[str, float] = {}
 
@@ -36,3 +40,9 @@ def writer_alive(source: str, every: float = 0.5) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except (OSError, IndexError):
         return False
+
+
+def pages_images(directory: str) -> list[str]:
+    """The names of the `pages-<n>.img` files in `directory`, in the order CRIU writes them."""
+    found = [(int(m.group(1)), name) for name in os.listdir(directory) if (m := PAGES.match(name))]
+    return [name for _, name in sorted(found)]

@@ -20,16 +20,15 @@ import hashlib
 import logging
 import mmap
 import os
-import re
 import threading
 import time
 
 from ..errors import CheckpointError
 from ..priority import set_background, set_priority_of
+from ..spool import PAGES, pages_images
 
 log = logging.getLogger(__name__)
 
-PAGES = re.compile(r"pages-(\d+)\.img$")
 _WINDOW = 8 << 20  # how much of a file is mapped at a time
 _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # its pages at once: cheaper than a fault each
 _POLL = 0.002  # at the end of a growing file: how long to wait for more
@@ -134,15 +133,11 @@ class PagesHasher:
                 self._finished = True
                 self._changed.notify_all()
 
-    def _pages(self) -> list[str]:
-        found = [(int(m.group(1)), n) for n in os.listdir(self._dir) if (m := PAGES.match(n))]
-        return [n for _, n in sorted(found)]
-
     def _next(self) -> str | None:
         """The next pages image not hashed yet, once it exists; None when there is none left."""
         while not self._stop.is_set():
             final = self._criu_done.is_set()  # before listing: a file listed after it is complete
-            waiting = [n for n in self._pages() if n not in self._done]
+            waiting = [n for n in pages_images(self._dir) if n not in self._done]
             if waiting:
                 return waiting[0]
             if final:
@@ -153,7 +148,7 @@ class PagesHasher:
     def _final(self, name: str) -> bool:
         if self._criu_done.is_set():
             return True
-        pages = self._pages()
+        pages = pages_images(self._dir)
         return name in pages and pages.index(name) < len(pages) - 1
 
     def _hash(self, name: str) -> tuple[int, str] | None:

@@ -20,22 +20,18 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import CheckpointError, UsageError
-from .rpc import RestoreOptions, log_errors
+from .rpc import RestoreOptions, flag_args, log_errors
 
 LAZY_SOCKET = "lazy-pages.socket"
 LAZY_LOG = "lazy-pages.log"
 RESTORE_LOG = "restore.log"
-# RestoreOptions fields that map one to one onto a criu command line flag.
-_FLAGS = {"shell_job": "--shell-job", "tcp_established": "--tcp-established", "file_locks": "--file-locks",
-          "link_remap": "--link-remap", "ext_unix_sk": "--ext-unix-sk", "tcp_close": "--tcp-close",
-          "leave_stopped": "--leave-stopped", "rst_sibling": "--restore-sibling"}
+# A restore's own RestoreOptions fields that map one to one onto a criu command line flag.
+_RESTORE_FLAGS = {"tcp_close": "--tcp-close", "leave_stopped": "--leave-stopped", "rst_sibling": "--restore-sibling"}
 
 
 def restore_args(o: RestoreOptions) -> list[str]:
     """The criu command line flags for the options an RPC restore would get."""
-    args = [flag for name, flag in _FLAGS.items() if getattr(o, name)]
-    for ext in o.external:
-        args += ["--external", ext]
+    args = flag_args(o, _RESTORE_FLAGS)
     for m in o.inherit:
         args += ["--inherit-fd", f"fd[{m.fd}]:{m.key}"]
     for name, value in o.extra.items():

@@ -14,7 +14,7 @@ import re
 import subprocess
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from ..errors import CriuError, UsageError
 
@@ -154,11 +154,12 @@ def _fail(action: str, exc: Exception, log_path: str) -> CriuFailed:
     return CriuFailed(action, detail or _errno_text(code) or str(exc), log_path)
 
 
-# Options the criu command line takes as plain flags; a dump asked for anything else (an RPC field
-# named in --criu-opts) goes over swrk, where CRIU checks the field by its name.
-_DUMP_FLAGS = {"shell_job": "--shell-job", "tcp_established": "--tcp-established", "file_locks": "--file-locks",
-               "link_remap": "--link-remap", "ext_unix_sk": "--ext-unix-sk", "leave_running": "--leave-running",
-               "skip_in_flight": "--skip-in-flight"}
+# Options both dumps and restores take that map one to one onto a criu command line flag.
+COMMON_FLAGS = {"shell_job": "--shell-job", "tcp_established": "--tcp-established", "file_locks": "--file-locks",
+                "link_remap": "--link-remap", "ext_unix_sk": "--ext-unix-sk"}
+# A dump's own; a dump asked for anything else (an RPC field named in --criu-opts) goes over
+# swrk, where CRIU checks the field by its name.
+_DUMP_FLAGS = {"leave_running": "--leave-running", "skip_in_flight": "--skip-in-flight"}
 _DUMP_EXTRA_FLAGS = {"leave_stopped": "--leave-stopped"}
 
 
@@ -174,26 +175,36 @@ def dump(binary: str, o: DumpOptions) -> None:
         _dump_rpc(binary, o)
 
 
-def dump_args(o: DumpOptions) -> list[str]:
-    """The criu command line flags of a dump without RPC-only options."""
-    args = [flag for name, flag in _DUMP_FLAGS.items() if getattr(o, name)]
-    args += [_DUMP_EXTRA_FLAGS[name] for name, value in o.extra.items() if value is True]
+def flag_args(o: CommonOptions, own: dict[str, str], more: Iterable[str] = ()) -> list[str]:
+    """The criu command line flags for the options set in `o`: the common ones, `own` (the
+    command's: field -> flag), `more` as given, then the externals."""
+    args = [flag for name, flag in {**COMMON_FLAGS, **own}.items() if getattr(o, name)] + list(more)
     for ext in o.external:
         args += ["--external", ext]
     return args
 
 
-def _dump_cli(binary: str, o: DumpOptions) -> None:
-    work = o.work_dir or o.images_dir
-    log_path = os.path.join(work, o.log_file)
-    cmd = [binary, "dump", "-t", str(o.pid), "-D", o.images_dir, "-W", work, "-o", o.log_file,
-           f"-v{o.log_level}", *dump_args(o)]
-    log.info("criu dump pid=%d dir=%s", o.pid, o.images_dir)
-    result = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def dump_args(o: DumpOptions) -> list[str]:
+    """The criu command line flags of a dump without RPC-only options."""
+    return flag_args(o, _DUMP_FLAGS, (_DUMP_EXTRA_FLAGS[name] for name, value in o.extra.items() if value is True))
+
+
+def run_cli(cmd: list[str], action: str, log_path: str, pass_fds: tuple[int, ...] = ()) -> None:
+    """Run a criu command line to its end; CriuFailed, with the cause from its log, if it fails."""
+    result = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            pass_fds=pass_fds)
     if result.returncode != 0:
         why = log_errors(log_path) or result.stderr.decode(errors="replace").strip() \
             or f"criu exited with {result.returncode}"
-        raise CriuFailed(f"dump of PID {o.pid}", why, log_path)
+        raise CriuFailed(action, why, log_path)
+
+
+def _dump_cli(binary: str, o: DumpOptions) -> None:
+    work = o.work_dir or o.images_dir
+    cmd = [binary, "dump", "-t", str(o.pid), "-D", o.images_dir, "-W", work, "-o", o.log_file,
+           f"-v{o.log_level}", *dump_args(o)]
+    log.info("criu dump pid=%d dir=%s", o.pid, o.images_dir)
+    run_cli(cmd, f"dump of PID {o.pid}", os.path.join(work, o.log_file))
 
 
 def _dump_rpc(binary: str, o: DumpOptions) -> None:

@@ -25,14 +25,13 @@ import os
 import shutil
 import socket
 import struct
-import subprocess
 import tempfile
 import threading
 from pathlib import Path
 from typing import Callable
 
 from .lazy import restore_args
-from .rpc import CriuFailed, RestoreOptions, log_errors
+from .rpc import RestoreOptions, run_cli
 
 log = logging.getLogger(__name__)
 
@@ -199,13 +198,7 @@ def restore_streamed(binary: str, o: RestoreOptions) -> int:
         cmd = [binary, "restore", "--stream", "-D", o.images_dir, "-W", work, "-o", o.log_file,
                f"-v{o.log_level}", "-d", "--pidfile", pid_file, *restore_args(o)]
         log.info("criu restore --stream dir=%s", o.images_dir)
-        result = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                pass_fds=tuple(m.fd for m in o.inherit))
-        log_path = os.path.join(work, o.log_file)
-        if result.returncode != 0:
-            why = log_errors(log_path) or result.stderr.decode(errors="replace").strip() \
-                or f"criu exited with {result.returncode}"
-            raise CriuFailed("restore", why, log_path)
+        run_cli(cmd, "restore", os.path.join(work, o.log_file), pass_fds=tuple(m.fd for m in o.inherit))
         return int(Path(pid_file).read_text().strip())
     finally:
         shutil.rmtree(pid_dir, ignore_errors=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-import re
 import stat
 import threading
 import time
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from cedanafs.errors import CheckpointError, UsageError
-from cedanafs.spool import ABANDONED, COMPLETE, writer_alive
+from cedanafs.spool import ABANDONED, COMPLETE, pages_images, writer_alive
 from cedanafs.types import ChunkRef, FileContent, TransferStats
 
 from .chunkstore import PutResult
@@ -46,7 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BLOCK = 16 << 20
-_PAGES = re.compile(r"pages-(\d+)\.img$")
 _POLL = 0.002
 
 
@@ -90,7 +88,7 @@ def ingest_dir(store: "Store", source: str, lease: "Lease | None" = None, progre
     later: list[tuple[str, list[tuple[int, ChunkRef]]]] = []
     try:
         while follow and not _final(source):
-            waiting = [n for n in _pages(source) if n not in done]
+            waiting = [n for n in pages_images(source) if n not in done]
             if not waiting:
                 time.sleep(_POLL)
                 continue
@@ -141,16 +139,11 @@ def _store_new(store: "Store", lease: "Lease | None", progress: Progress, path: 
     _Ingest(store, lease, progress).run_stored(mapping, new_chunks)
 
 
-def _pages(source: str) -> list[str]:
-    found = [(int(m.group(1)), n) for n in os.listdir(source) if (m := _PAGES.match(n))]
-    return [n for _, n in sorted(found)]
-
-
 def _later_pages(source: str, name: str) -> bool:
     """`name` is final: the writer is done, or has begun a later pages image."""
     if _final(source):
         return True
-    pages = _pages(source)
+    pages = pages_images(source)
     return name in pages and pages.index(name) < len(pages) - 1
 
 
