@@ -110,6 +110,8 @@ def test_bucket_unreachable_during_a_lazy_restore(machines, private_moto, procs)
     a.cedana("dump", "job", "w", check=True)
     wait_for(lambda: no_process(info["pid"]), what="the dumped job to stop")
     ckpt = wait_for(lambda: b.jobs().get("w"), what="the second daemon to see the job")["checkpoint"]
+    # The mount's own catalog shows it up to its refresh interval after the daemon's does.
+    wait_for((b.mount_dir / "jobs" / "w" / ckpt).is_dir, what="the second mount to show the checkpoint")
     assert "pages-1.img" in os.listdir(b.mount_dir / "jobs" / "w" / ckpt)  # its manifest is loaded
 
     private_moto.kill()

@@ -558,13 +558,13 @@ class JobService:
         check_job_name(jid)
         if checkpoint:
             manifest = self.catalog.find(f"{jid}/{checkpoint}")
-            return os.path.join(self.job_dir(jid), manifest.id)
+            return _visible(os.path.join(self.job_dir(jid), manifest.id))
         info = self.catalog.latest(jid)
         if info is None:
             if self.db.get(jid) is None:
                 raise NotFound(f"no job {jid!r} (see `cedana job list`)")
             raise NotFound(f"job {jid} has no checkpoints to restore (cedana dump job {jid} first)")
-        return os.path.join(self.job_dir(jid), info.id)
+        return _visible(os.path.join(self.job_dir(jid), info.id))
 
     def _restore_lazy(self, caller: Caller, job: Job | None, req: app_process.RestoreRequest,
                       threads: int) -> tuple[int, dict]:
@@ -853,3 +853,14 @@ def _discard_quietly(path: str) -> None:
         app_mount.discard_checkpoint(path)
     except OSError as exc:
         log.warning("cannot discard unfinished checkpoint %s: %s", path, exc)
+
+
+def _visible(path: str) -> str:
+    """`path`, a checkpoint the daemon's catalog knows, once the mount shows it too: a checkpoint
+    another machine committed reaches the mount's own catalog up to its refresh interval later
+    (each lookup meanwhile lets it refresh). A path that never shows is left to the restore to
+    report."""
+    deadline = time.monotonic() + 2 * app_mount.REFRESH_INTERVAL + 1
+    while not os.path.isdir(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return path
