@@ -10,6 +10,7 @@ import pytest
 
 from cedanafs.errors import ObjectExists
 from cedanafs.streamer import NoSuchObject, open_backend
+from cedanafs.streamer.errors import CorruptObject
 from cedanafs.streamer.backends.remote import WRITE_BLOCK
 
 from .fixtures_servers import gcs_download, gcs_list_objects, s3_client
@@ -66,6 +67,21 @@ def test_get_range(backend):
     assert backend.get_range("r", len(data) - 5, 100) == data[-5:]
     assert backend.get_range("r", len(data) + 10, 5) == b""
     assert backend.get_range("r", 3, 0) == b""
+
+
+def test_segments_of_a_pack_read_on_their_own(backend):
+    """put_segmented/get_segment (pack objects): each segment read back by one range request; a
+    segment past the object's end is refused, never returned short."""
+    segments = [backend.seal_segment(f"chunks-b3/00/{i}", bytes([i]) * (1000 + i)) for i in range(3)]
+    backend.put_segmented("packs-b3/ab/pack1", segments)
+    offset = 0
+    for i, segment in enumerate(segments):
+        assert backend.get_segment("packs-b3/ab/pack1", f"chunks-b3/00/{i}", offset, len(segment)) == bytes([i]) * (1000 + i)
+        offset += len(segment)
+    with pytest.raises(CorruptObject):
+        backend.get_segment("packs-b3/ab/pack1", "chunks-b3/00/2", offset - 10, 20)
+    with pytest.raises(NoSuchObject):
+        backend.get_segment("packs-b3/ab/nothing", "chunks-b3/00/0", 0, 10)
 
 
 def test_list_prefix_and_relative_keys(backend):

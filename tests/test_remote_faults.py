@@ -24,7 +24,8 @@ from cedanafs.catalog.manifest import decode_manifest
 from cedanafs.config import load_settings
 from cedanafs.streamer import open_store_backend
 from cedanafs.criu.images import read_pagemap
-from cedanafs.streamer.chunkstore import chunk_key
+from cedanafs.streamer.chunkstore import ChunkStore
+from cedanafs.streamer.packs import PackedChunk
 from cedanafs.types import PAGE_SIZE
 from tests.fixtures_daemon import ALIVE, wait_status
 from tests.fixtures_procs import checksum_after_signal, pid_alive, wait_for
@@ -134,8 +135,8 @@ def _manifest(url: str, key_file, job: str, ckpt: str):
         backend.close()
 
 
-def _lazy_chunk_of_pages(machines: Machines, ckpt_dir, job: str, ckpt: str) -> str:
-    """The digest of a chunk of pages-*.img that only lazy pages use (not read before the process runs)."""
+def _lazy_chunks_of_pages(machines: Machines, ckpt_dir, job: str, ckpt: str) -> list[str]:
+    """The digests of the chunks of pages-*.img that only lazy pages use (not read before the process runs)."""
     manifest = _manifest(machines.url, machines.key_file, job, ckpt)
     pid = int(next(n for n in os.listdir(ckpt_dir) if n.startswith("pagemap-"))[len("pagemap-"):-len(".img")])
     name, ranges = read_pagemap(str(ckpt_dir), pid)
@@ -151,12 +152,43 @@ def _lazy_chunk_of_pages(machines: Machines, ckpt_dir, job: str, ckpt: str) -> s
             candidates.append(c.digest)
         pos += c.size
     assert candidates, "no chunk of the pages image is used by lazy pages only"
-    return candidates[len(candidates) // 2]
+    return candidates
+
+
+def _lazy_packed_chunk(machines: Machines, candidates: list[str]) -> tuple[str, PackedChunk]:
+    """A chunk of `candidates` and where it lies, in a pack (a bucket store's chunks are packed)
+    whose every chunk is one of them: losing or damaging that pack touches lazy pages only."""
+    settings = load_settings(override_json=json.dumps({"store": {"url": machines.url,
+                                                                 "key_file": str(machines.key_file)}}))
+    backend = open_store_backend(machines.url, settings)
+    try:
+        chunks = ChunkStore(backend, id_key=getattr(backend, "id_key", None), pack_size=settings.store.pack_size)
+        wanted = set(candidates)
+        for digest in candidates[len(candidates) // 2:] + candidates[:len(candidates) // 2]:
+            where = chunks.location(digest)
+            assert where is not None, f"chunk {digest} is not in a pack"
+            if set(chunks.pack_members()[where.pack]) <= wanted:
+                return digest, where
+    finally:
+        backend.close()
+    raise AssertionError("no pack holds only chunks that lazy pages use")
+
+
+def _pack_members(machines: Machines, pack: str) -> list[str]:
+    settings = load_settings(override_json=json.dumps({"store": {"url": machines.url,
+                                                                 "key_file": str(machines.key_file)}}))
+    backend = open_store_backend(machines.url, settings)
+    try:
+        chunks = ChunkStore(backend, id_key=getattr(backend, "id_key", None), pack_size=settings.store.pack_size)
+        list(chunks.list_digests())  # reads the pack indexes
+        return chunks.pack_members()[pack]
+    finally:
+        backend.close()
 
 
 def _dumped_then_seen_elsewhere(shared_machines, moto_server, procs, name: str):
     """Machine A dumps a workload job; machine B sees it. Returns B, the job's info, and a chunk
-    that only lazy pages need: its digest, the bucket and its key there."""
+    that only lazy pages need: its digest, the bucket, the key of its pack there and where it lies."""
     a = shared_machines.start(f"{name}-a")
     b = shared_machines.start(f"{name}-b")
     info = run_workload(a, "w", a.root / "w.json")
@@ -164,14 +196,16 @@ def _dumped_then_seen_elsewhere(shared_machines, moto_server, procs, name: str):
     a.cedana("dump", "job", "w", check=True)
     wait_for(lambda: no_process(info["pid"]), what="the dumped job to stop")
     ckpt = wait_for(lambda: b.jobs().get("w"), what="the second daemon to see the job")["checkpoint"]
-    digest = _lazy_chunk_of_pages(shared_machines, b.mount_dir / "jobs" / "w" / ckpt, "w", ckpt)
+    candidates = _lazy_chunks_of_pages(shared_machines, b.mount_dir / "jobs" / "w" / ckpt, "w", ckpt)
+    digest, where = _lazy_packed_chunk(shared_machines, candidates)
     bucket, _, prefix = shared_machines.url[len("s3://"):].partition("/")
-    return b, info, digest, bucket, f"{prefix}/{chunk_key(digest, 'kb3')}"
+    return b, info, digest, bucket, f"{prefix}/{where.pack}", where
 
 
 def test_missing_chunk_during_a_lazy_restore_kills_the_restored_process(shared_machines, moto_server, procs):
-    b, info, digest, bucket, key = _dumped_then_seen_elsewhere(shared_machines, moto_server, procs, "miss")
-    s3_client(moto_server.endpoint).delete_object(Bucket=bucket, Key=key)
+    b, info, digest, bucket, key, where = _dumped_then_seen_elsewhere(shared_machines, moto_server, procs, "miss")
+    members = _pack_members(shared_machines, where.pack)
+    s3_client(moto_server.endpoint).delete_object(Bucket=bucket, Key=key)  # the pack holding it
 
     b.cedana("restore", "job", "w", "--lazy", check=True)  # runs: the lost chunk is needed only later
     procs.watch(info["pid"])
@@ -179,15 +213,17 @@ def test_missing_chunk_during_a_lazy_restore_kills_the_restored_process(shared_m
     wait_for(lambda: no_process(info["pid"]), timeout=180, what="the restored process to be killed")
     wait_status(b, "w", ("halted",), timeout=60)
     mount_log = (b.db_path.parent / "mount.log").read_text()
-    assert digest in mount_log, "the missing chunk is not named"
+    assert any(d in mount_log for d in members), "no chunk of the lost pack is named"
     wait_for(lambda: "lazy restore from" in b.log_path.read_text(), what="the daemon to report the failure")
 
 
 def test_corrupt_chunk_on_an_eager_restore_is_named(shared_machines, moto_server, procs):
-    b, info, digest, bucket, key = _dumped_then_seen_elsewhere(shared_machines, moto_server, procs, "bad")
+    b, info, digest, bucket, key, where = _dumped_then_seen_elsewhere(shared_machines, moto_server, procs, "bad")
     client = s3_client(moto_server.endpoint)
-    stored = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    client.put_object(Bucket=bucket, Key=key, Body=stored[:1] + bytes(len(stored) - 1))  # same codec, bad body
+    stored = bytearray(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    start = where.offset + where.length // 2  # inside the chunk's sealed bytes in its pack, as bit rot would
+    stored[start:start + 64] = bytes(64)
+    client.put_object(Bucket=bucket, Key=key, Body=bytes(stored))
 
     result = b.cedana("restore", "job", "w", timeout=240)
     assert result.returncode != 0, "a restore from a corrupt chunk succeeded"

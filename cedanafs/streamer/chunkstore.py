@@ -13,6 +13,11 @@ all. A writer records the chunks it reuses in its lease (gc.py), and before its 
 committed `prepare_commit` makes the new chunks durable, publishes that list, and checks that
 no GC ran since the index was filled (else it re-lists and verifies), which keeps GC safe
 without re-uploading or even touching reused chunks.
+
+A bucket store puts new chunks into pack objects (packs.py; `pack_size`): a writer's chunks go
+to its own PackWriter, flushed before its commit, and the index knows where each packed chunk
+lies, so reads take it with one range request. Chunks stored as objects of their own (a local
+store, or a bucket written by earlier versions) are read as before.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from . import codecs
 from .backends.base import Backend
 from .errors import CorruptChunk, CorruptObject, MissingChunk, NoSuchObject, StoreError
 from .hashing import SCHEME_KEYED, SCHEME_PLAIN, chunk_prefix, digest_of, scheme_of
+from .packs import PackedChunk, PackWriter, decode_index, index_key, is_index, pack_of_index, pack_prefix
 
 
 
@@ -49,6 +55,8 @@ ID_SCHEME = SCHEME_PLAIN  # what the store format object records for plain ids
 KEYED_ID_SCHEME = SCHEME_KEYED  # ... and for ids keyed with the store key (encrypted stores)
 GC_RUNS = "gc-runs/"  # gc.py writes a marker here while it runs and a record when it is done
 GC_WAIT = 600.0  # at most this long for a running GC before a commit that reuses chunks fails
+RELIST_AFTER = 2.0  # a chunk found nowhere re-lists the store only if the last listing is older
+INDEX_READERS = 8  # pack indexes read in parallel when the store is listed
 
 
 def chunk_key(digest: str, scheme: str = SCHEME_PLAIN) -> str:
@@ -79,7 +87,7 @@ class ChunkStore:
     """put/get/exists/delete of chunks by digest over one backend. Thread-safe."""
 
     def __init__(self, backend: Backend, codec: str = "zstd", id_key: bytes | None = None,
-                 defer_compression: bool = False):
+                 defer_compression: bool = False, pack_size: int = 0):
         codecs.codec_id(codec)  # fail early on a bad name
         self.backend = backend
         self.codec = codec
@@ -98,6 +106,13 @@ class ChunkStore:
         self._known: set[str] | None = None
         self._gc_seen: frozenset[str] = frozenset()
         self._index_lock = threading.Lock()  # one listing at a time
+        self._listed_at = 0.0
+        # Packs (packs.py): off where chunks are compressed after the commit, which rewrites them.
+        self.pack_size = 0 if self.defer_compression else max(0, pack_size)
+        self.pack_prefix = pack_prefix(self.scheme)
+        self._packers: dict[int, PackWriter] = {}  # id(lease) (0: no lease) -> its pack writer
+        self._packs: dict[str, list[tuple[str, PackedChunk]]] = {}  # pack key -> its chunks, as listed
+        self._located: dict[str, PackedChunk] = {}  # digest -> where it lies in a pack
 
     def digest(self, data: bytes) -> str:
         """This store's id of `data` (keyed when the store has an id key)."""
@@ -123,7 +138,9 @@ class ChunkStore:
         known = set(self.list_digests())
         with self._lock:
             self._known, self._gc_seen = known, gc_seen
-        log.debug("chunk index of %s: %d chunks (%.2f s)", self.backend.url, len(known), time.monotonic() - started)
+            self._listed_at = time.monotonic()
+        log.debug("chunk index of %s: %d chunks, %d packs (%.2f s)", self.backend.url, len(known),
+                  len(self._packs), time.monotonic() - started)
 
     def revalidate(self) -> None:
         """At the start of a writer's session: re-list if a GC ran since the index was listed, so
@@ -159,6 +176,10 @@ class ChunkStore:
             return reused
         deferred = self.defer_compression and codecs.worth_compressing(data, self.codec)
         header, body = codecs.plain_parts(data) if deferred else codecs.encode_parts(data, self.codec)
+        packer = self._packer(lease)
+        if packer is not None:  # in the store once its pack is put (_packed), by the commit at the latest
+            packer.add(digest, self.key(digest), (header, body))
+            return PutResult(ref, len(header) + len(body), new=True)
         self.backend.put_parts_unsynced(self.key(digest), (header, body))
         with self._lock:
             self._corrupt.discard(digest)
@@ -173,11 +194,123 @@ class ChunkStore:
     def reuse(self, ref: ChunkRef, lease: "Lease | None" = None) -> PutResult | None:
         """The chunk `ref` names, if the store has it (noted in the lease, so no GC deletes it
         before the commit); None if it must be stored."""
-        if ref.digest in self._corrupt or not self._is_known(ref.digest):
+        if ref.digest in self._corrupt:
+            return None
+        packer = self._packer(lease, create=False)
+        if not (packer is not None and packer.pending(ref.digest) is not None or self._is_known(ref.digest)):
             return None
         if lease is not None:
             lease.note_reused(ref.digest)
         return PutResult(ref, 0, new=False)
+
+    # -- packs (packs.py) -------------------------------------------------------------------
+    def _packer(self, lease: "Lease | None", create: bool = True) -> PackWriter | None:
+        """The pack writer of `lease`'s writer (None where this store does not pack)."""
+        if not self.pack_size:
+            return None
+        with self._lock:
+            packer = self._packers.get(id(lease) if lease is not None else 0)
+            if packer is None and create:
+                packer = PackWriter(self.backend, self.pack_prefix, self.pack_size, self._packed)
+                self._packers[id(lease) if lease is not None else 0] = packer
+            return packer
+
+    def _flush_packer(self, lease: "Lease | None") -> None:
+        """The writer's chunks all in the store (its packs put), or the error of the one that failed."""
+        with self._lock:
+            packer = self._packers.pop(id(lease) if lease is not None else 0, None)
+        if packer is not None:
+            packer.flush()
+
+    def flush_all(self) -> None:
+        """Every writer's pending chunks put (at close: chunks stored without a commit survive)."""
+        with self._lock:
+            packers, self._packers = list(self._packers.values()), {}
+        for packer in packers:
+            packer.flush()
+
+    def _packed(self, pack: str, entries: list[tuple[str, PackedChunk]]) -> None:
+        """A pack and its index are in the store: its chunks are known and readable."""
+        with self._lock:
+            self._packs[pack] = entries
+            for digest, where in entries:
+                self._located.setdefault(digest, where)
+                self._corrupt.discard(digest)
+                self._missing.discard(digest)
+                if self._known is not None:
+                    self._known.add(digest)
+            self._last_store = time.monotonic()
+
+    def _pending(self, digest: str) -> bytes | None:
+        with self._lock:
+            packers = list(self._packers.values())
+        for packer in packers:
+            encoded = packer.pending(digest)
+            if encoded is not None:
+                return encoded
+        return None
+
+    def _locate(self, digest: str, relist: bool = False) -> PackedChunk | None:
+        """Where a packed chunk lies; `relist`: list the store again first (at most every
+        RELIST_AFTER seconds) if it is not known to be packed, as another writer may have packed it."""
+        if self.pack_size and self._known is None:
+            self._index()
+        with self._lock:
+            where = self._located.get(digest)
+            stale = time.monotonic() - self._listed_at > RELIST_AFTER
+        if where is None and relist and stale:
+            with self._index_lock:
+                self._sync_index()
+            with self._lock:
+                where = self._located.get(digest)
+        return where
+
+    def _read_pack_indexes(self) -> dict[str, list[tuple[str, PackedChunk]]]:
+        """Every pack of the store with its chunks (indexes read once: a pack never changes)."""
+        listed = [pack_of_index(k) for k in self.backend.list(self.pack_prefix) if is_index(k)]
+        with self._lock:
+            known = dict(self._packs)
+        new = [pack for pack in listed if pack not in known]
+        if new:
+            from concurrent.futures import ThreadPoolExecutor
+
+            def read(pack: str) -> tuple[str, list[tuple[str, PackedChunk]] | None]:
+                try:
+                    return pack, decode_index(pack, self.backend.get(index_key(pack)))
+                except NoSuchObject:
+                    return pack, None  # deleted by a GC since the listing
+            with ThreadPoolExecutor(min(INDEX_READERS, len(new))) as pool:
+                for pack, entries in pool.map(read, new):
+                    if entries is not None:
+                        known[pack] = entries
+        packs = {pack: known[pack] for pack in listed if pack in known}
+        located: dict[str, PackedChunk] = {}
+        for entries in packs.values():
+            for digest, where in entries:
+                located.setdefault(digest, where)
+        with self._lock:
+            self._packs, self._located = packs, located
+        return packs
+
+    def location(self, digest: str) -> PackedChunk | None:
+        """Where a chunk lies in a pack (None: stored as an object of its own, or not at all)."""
+        return self._locate(digest, relist=True)
+
+    def pack_members(self) -> dict[str, list[str]]:
+        """The chunks of each pack, as the last listing found them (list_digests() lists again)."""
+        with self._lock:
+            return {pack: [d for d, _ in entries] for pack, entries in self._packs.items()}
+
+    def delete_pack(self, pack: str) -> None:
+        """Delete a pack: its index first, so that no reader looks for its chunks there any more."""
+        self.backend.delete(index_key(pack))
+        self.backend.delete(pack)
+        with self._lock:
+            for digest, _ in self._packs.pop(pack, ()):
+                if self._located.get(digest, PackedChunk("", 0, 0)).pack == pack:
+                    del self._located[digest]
+                    if self._known is not None:
+                        self._known.discard(digest)
 
     # -- compression after the commit ------------------------------------------------------
     def deferred(self) -> tuple[int, int]:
@@ -233,6 +366,7 @@ class ChunkStore:
     def reused_gone(self, lease: "Lease | None") -> list[str]:
         """New chunks made durable, the lease's reused chunks published; those of them a GC
         deleted meanwhile (the index is re-listed then, so storing them again uploads them)."""
+        self._flush_packer(lease)
         self.backend.sync()
         if lease is None or not lease.reused:
             return []
@@ -280,8 +414,19 @@ class ChunkStore:
             raise CorruptChunk(digest, "found corrupt earlier; not fetched again")
         if digest in self._missing:
             raise MissingChunk(digest, "(found missing earlier; not fetched again)")
+        where = self._locate(digest)
         try:
-            return self.backend.get(self.key(digest))
+            if where is None:
+                pending = self._pending(digest)
+                if pending is not None:
+                    return pending
+                try:
+                    return self.backend.get(self.key(digest))
+                except NoSuchObject:
+                    where = self._locate(digest, relist=True)
+                    if where is None:
+                        raise
+            return self.backend.get_segment(where.pack, self.key(digest), where.offset, where.length)
         except NoSuchObject:
             with self._lock:
                 self._missing.add(digest)
@@ -316,22 +461,38 @@ class ChunkStore:
 
     # -- listing and deleting -------------------------------------------------------------
     def exists(self, digest: str) -> bool:
-        return self.backend.exists(self.key(digest))
+        return self.backend.exists(self.key(digest)) or self._locate(digest, relist=True) is not None
 
     def delete(self, digest: str) -> None:
         self._forget(digest)
         self.backend.delete(self.key(digest))
 
     def list_digests(self) -> Iterator[str]:
+        """Every chunk in the store, once: those stored as objects, then those in packs."""
+        seen = set()
         for key in self.backend.list(self.prefix):
             name = key.rsplit("/", 1)[-1]
             if len(name) == 64:
+                seen.add(name)
                 yield name
+        for entries in self._read_pack_indexes().values():
+            for digest, _ in entries:
+                if digest not in seen:
+                    seen.add(digest)
+                    yield digest
 
     def stat(self, digest: str) -> ChunkInfo:
+        """The chunk stored as an object of its own (NoSuchObject for one only in a pack: GC
+        deletes packs whole, see delete_pack)."""
         info = self.backend.stat(self.key(digest))
         return ChunkInfo(digest, info.size, info.mtime)
 
     def stored_size(self, digest: str) -> int:
         """Encoded bytes the chunk takes in the backend (for stats)."""
-        return self.backend.stat(self.key(digest)).size
+        try:
+            return self.backend.stat(self.key(digest)).size
+        except NoSuchObject:
+            where = self._locate(digest)
+            if where is None:
+                raise
+            return where.length

@@ -15,6 +15,8 @@ The rule (docs/store.md has the reasoning):
   are listed again (a release follows the commit). It deletes a chunk only if
   it is unreferenced, in no live lease's list, and older than min(GC start, oldest live lease
   start) - grace, re-statting it just before the delete. Then it leaves a done record.
+A pack (packs.py) is deleted whole, by the same rule, once none of its chunks may be: its mtime
+is when its writer put it.
 So a writer that published before the GC's marker is seen by the GC, and one that published
 after it sees the marker. All times are backend mtimes: clocks of machines are never compared.
 """
@@ -206,6 +208,10 @@ def collect_garbage(store: ChunkStore, referenced: Iterable[str] | Callable[[], 
                 result.kept_reused += 1
                 continue
             _maybe_delete(store, digest, result, dry_run)
+        deletable = set(candidates) - spared
+        for pack, digests in store.pack_members().items():
+            if all(d in deletable for d in digests):  # a pack goes whole, once none of it is wanted
+                _maybe_delete_pack(store, pack, len(digests), result, dry_run)
     finally:
         if not dry_run:
             _finish_run(store, run_id, marker)
@@ -240,11 +246,27 @@ def _finish_run(store: ChunkStore, run_id: str, marker: str) -> None:
         store.backend.delete(key)
 
 
+def _maybe_delete_pack(store: ChunkStore, pack: str, chunks: int, result: GcResult, dry_run: bool) -> None:
+    """As _maybe_delete, for a pack none of whose chunks is referenced or reused (its mtime is
+    when its writer put it: the same rule as a chunk's)."""
+    try:
+        info = store.backend.stat(pack)
+    except NoSuchObject:
+        return
+    if info.mtime >= result.cutoff:
+        result.kept_recent += chunks
+        return
+    if not dry_run:
+        store.delete_pack(pack)
+    result.deleted += chunks
+    result.deleted_bytes += info.size
+
+
 def _maybe_delete(store: ChunkStore, digest: str, result: GcResult, dry_run: bool) -> None:
     try:
         info = store.stat(digest)  # re-stat just before deleting: a writer may have touched it
     except NoSuchObject:
-        return
+        return  # gone, or only in a pack (deleted whole above)
     if info.mtime >= result.cutoff:
         result.kept_recent += 1
         return

@@ -51,11 +51,13 @@ class Store:
     def __init__(self, backend: Backend, *, codec: str = "zstd", chunker: ChunkerSpec | None = None,
                  memory_limit: int = 256 << 20, streams: int = 0, cache: ChunkCache | None = None,
                  inline_threshold: int = INLINE_THRESHOLD, readahead: int = DEFAULT_READAHEAD,
-                 compress_after_commit: bool = False):
+                 compress_after_commit: bool = False, pack_size: int = 0):
         self.backend = backend
         # An encrypted store's backend brings the key of its chunk ids (backends/crypt.py).
         self.chunks = ChunkStore(backend, codec, id_key=getattr(backend, "id_key", None),
-                                 defer_compression=compress_after_commit)
+                                 defer_compression=compress_after_commit,
+                                 # Packs in memory count against the memory limit too (packs.py).
+                                 pack_size=min(pack_size, max(1 << 20, memory_limit // 32)))
         self.chunker = chunker or ChunkerSpec()
         self.budget = ByteBudget(max(memory_limit, self.chunker.max_size))
         self.inline_threshold = inline_threshold
@@ -101,7 +103,9 @@ class Store:
                    chunker=ChunkerSpec.for_size(chunker_kind, settings.store.chunk_size),
                    memory_limit=settings.store.memory_limit, streams=streams,
                    cache=cache, readahead=max(DEFAULT_READAHEAD, settings.checkpoint.streams),
-                   compress_after_commit=after_commit)
+                   compress_after_commit=after_commit,
+                   # A bucket store puts new chunks in packs (packs.py); a local one a file each.
+                   pack_size=0 if local else settings.store.pack_size)
 
     @property
     def url(self) -> str:
@@ -166,6 +170,10 @@ class Store:
 
     def close(self) -> None:
         self._closing.set()
+        try:
+            self.chunks.flush_all()  # chunks stored without a commit are in the store all the same
+        except Exception as exc:  # noqa: BLE001 - closing goes on; no commit named them
+            log.warning("putting the last pack of %s failed: %s", self.url, exc)
         if self._compactor is not None:
             self.chunks.stored_plain.set()
             self._compactor.join()

@@ -94,6 +94,7 @@ def s3_options(settings: Settings, environ: Mapping[str, str]) -> dict[str, Any]
             # against its BLAKE3 id on read (and sealed with AES-GCM in an encrypted store).
             "request_checksum_calculation": "when_required",
             "response_checksum_validation": "when_required",
+            "s3": {"payload_signing_enabled": False},
         },
         "skip_instance_cache": True,
         "use_listings_cache": False,

@@ -16,6 +16,8 @@ Buffer = Union[bytes, bytearray, memoryview]
 
 from cedanafs.errors import NoSuchObject
 
+from ..errors import CorruptObject
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -69,6 +71,24 @@ class Backend(ABC):
 
     def sync(self) -> None:
         """Make every put_unsynced() object durable (object stores: already are)."""
+
+    # -- segmented objects: pack objects (streamer/packs.py) ---------------------------------
+    def seal_segment(self, segment_key: str, data: Buffer) -> Buffer:
+        """What to store of one segment of an object put by put_segmented(): `data` itself here;
+        sealed under `segment_key` by an encrypted backend, so that it can be read on its own."""
+        return data
+
+    def put_segmented(self, key: str, segments: Sequence[Buffer]) -> None:
+        """put() of the object made of `segments` (each from seal_segment()) in order."""
+        self.put(key, b"".join(segments))
+
+    def get_segment(self, key: str, segment_key: str, offset: int, length: int) -> bytes:
+        """One segment of an object put by put_segmented(), opened; CorruptObject if the object
+        ends before it, NoSuchObject if there is no such object."""
+        data = self.get_range(key, offset, length)
+        if len(data) != length:
+            raise CorruptObject(f"{self.url}: object {key} ends before its segment at {offset}+{length}")
+        return data
 
     @abstractmethod
     def create(self, key: str, data: bytes) -> None:

@@ -45,7 +45,7 @@ MAGIC = b"CFE1"  # cedanafs encrypted object, version 1
 NONCE_SIZE = 12
 TAG_SIZE = 16
 OVERHEAD = len(MAGIC) + NONCE_SIZE + TAG_SIZE
-PLAIN_NAMESPACES = ("chunks-b3", "chunks-kb3", "gc-runs")
+PLAIN_NAMESPACES = ("chunks-b3", "chunks-kb3", "packs-b3", "packs-kb3", "gc-runs")
 KEY_FILE_VERSION = 1
 
 
@@ -208,6 +208,15 @@ class EncryptedBackend(Backend):
 
     def sync(self) -> None:
         self.inner.sync()
+
+    def seal_segment(self, segment_key: str, data: Buffer) -> bytes:
+        return self.seal(segment_key, bytes(data))
+
+    def put_segmented(self, key: str, segments: Sequence[Buffer]) -> None:
+        self.inner.put_segmented(self._enc_name(key), segments)  # each segment sealed on its own
+
+    def get_segment(self, key: str, segment_key: str, offset: int, length: int) -> bytes:
+        return self.open(segment_key, self.inner.get_segment(self._enc_name(key), segment_key, offset, length))
 
     def create(self, key: str, data: bytes) -> None:
         self.inner.create(self._enc_name(key), self.seal(key, bytes(data)))

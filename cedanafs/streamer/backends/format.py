@@ -23,6 +23,7 @@ from cedanafs.errors import ConfigError
 
 from ..chunkstore import ID_SCHEME, KEYED_ID_SCHEME
 from ..hashing import SCHEME_KEYED, SCHEME_PLAIN, chunk_prefix
+from ..packs import is_index, pack_prefix
 from ..errors import CorruptObject, NoSuchObject, StoreFormatError, StoreKeyError
 from .base import Backend
 from .crypt import (CIPHER, MAGIC, NAMES, EncryptedBackend, InvalidKeyFile, StoreKey, read_key_file,
@@ -36,7 +37,8 @@ FORMAT_NAME = "cedanafs-store"
 FORMAT_VERSION = 1
 ENCRYPT_MODES = ("auto", "on", "off")
 REMOTE_SCHEMES = ("s3", "s3a", "gs", "gcs")
-_DATA_PREFIXES = (chunk_prefix(SCHEME_PLAIN), chunk_prefix(SCHEME_KEYED), "manifests/")
+_DATA_PREFIXES = (chunk_prefix(SCHEME_PLAIN), chunk_prefix(SCHEME_KEYED), pack_prefix(SCHEME_PLAIN),
+                  pack_prefix(SCHEME_KEYED), "manifests/")
 
 
 @dataclass(frozen=True)
@@ -152,9 +154,12 @@ def _create(backend: Backend, settings: Settings, encrypt: bool) -> StoreFormat:
 
 
 def _first_object(backend: Backend) -> str | None:
+    """A data object sealed whole (in an encrypted store): a chunk, a pack's index or a manifest,
+    never a pack, whose chunks are sealed one by one."""
     for prefix in _DATA_PREFIXES:
         for key in backend.list(prefix):
-            return key
+            if not prefix.startswith("packs-") or is_index(key):
+                return key
     return None
 
 
