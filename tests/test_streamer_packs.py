@@ -53,10 +53,15 @@ def test_chunks_go_to_a_few_packs_and_read_back_from_another_store(url):
     lease.release()
     keys = _keys(url)
     assert not [k for k in keys if k.startswith("chunks-")]  # no object per chunk
-    packs = [k for k in keys if k.startswith("packs-b3/") and not k.endswith(".idx")]
+    packs = [k for k in keys if k.startswith("packs-b3/") and not k.endswith((".idx", ".sdx"))]
     assert len(packs) == 5 and len([k for k in keys if k.endswith(".idx")]) == 5
+    assert len([k for k in keys if k.endswith(".sdx")]) == 1  # the writer's summary of the five
     reader = _store(url)  # another process: knows nothing but what the store holds
+    gets = []
+    real_get = reader.backend.get
+    reader.backend.get = lambda key: (gets.append(key), real_get(key))[1]
     assert reader.read_bytes(content) == data
+    assert [k for k in gets if k.startswith("packs-")] == [k for k in keys if k.endswith(".sdx")]  # not 5 indexes
     assert reader.stats().chunk_count == 20
     writer.close()
     reader.close()
@@ -142,6 +147,7 @@ def test_gc_deletes_a_pack_only_when_none_of_its_chunks_is_wanted(url):
     # 11 chunks in packs of 4: kept's 3 share theirs with one other; the two packs left go whole.
     assert len(with_kept) == 4 and result.deleted == 7
     assert len([k for k in _keys(url) if k.endswith(".idx")]) == 1
+    assert len([k for k in _keys(url) if k.endswith(".sdx")]) == 1  # still names the pack left
     reader = _store(url)
     assert reader.read_bytes(kept) == _data(3 * CHUNK, seed=7)
     for ref in partly.chunks + dropped.chunks:
@@ -150,6 +156,8 @@ def test_gc_deletes_a_pack_only_when_none_of_its_chunks_is_wanted(url):
         else:
             with pytest.raises(StoreError):
                 reader.chunks.get(ref)
+    assert store.collect_garbage(set(), grace_seconds=3600).deleted == 4  # nothing referenced any more
+    assert not [k for k in _keys(url) if k.startswith("packs-")]  # the summary went with its last pack
     store.close()
     reader.close()
 

@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 from cedanafs.types import ChunkRef
 
@@ -35,7 +35,8 @@ from . import codecs
 from .backends.base import Backend
 from .errors import CorruptChunk, CorruptObject, MissingChunk, NoSuchObject, StoreError
 from .hashing import SCHEME_KEYED, SCHEME_PLAIN, chunk_prefix, digest_of, scheme_of
-from .packs import PackedChunk, PackWriter, decode_index, index_key, is_index, pack_of_index, pack_prefix
+from .packs import (PackedChunk, PackWriter, decode_index, decode_summary, index_key, is_index, is_summary,
+                    pack_of_index, pack_prefix)
 
 
 
@@ -112,6 +113,7 @@ class ChunkStore:
         self.pack_prefix = pack_prefix(self.scheme)
         self._packers: dict[int, PackWriter] = {}  # id(lease) (0: no lease) -> its pack writer
         self._packs: dict[str, list[tuple[str, PackedChunk]]] = {}  # pack key -> its chunks, as listed
+        self._summaries: dict[str, dict[str, list[tuple[str, PackedChunk]]]] = {}  # summary key -> its packs
         self._located: dict[str, PackedChunk] = {}  # digest -> where it lies in a pack
 
     def digest(self, data: bytes) -> str:
@@ -266,23 +268,22 @@ class ChunkStore:
         return where
 
     def _read_pack_indexes(self) -> dict[str, list[tuple[str, PackedChunk]]]:
-        """Every pack of the store with its chunks (indexes read once: a pack never changes)."""
-        listed = [pack_of_index(k) for k in self.backend.list(self.pack_prefix) if is_index(k)]
+        """Every pack of the store with its chunks: a pack is there while its index is listed;
+        what it holds comes from a writer's summary if one lists it, else from its own index
+        (each read once: a pack never changes)."""
+        keys = list(self.backend.list(self.pack_prefix))
+        listed = [pack_of_index(k) for k in keys if is_index(k)]
+        summaries = [k for k in keys if is_summary(k)]
         with self._lock:
-            known = dict(self._packs)
-        new = [pack for pack in listed if pack not in known]
-        if new:
-            from concurrent.futures import ThreadPoolExecutor
-
-            def read(pack: str) -> tuple[str, list[tuple[str, PackedChunk]] | None]:
-                try:
-                    return pack, decode_index(pack, self.backend.get(index_key(pack)))
-                except NoSuchObject:
-                    return pack, None  # deleted by a GC since the listing
-            with ThreadPoolExecutor(min(INDEX_READERS, len(new))) as pool:
-                for pack, entries in pool.map(read, new):
-                    if entries is not None:
-                        known[pack] = entries
+            known, read = dict(self._packs), dict(self._summaries)
+        for key, packs in self._read_all([k for k in summaries if k not in read], self._read_summary):
+            read[key] = packs or {}
+        for packs in read.values():
+            for pack, entries in packs.items():
+                known.setdefault(pack, entries)
+        for pack, entries in self._read_all([p for p in listed if p not in known], self._read_index):
+            if entries is not None:
+                known[pack] = entries
         packs = {pack: known[pack] for pack in listed if pack in known}
         located: dict[str, PackedChunk] = {}
         for entries in packs.values():
@@ -290,7 +291,39 @@ class ChunkStore:
                 located.setdefault(digest, where)
         with self._lock:
             self._packs, self._located = packs, located
+            self._summaries = {k: read[k] for k in summaries if k in read}
         return packs
+
+    @staticmethod
+    def _read_all(keys: list[str], read: Callable[[str], object]) -> list:
+        if not keys:
+            return []
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(INDEX_READERS, len(keys))) as pool:
+            return list(pool.map(lambda k: (k, read(k)), keys))
+
+    def _read_index(self, pack: str) -> list[tuple[str, PackedChunk]] | None:
+        try:
+            return decode_index(pack, self.backend.get(index_key(pack)))
+        except NoSuchObject:
+            return None  # deleted by a GC since the listing
+
+    def _read_summary(self, key: str) -> dict[str, list[tuple[str, PackedChunk]]] | None:
+        try:
+            return decode_summary(key, self.backend.get(key))
+        except NoSuchObject:
+            return None
+
+    def drop_stale_summaries(self) -> int:
+        """Delete the summaries none of whose packs is left (after a GC); how many."""
+        with self._lock:
+            stale = [k for k, packs in self._summaries.items() if not set(packs) & set(self._packs)]
+        for key in stale:
+            self.backend.delete(key)
+            with self._lock:
+                self._summaries.pop(key, None)
+        return len(stale)
 
     def location(self, digest: str) -> PackedChunk | None:
         """Where a chunk lies in a pack (None: stored as an object of its own, or not at all)."""

@@ -212,6 +212,8 @@ def collect_garbage(store: ChunkStore, referenced: Iterable[str] | Callable[[], 
         for pack, digests in store.pack_members().items():
             if all(d in deletable for d in digests):  # a pack goes whole, once none of it is wanted
                 _maybe_delete_pack(store, pack, len(digests), result, dry_run)
+        if not dry_run:
+            store.drop_stale_summaries()
     finally:
         if not dry_run:
             _finish_run(store, run_id, marker)
