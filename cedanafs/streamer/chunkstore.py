@@ -111,7 +111,7 @@ class ChunkStore:
         # Packs (packs.py): off where chunks are compressed after the commit, which rewrites them.
         self.pack_size = 0 if self.defer_compression else max(0, pack_size)
         self.pack_prefix = pack_prefix(self.scheme)
-        self._packers: dict[int, PackWriter] = {}  # id(lease) (0: no lease) -> its pack writer
+        self._packers: dict[object, PackWriter] = {}  # lease (None: no lease) -> its pack writer
         self._packs: dict[str, list[tuple[str, PackedChunk]]] = {}  # pack key -> its chunks, as listed
         self._summaries: dict[str, dict[str, list[tuple[str, PackedChunk]]]] = {}  # summary key -> its packs
         self._located: dict[str, PackedChunk] = {}  # digest -> where it lies in a pack
@@ -211,18 +211,23 @@ class ChunkStore:
         if not self.pack_size:
             return None
         with self._lock:
-            packer = self._packers.get(id(lease) if lease is not None else 0)
+            packer = self._packers.get(lease)
             if packer is None and create:
                 packer = PackWriter(self.backend, self.pack_prefix, self.pack_size, self._packed)
-                self._packers[id(lease) if lease is not None else 0] = packer
+                self._packers[lease] = packer
             return packer
 
     def _flush_packer(self, lease: "Lease | None") -> None:
         """The writer's chunks all in the store (its packs put), or the error of the one that failed."""
         with self._lock:
-            packer = self._packers.pop(id(lease) if lease is not None else 0, None)
+            packer = self._packers.pop(lease, None)
         if packer is not None:
             packer.flush()
+
+    def drop_writer(self, lease: "Lease | None") -> None:
+        """A writer that gives up: the chunks it has not put yet are dropped (nothing names them)."""
+        with self._lock:
+            self._packers.pop(lease, None)
 
     def flush_all(self) -> None:
         """Every writer's pending chunks put (at close: chunks stored without a commit survive)."""

@@ -121,7 +121,7 @@ class PackWriter:
     being put at a time: a writer that fills packs faster waits, so its memory stays bounded."""
 
     def __init__(self, backend: Backend, prefix: str, target: int,
-                 put: Callable[[str, list[tuple[str, PackedChunk]]], None], max_puts: int = 2):
+                 put: Callable[[str, list[tuple[str, PackedChunk]]], None], max_puts: int = 4):
         self.backend = backend
         self.prefix = prefix
         self.target = target

@@ -97,4 +97,5 @@ class StoreSession:
         with self._lock:
             lease, self._lease = self._lease, None
         if lease is not None:
+            self.store.chunks.drop_writer(lease)  # after a commit, nothing left; else nothing to keep
             lease.release()
