@@ -1,6 +1,7 @@
-"""The command's lazy loading (cli/base.py LazyGroup): each command is there when asked for alone,
-with all its subcommands, every command a module adds is declared, and a command loads no other
-command family.
+"""What `cedana` loads before it starts: the command's lazy loading (cli/base.py LazyGroup; each
+command is there when asked for alone, with all its subcommands, every command a module adds is
+declared, a command loads no other command family), and what `dump process` and `restore
+process` leave to the paths that need it.
 """
 
 from __future__ import annotations
@@ -94,3 +95,16 @@ def test_a_command_loads_only_its_family(args, families):
     modules = {f"cedanafs.cli.{m}" for m in ("containers", "jobs", "k8s", "mount", "process", "store", "attach",
                                              "misc", "query")}
     assert _imported(*args) & modules == {f"cedanafs.cli.{m}" for m in families}
+
+
+def test_dump_and_restore_leave_what_only_some_paths_need():
+    """A dump or restore of an images dir loads neither the archive formats, the pages hashing,
+    O_DIRECT writes, the mount's capture, the images readers nor the other restores."""
+    code = ("import sys, cedanafs.cli, cedanafs.cli.process, cedanafs.app.process, cedanafs.app.procinfo,"
+            " cedanafs.daemon.client; print(' '.join(sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=str(ROOT))
+    loaded = set(out.stdout.split())
+    assert "cedanafs.app.process" in loaded
+    assert loaded & {"cedanafs.app.archive", "cedanafs.app.imagesums", "cedanafs.fsio", "cedanafs.app.capture",
+                     "cedanafs.criu.images", "cedanafs.criu.probe", "cedanafs.criu.stream", "cedanafs.criu.terminal",
+                     "cedanafs.types", "isal", "hashlib", "ctypes"} == set()
