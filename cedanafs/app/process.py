@@ -65,6 +65,8 @@ class CriuFlags:
 
 @dataclass(frozen=True, kw_only=True)
 class DumpRequest(CriuFlags):
+    """What a dump (of a process or a job) was asked: the process, where, its name and archive format."""
+
     pid: int
     dir: str | None = None
     name: str | None = None
@@ -75,6 +77,8 @@ class DumpRequest(CriuFlags):
 
 @dataclass(frozen=True)
 class DumpResult:
+    """A finished dump: where it is, how large, and how long it took."""
+
     path: str
     pid: int
     name: str
@@ -92,6 +96,8 @@ class DumpResult:
 
 @dataclass(frozen=True, kw_only=True)
 class RestoreRequest(CriuFlags):
+    """What a restore (of a process or a job) was asked: the checkpoint, and how to restore it."""
+
     path: str
     no_server: bool = False
     lazy: bool = False
@@ -102,6 +108,8 @@ class RestoreRequest(CriuFlags):
 
 @dataclass(frozen=True)
 class RestoreResult:
+    """A restore: the root PID, and with --no-server the process's exit code."""
+
     pid: int
     exit_code: int | None = None
 
