@@ -8,7 +8,6 @@ the JSON given with `--config` for one call. Unknown keys are an error that name
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import os
 from dataclasses import dataclass, field
@@ -23,6 +22,8 @@ COMPRESSIONS = ("none", "tar", "gzip", "lz4", "zlib", "zstd")
 
 @dataclass(frozen=True)
 class CheckpointSettings:
+    """The defaults of `dump process`: where a checkpoint goes, its archive format, its streams."""
+
     dir: str = "/tmp"
     compression: str = "none"
     streams: int = 0
@@ -30,22 +31,30 @@ class CheckpointSettings:
 
 @dataclass(frozen=True)
 class DbSettings:
+    """The catalog index; the job database and the other state files sit beside it."""
+
     path: str = "/var/lib/cedana/cedana.db"
 
 
 @dataclass(frozen=True)
 class CriuSettings:
+    """Which CRIU binary runs, and whether a dump leaves the process running by default."""
+
     binary_path: str = ""
     leave_running: bool = False
 
 
 @dataclass(frozen=True)
 class MountSettings:
+    """Where the daemon mounts the checkpoint store."""
+
     dir: str = "/mnt/cedana"
 
 
 @dataclass(frozen=True)
 class StoreSettings:
+    """Where and how the checkpoint store keeps its chunks."""
+
     url: str = "/var/lib/cedana/store"
     codec: str = "auto"  # zstd, lz4, none; auto: lz4 for a local store, zstd for a bucket
     # When chunks are compressed: before they are stored ("off"), or, in a mount server, after the
@@ -82,12 +91,16 @@ class SpoolSettings:
 
 @dataclass(frozen=True)
 class CacheSettings:
+    """The local cache of chunks read from the store."""
+
     dir: str = "/var/cache/cedana/chunks"
     size: int = 2 << 30
 
 
 @dataclass(frozen=True)
 class AwsSettings:
+    """S3 credentials, region and endpoint (the AWS_* variables set them too)."""
+
     access_key_id: str = ""
     secret_access_key: str = ""
     session_token: str = ""
@@ -97,6 +110,8 @@ class AwsSettings:
 
 @dataclass(frozen=True)
 class GcsSettings:
+    """GCS project, credentials and endpoint (the Google variables set them too)."""
+
     project: str = ""
     credentials: str = ""
     endpoint: str = ""
@@ -104,11 +119,15 @@ class GcsSettings:
 
 @dataclass(frozen=True)
 class JobSettings:
+    """Where managed jobs' output goes."""
+
     log_dir: str = "/var/log"
 
 
 @dataclass(frozen=True)
 class LogSettings:
+    """How much cedana logs."""
+
     level: str = "warning"
 
 
@@ -123,6 +142,8 @@ class KubernetesSettings:
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting of one call: a section each, the daemon's address and this host's name."""
+
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     db: DbSettings = field(default_factory=DbSettings)
     criu: CriuSettings = field(default_factory=CriuSettings)
@@ -286,11 +307,18 @@ def _apply(values: dict[str, dict[str, Any]], flat: dict[str, Any], source: str)
             values.setdefault(section, {})[name] = value
 
 
+def _closest(word: str, known: list[str], cutoff: float) -> list[str]:
+    """The known word nearest to `word`, if one is near enough: [it] or []. difflib is imported
+    here, not with the config: only a misspelt key or variable needs it."""
+    import difflib
+
+    return difflib.get_close_matches(word, known, n=1, cutoff=cutoff)
+
+
 def _suggestion(key: str) -> str:
     """' (did you mean 'aws.endpoint'?)' for a key close to a known one, else ''."""
-
     known = all_keys()
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    close = _closest(key, known, 0.6)
     if not close:  # a known key with an extra word: aws.endpoint_url -> aws.endpoint
         close = [k for k in known if key.startswith(k + "_") or key.startswith(k + ".")][:1]
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -307,12 +335,11 @@ def env_name(key: str) -> str:
 
 def unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
     """CEDANA_* variables that set nothing, each with the nearest known name when there is one."""
-
     environ = os.environ if environ is None else environ
     known = [env_name(k) for k in all_keys()] + list(OTHER_ENV)
     out = []
     for name in sorted(n for n in environ if n.startswith("CEDANA_") and n not in known):
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.7)
+        close = _closest(name, known, 0.7)
         out.append(name + (f" (did you mean {close[0]}?)" if close else ""))
     return out
 

@@ -30,6 +30,7 @@ ALIVE = ("running", "sleep")
 _AS_NOBODY = (
     "import os, sys, difflib, gettext\n"  # click imports these lazily
     "import cedanafs.cli, cedanafs.daemon.client, cedanafs.app.jobs, cedanafs.app.process, cedanafs.catalog\n"
+    "cedanafs.cli.load_commands()\n"  # the command modules too: `cedana` imports them when asked for
     f"os.setgroups([]); os.setegid({NOBODY}); os.seteuid({NOBODY})\n"
     "sys.argv = ['cedana', *sys.argv[1:]]\n"
     "cedanafs.cli.main()\n"

@@ -56,7 +56,8 @@ def test_init_and_kernel_threads_refused(cedana, tmp_path, pid, needle):
 def test_not_root(tmp_path, running_counter):
     proc, out = running_counter
     # The interpreter's own files may be unreadable to nobody: import first, then drop privileges.
-    code = ("import os, sys; from cedanafs.cli import main; import cedanafs.app.process;"
+    code = ("import os, sys, difflib; from cedanafs.cli import load_commands, main; import cedanafs.app.process;"
+            "load_commands();"
             "os.setegid(65534); os.seteuid(65534); sys.argv = ['cedana'] + sys.argv[1:]; main()")
     result = subprocess.run([sys.executable, "-c", code, "dump", "process", str(proc.pid), "--dir", "/tmp"],
                             capture_output=True, text=True, timeout=60, cwd=str(ROOT),

@@ -31,7 +31,6 @@ from ..fuse.xattrs import PID as XATTR_PID
 from ..fuse.xattrs import SEAL as XATTR_SEAL
 from ..fuse.xattrs import STATE as XATTR_STATE
 from ..fuse.xattrs import STREAMS as XATTR_STREAMS
-from ..types import PAGE_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -445,7 +444,10 @@ _PREFETCH_BLOCK = 1 << 20
 
 def _eager_page_ranges(ckpt_dir: str) -> list[tuple[str, int, int]]:
     """(path, offset, length) pieces of the pages images that a lazy restore reads before resuming."""
+    # Here, not at the top: ..types builds its records on import, which every dump and restore
+    # would pay for to ask mount_of().
     from ..criu.images import read_pagemap, read_pstree
+    from ..types import PAGE_SIZE
 
     pieces: list[tuple[str, int, int]] = []
     try:

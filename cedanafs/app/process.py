@@ -23,19 +23,23 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .. import criu
 from ..criu import lazy as criu_lazy
-from ..criu import stream as criu_stream
-from ..criu import terminal as criu_terminal
 from ..config import COMPRESSIONS, Settings
 from ..errors import AlreadyExists, CheckpointError, CriuError, NotFound, PermissionDenied, UsageError
-from ..fsio import DirectWriter
 from ..spool import WRITER
-from . import capture, remote
 from . import mount as mountapp
-from .imagesums import PagesHasher
+from . import remote
+
+# What only some dumps and restores use is imported where they use it, not by every `cedana dump
+# process` or `restore process` before it starts: the mount's and the spool's capture, the
+# archive formats, the pages hashing (hashlib), O_DIRECT writes (ctypes), the streamed and
+# terminal restores.
+if TYPE_CHECKING:
+    from .capture import Report
+    from .imagesums import PagesHasher
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,8 @@ class CriuFlags:
 
 @dataclass(frozen=True, kw_only=True)
 class DumpRequest(CriuFlags):
+    """What a dump (of a process or a job) was asked: the process, where, its name and archive format."""
+
     pid: int
     dir: str | None = None
     name: str | None = None
@@ -71,6 +77,8 @@ class DumpRequest(CriuFlags):
 
 @dataclass(frozen=True)
 class DumpResult:
+    """A finished dump: where it is, how large, and how long it took."""
+
     path: str
     pid: int
     name: str
@@ -88,6 +96,8 @@ class DumpResult:
 
 @dataclass(frozen=True, kw_only=True)
 class RestoreRequest(CriuFlags):
+    """What a restore (of a process or a job) was asked: the checkpoint, and how to restore it."""
+
     path: str
     no_server: bool = False
     lazy: bool = False
@@ -98,6 +108,8 @@ class RestoreRequest(CriuFlags):
 
 @dataclass(frozen=True)
 class RestoreResult:
+    """A restore: the root PID, and with --no-server the process's exit code."""
+
     pid: int
     exit_code: int | None = None
 
@@ -222,6 +234,7 @@ def _publish(staging: str, final: str, compression: str, owner: tuple[int, int] 
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.fchown(fd, *owner)
+            from ..fsio import DirectWriter
             from . import archive
 
             with DirectWriter(fd) as out:  # around the page cache: cheaper here than through it
@@ -248,7 +261,7 @@ def resolve_compression(settings: Settings, requested: str | None) -> str:
     return compression
 
 
-def dump_process(settings: Settings, req: DumpRequest, report: capture.Report | None = None) -> DumpResult:
+def dump_process(settings: Settings, req: DumpRequest, report: Report | None = None) -> DumpResult:
     """Dump process req.pid to req.dir; `report` hears a dump into the mount's progress."""
     require_root()
     compression = resolve_compression(settings, req.compression)
@@ -263,10 +276,8 @@ def dump_process(settings: Settings, req: DumpRequest, report: capture.Report | 
     if mountapp.mount_of(target) is not None:
         _check_mount_target(target, req.compression)
         return _dump_into_mount(settings, req, binary, proc, target, report)
-    from . import archive  # not before: a dump into the mount never loads ISA-L
-
     parent = _check_parent(target)
-    final = os.path.join(parent, archive.archive_name(name, compression))
+    final = os.path.join(parent, _archive_name(name, compression))
     if os.path.lexists(final):
         raise AlreadyExists(f"{final} already exists; choose another --name")
     started = time.monotonic()
@@ -286,12 +297,23 @@ def dump_process(settings: Settings, req: DumpRequest, report: capture.Report | 
                       size=_size(final), duration=time.monotonic() - started)
 
 
+def _archive_name(name: str, compression: str) -> str:
+    """archive.archive_name, without loading the archive formats (ISA-L, tarfile) for an images dir."""
+    if compression == "none":
+        return name
+    from . import archive
+
+    return archive.archive_name(name, compression)
+
+
 def _dump_archive_via_spool(settings: Settings, req: DumpRequest, binary: str, proc, final: str, compression: str,
                             owner: tuple[int, int]) -> bool:
     """CRIU's images for an archive go to the spool (config spool.dir, tmpfs by default) when it can
     hold them: images that live only until they are compressed are then never written back to disk,
     nor their blocks freed there after. False (nothing done) if the spool cannot hold the dump or
     ran out of space during it (the process is running again then, as after any failed dump)."""
+    from . import capture
+
     with capture.spool_dir(settings, capture.predicted_size(req.pid)) as spool:
         if spool is None:
             return False
@@ -320,6 +342,8 @@ def _hashing(images_dir: str, compression: str) -> Iterator[PagesHasher | None]:
     if compression == "none":
         yield None
         return
+    from .imagesums import PagesHasher
+
     with PagesHasher(images_dir) as hasher:
         yield hasher
 
@@ -371,9 +395,11 @@ def criu_dump(binary: str, settings: Settings, req: DumpRequest, proc, images_di
 
 
 def _dump_into_mount(settings: Settings, req: DumpRequest, binary: str, proc, job_dir: str,
-                     report: capture.Report | None = None) -> DumpResult:
+                     report: Report | None = None) -> DumpResult:
     """A new checkpoint of the mount's job dir: CRIU writes to the spool, the store takes it from
     there (capture.py); a failure leaves no checkpoint and the process running."""
+    from . import capture
+
     if req.name is not None:
         _check_name(req.name)
     started = time.monotonic()
@@ -431,6 +457,8 @@ class ImagesDir:
             if not os.path.exists(os.path.join(self.source, "inventory.img")):
                 raise CheckpointError(f"{self.source} is not a CRIU images directory (no inventory.img)")
             if self.local_copy and mountapp.mount_of(self.source) is not None:
+                from . import capture
+
                 self.path = self._stack.enter_context(capture.materialized(self.settings, self.source))
             return self
         return self._unpack(self._extract_local)
@@ -584,6 +612,9 @@ def _restore_streamed(settings: Settings, req: RestoreRequest, binary: str) -> i
     except UsageError:
         return None
     check_pids_free(path)
+    from ..criu import stream as criu_stream
+    from . import capture
+
     with capture.served(path) as images:
         if images is None:
             return None
@@ -620,6 +651,8 @@ def restore_process(settings: Settings, req: RestoreRequest) -> RestoreResult:
         try:
             opts = restore_options(req, images.path, work, state, inherit=inherit, sibling=req.no_server)
             if req.no_server and opts.shell_job:  # the caller's terminal becomes the restored tree's
+                from ..criu import terminal as criu_terminal
+
                 pid = criu_terminal.restore_in_terminal(binary, opts)
             else:
                 pid = criu.restore(binary, opts)

@@ -20,6 +20,8 @@ PF_KTHREAD = 0x00200000
 
 @dataclass
 class ProcessState:
+    """The process as it was when dumped, recorded in process_state.json."""
+
     pid: int
     ppid: int
     sid: int

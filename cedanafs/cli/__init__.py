@@ -1,7 +1,8 @@
 """The `cedana` command: a thin click face over cedanafs.app, one module per command family.
 
-base.py holds the root group and what the families share; process.py, store.py, mount.py and
-jobs.py add their commands to it. Only this package imports click.
+base.py holds the root group and what the families share; process.py, store.py, mount.py,
+jobs.py and the others add their commands to it when imported, which base.LazyGroup does only
+for the command asked for. Only this package imports click.
 """
 
 from __future__ import annotations
@@ -12,11 +13,20 @@ import sys
 
 import click
 
-from . import containers, jobs, k8s, mount, process, store  # noqa: F401 - each registers its commands
-from . import attach, misc, query  # noqa: F401 - the same, after the groups they extend
 from .base import cli, fail
 
-__all__ = ["cli", "main"]
+__all__ = ["cli", "load_commands", "main"]
+
+# Every module that adds commands, in the order they were once all imported at start: the order
+# in which each group's commands are added, and click-man lists them in that order.
+COMMAND_MODULES = ("containers", "jobs", "k8s", "mount", "process", "store", "attach", "misc", "query")
+
+
+def load_commands() -> None:
+    """Add every command now, not when asked for: for what reads the groups' commands directly
+    (the man pages), or a process that cannot import later (one that drops its privileges)."""
+    for module in COMMAND_MODULES:
+        __import__(f"{__name__}.{module}")
 
 
 def main() -> None:

@@ -2,6 +2,10 @@
 the option sets shared by several command families, and the call to the daemon. Output
 formatting (emit, format_table, --output) lives in output.py and is re-exported here.
 
+The command families (process.py, jobs.py, ...) add their commands to the groups here when they
+are imported, and they are imported only for a command of theirs (LazyGroup): `cedana dump
+process` starts without loading the containers, store or mount commands and what they import.
+
 User errors (CedanaError) become one line on stderr and the error's exit code; nothing else is
 caught here except to report it as a bug in one line (the traceback only in debug logs).
 """
@@ -95,7 +99,40 @@ def handle_errors(func: Callable) -> Callable:
 pass_ctx = click.make_pass_decorator(Context)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group some of whose commands are added by modules of this package imported only when one
+    of those commands is asked for (click's lazy loading pattern). `lazy` maps a command's name to
+    the modules that add it or, for a group, its subcommands; listing the commands (--help,
+    completion) loads them all."""
+
+    def __init__(self, *args: Any, lazy: dict[str, tuple[str, ...]], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        for module in self.lazy.get(cmd_name, ()):
+            __import__(f"{__package__}.{module}")  # not importlib's: -X importtime sees only this one
+        return super().get_command(ctx, cmd_name)
+
+
+# The modules that add each command, but those defined here (tests/test_cli_lazy.py checks them).
+ROOT_COMMANDS = {
+    "attach": ("attach",), "check": ("process",), "checkpoint": ("store", "mount"), "checkpoints": ("jobs",),
+    "completion": ("misc",), "daemon": ("jobs", "misc"), "delete": ("misc",), "exec": ("misc",),
+    "features": ("misc",), "freeze": ("query",), "gc": ("store",), "job": ("jobs", "attach"), "jobs": ("jobs",),
+    "k8s": ("k8s",), "kill": ("misc",), "mount": ("mount",), "ps": ("jobs",), "query": ("query",),
+    "store": ("store",), "umount": ("mount",), "unfreeze": ("query",),
+}
+DUMP_COMMANDS = {"process": ("process",), "runc": ("containers",), "containerd": ("containers",), "job": ("jobs",)}
+RESTORE_COMMANDS = {"process": ("process",), "runc": ("containers",), "containerd": ("containers",), "job": ("jobs",)}
+RUN_COMMANDS = {"process": ("jobs",), "runc": ("containers",)}
+MANAGE_COMMANDS = {"process": ("jobs",), "runc": ("containers",), "containerd": ("containers",)}
+
+
+@click.group(cls=LazyGroup, lazy=ROOT_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config-dir", envvar="CEDANA_CONFIG_DIR", help="Directory holding config.json.")
 @click.option("--config", "config_json", help="JSON config overrides for this call.")
 @click.option("--log-level", envvar="CEDANA_LOG_LEVEL", help="debug, info, warning, error.")
@@ -134,22 +171,22 @@ def _criu_flags(func: Callable) -> Callable:
 
 
 
-@cli.group()
+@cli.group(cls=LazyGroup, lazy=DUMP_COMMANDS)
 def dump() -> None:
     """Checkpoint a process (or job)."""
 
 
-@cli.group()
+@cli.group(cls=LazyGroup, lazy=RESTORE_COMMANDS)
 def restore() -> None:
     """Restore a process (or job) from a checkpoint."""
 
 
-@cli.group("run")
+@cli.group("run", cls=LazyGroup, lazy=RUN_COMMANDS)
 def run_group() -> None:
     """Start a managed job."""
 
 
-@cli.group("manage")
+@cli.group("manage", cls=LazyGroup, lazy=MANAGE_COMMANDS)
 def manage_group() -> None:
     """Adopt a running process as a managed job."""
 

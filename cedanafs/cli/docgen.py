@@ -16,7 +16,11 @@ import click
 
 from .. import errors
 from ..config import describe_keys
-from . import cli
+from . import cli, load_commands
+
+# Every command now, in load_commands' order: click-man lists a group's commands in the order
+# they were added.
+load_commands()
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 WIDTH = 100
@@ -32,11 +36,12 @@ OTHER_CODES = [
 
 
 def _walk(cmd: click.Command, ctx: click.Context) -> Iterator[tuple[click.Command, click.Context]]:
+    """Every command, as `--help` lists them."""
     yield cmd, ctx
     if isinstance(cmd, click.Group):
-        for name in sorted(cmd.commands):
-            sub = cmd.commands[name]
-            if sub.hidden:
+        for name in cmd.list_commands(ctx):
+            sub = cmd.get_command(ctx, name)
+            if sub is None or sub.hidden:
                 continue
             yield from _walk(sub, click.Context(sub, info_name=name, parent=ctx, terminal_width=WIDTH,
                                                 max_content_width=WIDTH))

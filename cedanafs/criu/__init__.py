@@ -4,15 +4,34 @@ caller's terminal: terminal.py), and the CRIU processes these leave running with
 
 This package knows only an images directory and a process id; where the images live
 (plain dir, archive, the mount) is the business of the layers above.
+
+Each name below comes from its module when first asked for (PEP 562), so a command loads only the
+modules it uses: a dump neither the images readers nor the probe.
 """
 
-from .binary import RECOMMENDED, CriuInfo, KernelCheck, check_all, find_criu, probe_criu
-from .images import TreeEntry, image_pids, read_pstree
-from .probe import tcp_probe
-from .rpc import CriuFailed, DumpOptions, RestoreOptions, StdioMapping, dump, log_errors, restore
+import sys
 
-__all__ = [
-    "RECOMMENDED", "CriuFailed", "CriuInfo", "DumpOptions", "KernelCheck", "RestoreOptions", "StdioMapping",
-    "TreeEntry", "check_all", "dump", "find_criu", "image_pids", "log_errors", "probe_criu", "read_pstree",
-    "restore", "tcp_probe",
-]
+_FROM = {
+    "RECOMMENDED": "binary", "CriuInfo": "binary", "KernelCheck": "binary", "check_all": "binary",
+    "find_criu": "binary", "probe_criu": "binary",
+    "TreeEntry": "images", "image_pids": "images", "read_pstree": "images",
+    "tcp_probe": "probe",
+    "CriuFailed": "rpc", "DumpOptions": "rpc", "RestoreOptions": "rpc", "StdioMapping": "rpc", "dump": "rpc",
+    "log_errors": "rpc", "restore": "rpc",
+}
+
+__all__ = sorted(_FROM)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _FROM:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = f"{__name__}.{_FROM[name]}"
+    __import__(module)  # not importlib's: -X importtime sees only this one
+    value = getattr(sys.modules[module], name)
+    globals()[name] = value  # the next use finds it here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_FROM))

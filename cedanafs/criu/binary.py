@@ -20,6 +20,8 @@ CANDIDATES = ("/usr/local/sbin/criu", "/usr/local/bin/criu", "/usr/sbin/criu", "
 
 @dataclass(frozen=True)
 class CriuInfo:
+    """An installed CRIU: its path, version, and what `criu check` said."""
+
     path: str
     version: str
     check_ok: bool

@@ -21,6 +21,8 @@ _COMMON_MAGICS = {0x54564319, 0x55105940}
 
 @dataclass(frozen=True)
 class TreeEntry:
+    """One process of the dumped tree, as pstree.img has it."""
+
     pid: int
     ppid: int
     pgid: int

@@ -34,6 +34,8 @@ class StdioMapping:
 
 @dataclass(frozen=True)
 class CommonOptions:
+    """The options a dump and a restore share: the images, CRIU's work dir and log, its flags."""
+
     images_dir: str
     work_dir: str | None = None
     log_file: str = "criu.log"
@@ -49,6 +51,8 @@ class CommonOptions:
 
 @dataclass(frozen=True)
 class DumpOptions(CommonOptions):
+    """A dump's own: the tree's root PID, whether it keeps running, in-flight TCP connections."""
+
     pid: int = 0
     leave_running: bool = False
     skip_in_flight: bool = False
@@ -56,6 +60,8 @@ class DumpOptions(CommonOptions):
 
 @dataclass(frozen=True)
 class RestoreOptions(CommonOptions):
+    """A restore's own: TCP closed, the tree left stopped or made our child, lazy pages, inherited fds."""
+
     tcp_close: bool = False
     leave_stopped: bool = False
     rst_sibling: bool = False
