@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BLOCK = 16 << 20
+UNMAP_STEP = 4 << 20
 _POLL = 0.002
 
 
@@ -259,17 +260,32 @@ class _Ingest:
                 pass
 
     def _cut_all(self, mapping: mmap.mmap, view: memoryview) -> int:
-        ahead = 2 * BLOCK + self.store.chunker.max_size  # the most the cut finder reads past a chunk's start
-        start, mapped = 0, 0
+        # Mapped ahead of the cut finder (it reads up to two windows past a chunk's start; pages
+        # not mapped yet fault in), within a quarter of the store's memory limit: mapped pages
+        # of the spool count in our resident memory.
+        ahead = min(2 * BLOCK, max(self.store.budget.limit // 4, BLOCK // 4)) + self.store.chunker.max_size
+        start, mapped, unmapped = 0, 0, 0
         cuts = self.store.chunker.cuts(view, window=BLOCK)
         while start < len(view):
             while mapped < min(len(view), start + ahead):  # a window mapped in one call, not a fault per page
                 mapped = _populate(mapping, mapped, BLOCK)
+            unmapped = self._unmap_behind(mapping, start, unmapped)
             end = next(cuts)
             self.progress.read += end - start
-            self._submit(view[start:end], lambda at=start, n=end - start: _unmap(mapping, at, n))
+            self._submit(view[start:end], _nothing)
             start = end
         return start
+
+    def _unmap_behind(self, mapping: mmap.mmap, start: int, unmapped: int) -> int:
+        """Drop from our mapping what lies well behind the chunk cut last (stored by now, but for
+        a slow one), in steps of UNMAP_STEP rather than a chunk at a time: each drop interrupts
+        the other core to flush its TLB, ~600 times per GiB at a chunk each. A chunk still being
+        stored there only faults its pages back in. Returns the new end of what was dropped."""
+        behind = (start - 2 * self.store.chunker.max_size) // UNMAP_STEP * UNMAP_STEP
+        if behind > unmapped:
+            _unmap(mapping, unmapped, behind - unmapped)
+            return behind
+        return unmapped
 
     def _feed(self, src) -> int:
         spec = self.store.chunker
@@ -394,6 +410,10 @@ def _populate(mapping: mmap.mmap, start: int, length: int) -> int:
     except (OSError, ValueError):
         pass  # an older kernel: the pages fault in as they are read
     return start + length
+
+
+def _nothing() -> None:
+    pass
 
 
 def _unmap(mapping: mmap.mmap, start: int, length: int) -> None:
