@@ -44,13 +44,19 @@ def _data(n: int, seed: int = 1) -> bytes:
     return random.Random(seed).randbytes(n)
 
 
+def _committed(store: Store, data: bytes):
+    """`data` written and made ready for a commit by one writer (a lease), as a checkpoint is."""
+    lease = store.open_lease()
+    content = store.write_bytes(data, lease=lease)
+    store.chunks.prepare_commit(lease)
+    lease.release()
+    return content
+
+
 def test_chunks_go_to_a_few_packs_and_read_back_from_another_store(url):
     data = _data(20 * CHUNK)
     writer = _store(url)
-    lease = writer.open_lease()
-    content = writer.write_bytes(data, lease=lease)
-    writer.chunks.prepare_commit(lease)
-    lease.release()
+    content = _committed(writer, data)
     keys = _keys(url)
     assert not [k for k in keys if k.startswith("chunks-")]  # no object per chunk
     packs = [k for k in keys if k.startswith("packs-b3/") and not k.endswith((".idx", ".sdx"))]
@@ -70,10 +76,7 @@ def test_chunks_go_to_a_few_packs_and_read_back_from_another_store(url):
 def test_a_chunk_in_a_pack_is_not_stored_again(url):
     data = _data(8 * CHUNK)
     first = _store(url)
-    lease = first.open_lease()
-    content = first.write_bytes(data, lease=lease)
-    first.chunks.prepare_commit(lease)
-    lease.release()
+    content = _committed(first, data)
     before = _keys(url)
     second = _store(url)
     with second.open_lease() as lease2:
@@ -164,11 +167,8 @@ def test_gc_deletes_a_pack_only_when_none_of_its_chunks_is_wanted(url):
 
 def test_gc_keeps_a_young_pack_and_one_a_live_writer_reuses(url):
     store = _store(url)
-    lease = store.open_lease()
     data = _data(4 * CHUNK, seed=10)
-    store.write_bytes(data, lease=lease)
-    store.chunks.prepare_commit(lease)
-    lease.release()
+    _committed(store, data)
     assert store.collect_garbage(set(), grace_seconds=3600).deleted == 0  # young
     _age_packs(url, 7200)
     with store.open_lease() as writer:
@@ -184,11 +184,8 @@ def test_gc_keeps_a_young_pack_and_one_a_live_writer_reuses(url):
 def test_encrypted_packs_seal_each_chunk_and_refuse_a_changed_one(url):
     key = StoreKey.generate()
     store = _store(url, encrypted=key)
-    lease = store.open_lease()
     data = _data(4 * CHUNK, seed=11)
-    content = store.write_bytes(data, lease=lease)
-    store.chunks.prepare_commit(lease)
-    lease.release()
+    content = _committed(store, data)
     objects = _STORES[url.split("://", 1)[1]]
     [pack] = [k for k in objects if k.startswith("packs-kb3/") and not k.endswith(".idx")]
     blob, mtime = objects[pack]
