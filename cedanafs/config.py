@@ -64,7 +64,7 @@ class StoreSettings:
     chunk_size: int = 1 << 20
     # A bucket store (s3://, gs://) puts new chunks into pack objects of about this size (one
     # request per pack, not per chunk); 0 = an object per chunk. Local stores keep a file per chunk.
-    pack_size: int = 8 << 20
+    pack_size: int = 4 << 20
     memory_limit: int = 256 << 20
     # Client-side encryption: auto = on for s3:// and gs:// stores, for local ones as the store was made.
     encrypt: str = "auto"
@@ -178,7 +178,7 @@ KEY_HELP = {
     "store.compress_after_commit": "Mount server: store new chunks plain and compress them once their checkpoint "
                                    "is committed (auto: on for a local store, off for a bucket).",
     "store.chunk_size": "Target chunk size in bytes (e.g. 1M).",
-    "store.pack_size": "Size of the pack objects a bucket store (s3://, gs://) puts new chunks in (e.g. 8M); "
+    "store.pack_size": "Size of the pack objects a bucket store (s3://, gs://) puts new chunks in (e.g. 4M); "
                        "0 = an object per chunk. Local stores keep a file per chunk.",
     "store.memory_limit": "Memory the store may use for chunks in flight (e.g. 256M).",
     "spool.dir": "Where CRIU writes a dump into the mount (or an archive's images) first; \"\": no spool.",

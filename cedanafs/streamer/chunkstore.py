@@ -199,7 +199,7 @@ class ChunkStore:
         if ref.digest in self._corrupt:
             return None
         packer = self._packer(lease, create=False)
-        if not (packer is not None and packer.pending(ref.digest) is not None or self._is_known(ref.digest)):
+        if not (packer is not None and packer.has(ref.digest) or self._is_known(ref.digest)):
             return None
         if lease is not None:
             lease.note_reused(ref.digest)

@@ -3,7 +3,7 @@
 On S3 and GCS every object costs a request, and a request costs more CPU than the bytes it
 carries: measured here, the client spent ~4 ms of CPU per 1 MiB chunk PUT beside compressing it,
 and the server (moto) twice what it spends per byte on 8-16 MiB parts. So a bucket store puts the
-chunks a writer stores into packs of `store.pack_size` bytes (the chunks of a checkpoint in ~60
+chunks a writer stores into packs of `store.pack_size` bytes (the chunks of a checkpoint in ~120
 objects per GiB instead of ~700), as restic and borg do; a local store keeps a file per chunk,
 which costs no request and lets the mount compress its chunks after the commit.
 
@@ -14,7 +14,7 @@ chunks, put after the pack: an index only ever names a pack whose bytes are all 
 the index first, then the pack, once none of its chunks is referenced or reused by a live writer.
 
 A reader must know where every chunk lies before it reads one, and a GET per pack index made the
-first read of a fresh mount over moto wait 0.85 s for a 1 GiB checkpoint's ~60 packs. So a writer
+first read of a fresh mount over moto wait 0.85 s for a 1 GiB checkpoint's ~60 packs of 8 MiB. So a writer
 that put several packs also puts, once they are all in, `<id>.sdx`: the indexes of all of them in
 one object, which a reader reads instead of theirs. It is only a summary: a pack counts as in the
 store while its own `.idx` is listed (a summary naming a pack GC deleted is not believed), and GC
@@ -111,17 +111,19 @@ def decode_index(pack: str, blob: bytes) -> list[tuple[str, PackedChunk]]:
 class _Pack:
     def __init__(self, key: str):
         self.key = key
-        self.chunks: list[tuple[str, str, bytes]] = []  # (digest, chunk key, encoded bytes)
+        self.segments: list[bytes] = []  # as stored: sealed one by one in an encrypted store
+        self.entries: list[tuple[str, PackedChunk]] = []
         self.size = 0
 
 
 class PackWriter:
     """Chunks into packs of about `target` bytes. Thread-safe; `put` is called with each pack
     (its key, entries) once it and its index are in the store. At most `max_puts` packs are
-    being put at a time: a writer that fills packs faster waits, so its memory stays bounded."""
+    being put at a time: a writer that fills packs faster waits, so what it holds stays the
+    current pack and those being put."""
 
     def __init__(self, backend: Backend, prefix: str, target: int,
-                 put: Callable[[str, list[tuple[str, PackedChunk]]], None], max_puts: int = 4):
+                 put: Callable[[str, list[tuple[str, PackedChunk]]], None], max_puts: int = 2):
         self.backend = backend
         self.prefix = prefix
         self.target = target
@@ -129,7 +131,7 @@ class PackWriter:
         self._on_put = put
         self._lock = threading.Condition()
         self._current = self._new_pack()
-        self._pending: dict[str, bytes] = {}  # digest -> encoded bytes, until its pack is put
+        self._pending: dict[str, tuple[str, bytes]] = {}  # digest -> (chunk key, segment), until put
         self._in_flight = 0
         self._error: BaseException | None = None
         self._put_entries: list[tuple[str, PackedChunk]] = []  # of the packs put since the last summary
@@ -141,17 +143,17 @@ class PackWriter:
 
     def add(self, digest: str, chunk_key: str, parts: Sequence[Buffer]) -> None:
         """Queue a chunk's encoded bytes (`parts`, copied); puts the pack if it is now full. While
-        the current pack is full and `max_puts` packs are being put, the writer's threads wait:
-        what it holds stays the current pack and those being put."""
-        encoded = b"".join(parts)
+        the current pack is full and `max_puts` packs are being put, the writer's threads wait."""
+        segment = bytes(self.backend.seal_segment(chunk_key, b"".join(parts)))
         with self._lock:
             while self._current.size >= self.target and self._in_flight >= self.max_puts and self._error is None:
                 self._lock.wait()
             self._raise_error()
             pack = self._current
-            pack.chunks.append((digest, chunk_key, encoded))
-            pack.size += len(encoded)
-            self._pending[digest] = encoded
+            pack.entries.append((digest, PackedChunk(pack.key, pack.size, len(segment))))
+            pack.segments.append(segment)
+            pack.size += len(segment)
+            self._pending[digest] = (chunk_key, segment)
             if pack.size < self.target or self._in_flight >= self.max_puts:
                 return  # full with no put free: the next add() or flush() puts it
             self._current = self._new_pack()
@@ -161,13 +163,19 @@ class PackWriter:
     def pending(self, digest: str) -> bytes | None:
         """The encoded bytes of a chunk added but not yet in the store (None: not pending)."""
         with self._lock:
-            return self._pending.get(digest)
+            found = self._pending.get(digest)
+        return None if found is None else self.backend.open_segment(found[0], found[1])
+
+    def has(self, digest: str) -> bool:
+        """Whether a chunk was added and is not yet in the store."""
+        with self._lock:
+            return digest in self._pending
 
     def flush(self) -> None:
         """Every chunk added so far is in the store when this returns (or its put's error raised)."""
         with self._lock:
             pack = self._current
-            if pack.chunks:
+            if pack.entries:
                 self._current = self._new_pack()
                 self._in_flight += 1
             else:
@@ -186,17 +194,11 @@ class PackWriter:
 
     def _put(self, pack: _Pack) -> None:
         try:
-            segments, entries, offset = [], [], 0
-            for digest, chunk_key, encoded in pack.chunks:
-                segment = self.backend.seal_segment(chunk_key, encoded)
-                segments.append(segment)
-                entries.append((digest, PackedChunk(pack.key, offset, len(segment))))
-                offset += len(segment)
-            self.backend.put_segmented(pack.key, segments)
-            self.backend.put(index_key(pack.key), encode_index(entries))
-            self._on_put(pack.key, entries)
+            self.backend.put_segmented(pack.key, pack.segments)
+            self.backend.put(index_key(pack.key), encode_index(pack.entries))
+            self._on_put(pack.key, pack.entries)
             with self._lock:
-                self._put_entries.extend(entries)
+                self._put_entries.extend(pack.entries)
                 self._packs_put += 1
         except BaseException as exc:
             with self._lock:
@@ -204,7 +206,7 @@ class PackWriter:
             raise
         finally:
             with self._lock:
-                for digest, _, _ in pack.chunks:
+                for digest, _ in pack.entries:
                     self._pending.pop(digest, None)
                 self._in_flight -= 1
                 self._lock.notify_all()

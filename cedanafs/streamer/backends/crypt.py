@@ -212,6 +212,9 @@ class EncryptedBackend(Backend):
     def seal_segment(self, segment_key: str, data: Buffer) -> bytes:
         return self.seal(segment_key, bytes(data))
 
+    def open_segment(self, segment_key: str, stored: bytes) -> bytes:
+        return self.open(segment_key, stored)
+
     def put_segmented(self, key: str, segments: Sequence[Buffer]) -> None:
         self.inner.put_segmented(self._enc_name(key), segments)  # each segment sealed on its own
 
