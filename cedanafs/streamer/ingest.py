@@ -26,7 +26,6 @@ import os
 import stat
 import threading
 import time
-from collections import deque
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
@@ -47,7 +46,6 @@ log = logging.getLogger(__name__)
 
 BLOCK = 16 << 20
 UNMAP_STEP = 4 << 20
-STRAGGLING = 8  # chunks in flight behind one still being stored, beyond which they are dropped alone
 _POLL = 0.002
 
 
@@ -267,18 +265,29 @@ class _Ingest:
         # of the spool count in our resident memory.
         ahead = min(2 * BLOCK, max(self.store.budget.limit // 4, BLOCK // 4)) + self.store.chunker.max_size
         start, mapped, unmapped = 0, 0, 0
-        in_flight: deque[list] = deque()  # [start, end, its store, dropped] of each chunk, in file order
         cuts = self.store.chunker.cuts(view, window=BLOCK)
         while start < len(view):
             while mapped < min(len(view), start + ahead):  # a window mapped in one call, not a fault per page
                 mapped = _populate(mapping, mapped, BLOCK)
-            unmapped = _unmap_stored(mapping, in_flight, start, unmapped)
+            unmapped = self._unmap_behind(mapping, start, unmapped)
             end = next(cuts)
             self.progress.read += end - start
             self._submit(view[start:end], _nothing)
-            in_flight.append([start, end, self.futures[-1], False])
             start = end
         return start
+
+    def _unmap_behind(self, mapping: mmap.mmap, start: int, unmapped: int) -> int:
+        """Drop from our mapping what lies well behind the chunk cut last: as far behind as the
+        chunks in flight can reach (2 x streams of them), so that it is stored by now but for a
+        straggler, which only faults its pages back in. In steps of UNMAP_STEP rather than a chunk
+        at a time: each drop interrupts the other core to flush its TLB, ~600 times per GiB at a
+        chunk each. Returns the new end of what was dropped."""
+        lag = 2 * self.store.streams * self.store.chunker.max_size
+        behind = (start - lag) // UNMAP_STEP * UNMAP_STEP
+        if behind > unmapped:
+            _unmap(mapping, unmapped, behind - unmapped)
+            return behind
+        return unmapped
 
     def _feed(self, src) -> int:
         spec = self.store.chunker
@@ -407,28 +416,6 @@ def _populate(mapping: mmap.mmap, start: int, length: int) -> int:
 
 def _nothing() -> None:
     pass
-
-
-def _unmap_stored(mapping: mmap.mmap, in_flight: "deque[list]", start: int, unmapped: int) -> int:
-    """Drop from our mapping the spool's pages before the first chunk still being stored, in
-    steps of UNMAP_STEP rather than a chunk at a time: each drop interrupts the other core to
-    flush its TLB, ~600 times per GiB at a chunk each. While one chunk holds the others back (its
-    store puts a pack), those stored after it are dropped one by one. Returns the new end of what
-    was dropped in steps."""
-    while in_flight and in_flight[0][2].done():
-        in_flight.popleft()
-    low = in_flight[0][0] if in_flight else start
-    behind = low // UNMAP_STEP * UNMAP_STEP
-    if behind > unmapped:
-        _unmap(mapping, unmapped, behind - unmapped)
-        unmapped = behind
-    if len(in_flight) > STRAGGLING:
-        for chunk in in_flight:
-            begin, end, stored, dropped = chunk
-            if not dropped and stored.done():
-                _unmap(mapping, begin, end - begin)
-                chunk[3] = True
-    return unmapped
 
 
 def _unmap(mapping: mmap.mmap, start: int, length: int) -> None:
