@@ -196,6 +196,8 @@ def _dumped_then_seen_elsewhere(shared_machines, moto_server, procs, name: str):
     a.cedana("dump", "job", "w", check=True)
     wait_for(lambda: no_process(info["pid"]), what="the dumped job to stop")
     ckpt = wait_for(lambda: b.jobs().get("w"), what="the second daemon to see the job")["checkpoint"]
+    # The mount's own catalog shows it up to its refresh interval after the daemon's does.
+    wait_for((b.mount_dir / "jobs" / "w" / ckpt).is_dir, what="the second mount to show the checkpoint")
     candidates = _lazy_chunks_of_pages(shared_machines, b.mount_dir / "jobs" / "w" / ckpt, "w", ckpt)
     digest, where = _lazy_packed_chunk(shared_machines, candidates)
     bucket, _, prefix = shared_machines.url[len("s3://"):].partition("/")
