@@ -281,14 +281,15 @@ class ChunkStore:
         summaries = [k for k in keys if is_summary(k)]
         with self._lock:
             known, read = dict(self._packs), dict(self._summaries)
-        for key, packs in self._read_all([k for k in summaries if k not in read], self._read_summary):
+        for key, packs in self._read_all([k for k in summaries if k not in read], decode_summary):
             read[key] = packs or {}
         for packs in read.values():
             for pack, entries in packs.items():
                 known.setdefault(pack, entries)
-        for pack, entries in self._read_all([p for p in listed if p not in known], self._read_index):
+        indexes = [index_key(p) for p in listed if p not in known]
+        for key, entries in self._read_all(indexes, lambda key, blob: decode_index(pack_of_index(key), blob)):
             if entries is not None:
-                known[pack] = entries
+                known[pack_of_index(key)] = entries
         packs = {pack: known[pack] for pack in listed if pack in known}
         located: dict[str, PackedChunk] = {}
         for entries in packs.values():
@@ -299,26 +300,20 @@ class ChunkStore:
             self._summaries = {k: read[k] for k in summaries if k in read}
         return packs
 
-    @staticmethod
-    def _read_all(keys: list[str], read: Callable[[str], object]) -> list:
+    def _read_all(self, keys: list[str], decode: Callable[[str, bytes], object]) -> list:
+        """(key, decode(key, its bytes)) of each object, read in parallel; None for one deleted
+        since the listing (by a GC)."""
         if not keys:
             return []
         from concurrent.futures import ThreadPoolExecutor
 
+        def read(key: str) -> tuple[str, object]:
+            try:
+                return key, decode(key, self.backend.get(key))
+            except NoSuchObject:
+                return key, None
         with ThreadPoolExecutor(min(INDEX_READERS, len(keys))) as pool:
-            return list(pool.map(lambda k: (k, read(k)), keys))
-
-    def _read_index(self, pack: str) -> list[tuple[str, PackedChunk]] | None:
-        try:
-            return decode_index(pack, self.backend.get(index_key(pack)))
-        except NoSuchObject:
-            return None  # deleted by a GC since the listing
-
-    def _read_summary(self, key: str) -> dict[str, list[tuple[str, PackedChunk]]] | None:
-        try:
-            return decode_summary(key, self.backend.get(key))
-        except NoSuchObject:
-            return None
+            return list(pool.map(read, keys))
 
     def drop_stale_summaries(self) -> int:
         """Delete the summaries none of whose packs is left (after a GC); how many."""

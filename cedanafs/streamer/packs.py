@@ -74,38 +74,44 @@ def is_summary(key: str) -> bool:
 
 
 def encode_summary(entries: Sequence[tuple[str, PackedChunk]]) -> bytes:
-    return json.dumps({"version": INDEX_VERSION,
-                       "chunks": [[digest, loc.pack, loc.offset, loc.length] for digest, loc in entries]}).encode()
+    return _encode([[digest, where.pack, where.offset, where.length] for digest, where in entries])
 
 
 def decode_summary(key: str, blob: bytes) -> dict[str, list[tuple[str, PackedChunk]]]:
     """The chunks of each pack a summary lists; CorruptObject if it is not one."""
-    try:
-        body = json.loads(blob)
-        if body.get("version") != INDEX_VERSION:
-            raise ValueError(f"version {body.get('version')!r}")
-        packs: dict[str, list[tuple[str, PackedChunk]]] = {}
-        for digest, pack, offset, length in body["chunks"]:
-            packs.setdefault(str(pack), []).append((str(digest), PackedChunk(str(pack), int(offset), int(length))))
-        return packs
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise CorruptObject(f"pack summary {key} is unreadable: {exc}") from None
+    def entry(digest, pack, offset, length) -> tuple[str, PackedChunk]:
+        return str(digest), PackedChunk(str(pack), int(offset), int(length))
+    packs: dict[str, list[tuple[str, PackedChunk]]] = {}
+    for digest, where in _decode(f"pack summary {key}", blob, entry):
+        packs.setdefault(where.pack, []).append((digest, where))
+    return packs
 
 
 def encode_index(entries: Sequence[tuple[str, PackedChunk]]) -> bytes:
-    return json.dumps({"version": INDEX_VERSION,
-                       "chunks": [[digest, loc.offset, loc.length] for digest, loc in entries]}).encode()
+    return _encode([[digest, where.offset, where.length] for digest, where in entries])
 
 
 def decode_index(pack: str, blob: bytes) -> list[tuple[str, PackedChunk]]:
     """The chunks a pack index lists; CorruptObject if it is not one."""
+    def entry(digest, offset, length) -> tuple[str, PackedChunk]:
+        return str(digest), PackedChunk(pack, int(offset), int(length))
+    return _decode(f"pack index {index_key(pack)}", blob, entry)
+
+
+def _encode(rows: list[list]) -> bytes:
+    return json.dumps({"version": INDEX_VERSION, "chunks": rows}).encode()
+
+
+def _decode(what: str, blob: bytes, entry: Callable[..., tuple[str, PackedChunk]]) -> list[tuple[str, PackedChunk]]:
+    """Each row of an index or a summary made into an entry; CorruptObject naming `what` if a
+    row or the object is not what it should be."""
     try:
         body = json.loads(blob)
         if body.get("version") != INDEX_VERSION:
             raise ValueError(f"version {body.get('version')!r}")
-        return [(str(d), PackedChunk(pack, int(off), int(n))) for d, off, n in body["chunks"]]
+        return [entry(*row) for row in body["chunks"]]
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise CorruptObject(f"pack index {index_key(pack)} is unreadable: {exc}") from None
+        raise CorruptObject(f"{what} is unreadable: {exc}") from None
 
 
 class _Pack:
@@ -135,11 +141,13 @@ class PackWriter:
         self._in_flight = 0
         self._error: BaseException | None = None
         self._put_entries: list[tuple[str, PackedChunk]] = []  # of the packs put since the last summary
-        self._packs_put = 0
 
     def _new_pack(self) -> _Pack:
+        return _Pack(self._new_key())
+
+    def _new_key(self, suffix: str = "") -> str:
         name = secrets.token_hex(16)
-        return _Pack(f"{self.prefix}{name[:2]}/{name}")
+        return f"{self.prefix}{name[:2]}/{name}{suffix}"
 
     def add(self, digest: str, chunk_key: str, parts: Sequence[Buffer]) -> None:
         """Queue a chunk's encoded bytes (`parts`, copied); puts the pack if it is now full. While
@@ -186,11 +194,9 @@ class PackWriter:
             while self._in_flight:
                 self._lock.wait()
             self._raise_error()
-            entries, packs = self._put_entries, self._packs_put
-            self._put_entries, self._packs_put = [], 0
-        if packs > 1:
-            name = secrets.token_hex(16)
-            self.backend.put(f"{self.prefix}{name[:2]}/{name}{SUMMARY_SUFFIX}", encode_summary(entries))
+            entries, self._put_entries = self._put_entries, []
+        if len({where.pack for _, where in entries}) > 1:
+            self.backend.put(self._new_key(SUMMARY_SUFFIX), encode_summary(entries))
 
     def _put(self, pack: _Pack) -> None:
         try:
@@ -199,7 +205,6 @@ class PackWriter:
             self._on_put(pack.key, pack.entries)
             with self._lock:
                 self._put_entries.extend(pack.entries)
-                self._packs_put += 1
         except BaseException as exc:
             with self._lock:
                 self._error = self._error or exc
