@@ -19,7 +19,7 @@ DEB_PACKAGES=(
   fuse3 libfuse3-dev pkg-config iptables rsync busybox-static runc containerd procps iproute2 psmisc
   build-essential libbsd-dev libcap-dev libgnutls28-dev libnet1-dev libnftables-dev libnl-3-dev
   libprotobuf-c-dev libprotobuf-dev protobuf-c-compiler protobuf-compiler uuid-dev python3-protobuf
-  git ca-certificates podman tmux
+  git ca-certificates podman tmux b3sum
 )
 
 log() { printf '[setup] %s\n' "$*"; }

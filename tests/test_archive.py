@@ -91,8 +91,8 @@ def test_flipped_byte_is_caught(fmt, where, images, tmp_path):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_sums_recorded_and_checked_by_sha256sum(fmt, images, tmp_path):
-    """SHA256SUMS sits in the archive in sha256sum's own format: `tar x` then `sha256sum -c` works."""
+def test_sums_recorded_and_checked_by_b3sum(fmt, images, tmp_path):
+    """B3SUMS sits in the archive in b3sum's own format: `tar x` then `b3sum -c` works."""
     import subprocess
 
     buf = io.BytesIO()
@@ -103,9 +103,12 @@ def test_sums_recorded_and_checked_by_sha256sum(fmt, images, tmp_path):
         for member in tar:
             tar.extract(member, dest, filter="data")
     assert (dest / archive.SUMS_NAME).exists()
-    check = subprocess.run(["sha256sum", "-c", archive.SUMS_NAME], cwd=dest, capture_output=True, text=True)
+    assert archive.SUMS_NAME == "B3SUMS"
+    check = subprocess.run(["b3sum", "-c", archive.SUMS_NAME], cwd=dest, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     assert check.stdout.count(": OK") == len(os.listdir(images))
+    (dest / "inventory.img").write_bytes(b"changed")
+    assert subprocess.run(["b3sum", "-c", archive.SUMS_NAME], cwd=dest, capture_output=True).returncode != 0
 
 
 def test_member_not_listed_in_sums_is_refused(images, tmp_path):
@@ -125,7 +128,7 @@ def test_member_not_listed_in_sums_is_refused(images, tmp_path):
 
 
 def test_archive_without_sums_from_elsewhere_still_restores(images, tmp_path):
-    """An archive made by another tool (plain tar, no SHA256SUMS) is accepted on its format's checks."""
+    """An archive made by another tool (plain tar, no sums) is accepted on its format's checks."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for name in sorted(os.listdir(images)):
@@ -136,7 +139,7 @@ def test_archive_without_sums_from_elsewhere_still_restores(images, tmp_path):
 
 
 def test_truncated_before_sums_is_refused(images, tmp_path):
-    """An archive that announces SHA256SUMS but lost it (cut at a member boundary) is corrupt."""
+    """An archive that announces its sums but lost them (cut at a member boundary) is corrupt."""
     buf = io.BytesIO()
     archive.write_archive(str(images), buf, "tar")
     data = buf.getvalue()
@@ -144,3 +147,46 @@ def test_truncated_before_sums_is_refused(images, tmp_path):
     assert cut % 512 == 0
     with pytest.raises(CheckpointError, match="corrupt archive"):
         archive.extract_archive(io.BytesIO(data[:cut] + bytes(1024)), str(tmp_path), "x")
+
+
+def _older_archive(images, integrity: str, change: str | None = None) -> bytes:
+    """An archive as earlier versions wrote it: SHA256SUMS last, announced as "sha256" (or as
+    `integrity`); `change` names a file whose archived bytes differ from what was summed."""
+    import hashlib
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT,
+                      pax_headers={"CEDANA.integrity": integrity}) as tar:
+        lines = []
+        for name in sorted(os.listdir(images)):
+            data = (images / name).read_bytes()
+            lines.append(f"{hashlib.sha256(data).hexdigest()}  {name}\n")
+            if name == change:
+                data = data[::-1]
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        text = "".join(lines).encode()
+        info = tarfile.TarInfo("SHA256SUMS")
+        info.size = len(text)
+        tar.addfile(info, io.BytesIO(text))
+    return buf.getvalue()
+
+
+def test_an_older_archive_with_sha256_sums_is_still_verified(images, tmp_path):
+    """Archives of earlier versions carry SHA256SUMS: an intact one restores, a changed one is refused."""
+    dest = tmp_path / "ok"
+    dest.mkdir()
+    names = archive.extract_archive(io.BytesIO(_older_archive(images, "sha256")), str(dest), "old")
+    assert sorted(names) == sorted(os.listdir(images))
+    assert not (dest / "SHA256SUMS").exists()
+    assert (dest / "pages-1.img").read_bytes() == (images / "pages-1.img").read_bytes()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    with pytest.raises(CheckpointError, match="^corrupt archive: pages-1.img does not match its SHA256"):
+        archive.extract_archive(io.BytesIO(_older_archive(images, "sha256", change="pages-1.img")), str(bad), "old")
+
+
+def test_an_archive_hashed_with_an_unknown_algorithm_is_refused(images, tmp_path):
+    with pytest.raises(CheckpointError, match="hashed with 'sha3-512', which this version cannot check"):
+        archive.extract_archive(io.BytesIO(_older_archive(images, "sha3-512")), str(tmp_path), "new")

@@ -57,7 +57,7 @@ def test_each_format_with_a_flipped_byte_is_refused(dumped, tmp_path, cedana):
 
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
-def test_dump_records_sha256_of_every_image(compression, tmp_path, procs, cedana):
+def test_dump_records_the_digest_of_every_image(compression, tmp_path, procs, cedana):
     out = tmp_path / "count.txt"
     proc = procs.counter(out)
     wait_for(lambda: len(read_lines(out)) >= 3, what="counter output")

@@ -133,7 +133,7 @@ def test_big_images_round_trip(fmt, big_images, tmp_path):
 
 @pytest.mark.skipif(shutil.which("gzip") is None, reason="no gzip program")
 def test_gzip_archive_read_by_gzip_and_tar(big_images, tmp_path):
-    """`gzip -t`, `tar -xzf` then `sha256sum -c`, and Python's gzip all read a gzip archive."""
+    """`gzip -t`, `tar -xzf` then `b3sum -c`, and Python's gzip all read a gzip archive."""
     path = tmp_path / "ck.tar.gz"
     with open(path, "wb") as f:
         archive.write_archive(str(big_images), f, "gzip")
@@ -142,7 +142,7 @@ def test_gzip_archive_read_by_gzip_and_tar(big_images, tmp_path):
     dest = tmp_path / "untarred"
     dest.mkdir()
     subprocess.run(["tar", "-xzf", str(path), "-C", str(dest)], check=True)
-    check = subprocess.run(["sha256sum", "-c", archive.SUMS_NAME], cwd=dest, capture_output=True, text=True,
+    check = subprocess.run(["b3sum", "-c", archive.SUMS_NAME], cwd=dest, capture_output=True, text=True,
                            check=False)
     assert check.returncode == 0, check.stdout + check.stderr
     pages = (big_images / "pages-1.img").read_bytes()

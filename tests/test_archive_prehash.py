@@ -3,7 +3,7 @@ taking those digests and freeing its source as it goes (app/archive.py), and the
 written around the page cache (fsio.DirectWriter)."""
 
 import gzip
-import hashlib
+import blake3
 import io
 import os
 import random
@@ -29,7 +29,7 @@ def _data(n: int, seed: int) -> bytes:
 
 
 def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return blake3.blake3(data).hexdigest()
 
 
 class _Writer(threading.Thread):
@@ -98,7 +98,7 @@ def test_leaving_stops_a_hasher_that_waits_for_a_file_to_grow(tmp_path):
     hasher = PagesHasher(str(images))
     with hasher:
         time.sleep(0.02)
-    assert not [t for t in threading.enumerate() if t.name == "pages-sha256"]
+    assert not [t for t in threading.enumerate() if t.name == "pages-hash"]
     assert not hasher.covers("pages-1.img")
 
 
@@ -110,7 +110,7 @@ def test_a_hasher_that_failed_says_so_instead_of_a_digest(tmp_path):
 
 
 def test_the_archive_takes_the_digests_taken_elsewhere(tmp_path):
-    """SHA256SUMS holds what `hashed` says: a wrong digest there makes the archive fail its check."""
+    """The sums file holds what `hashed` says: a wrong digest there makes the archive fail its check."""
     images = _images(tmp_path)
     pages = _data(3 * MiB, 6)
     (images / "pages-1.img").write_bytes(pages)
@@ -140,7 +140,7 @@ def test_the_archive_takes_the_digests_taken_elsewhere(tmp_path):
     assert f"{'0' * 64}  pages-1.img\n" in sums and f"{_sha(b'inventory')}  inventory.img\n" in sums
     dest = tmp_path / "out"
     dest.mkdir()
-    with pytest.raises(CheckpointError, match="pages-1.img does not match its SHA-256"):
+    with pytest.raises(CheckpointError, match="pages-1.img does not match its BLAKE3"):
         archive.extract_archive(io.BytesIO(buf.getvalue()), str(dest), "x")
 
 

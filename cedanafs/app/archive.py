@@ -7,14 +7,14 @@ while the writing thread maps and hashes the images. The format of an archive is
 magic bytes, never from its name alone.
 
 Integrity: every compressed format carries its own check (gzip's CRC, zlib's Adler-32, lz4 and
-zstd frames written with content checksums), and every archive ends with SHA256SUMS, the SHA-256
-of each file in it (`sha256sum -c` format), announced by a pax global header at its start. A
-restore reads the stream to its very end, so each of these is checked before CRIU sees a byte.
+zstd frames written with content checksums), and every archive ends with B3SUMS, the BLAKE3 of
+each file in it (`b3sum -c` format), announced by a pax global header at its start (sums.py;
+archives of earlier versions end with SHA256SUMS, still verified). A restore reads the stream to
+its very end, so each of these is checked before CRIU sees a byte.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import mmap
@@ -29,6 +29,7 @@ from isal import igzip, isal_zlib
 
 from ..errors import CheckpointError, UsageError
 from ..fsio import punch_hole
+from . import sums as sums_format
 from .deflate import BLOCK, ParallelDeflateWriter
 
 # gzip and zlib archives go through ISA-L (python-isal): the same formats, written and read
@@ -38,8 +39,9 @@ GZIP_LEVEL = 1
 
 log = logging.getLogger(__name__)
 
-SUMS_NAME = "SHA256SUMS"
-_PAX_INTEGRITY = "CEDANA.integrity"  # pax global header key: the archive ends with SUMS_NAME
+SUMS_NAME = sums_format.WRITTEN.member
+SUMS_NAMES = sums_format.MEMBERS  # the sums files of any version's archives
+_PAX_INTEGRITY = "CEDANA.integrity"  # pax global header key: the algorithm of the sums the archive ends with
 SUFFIXES = {"tar": ".tar", "gzip": ".tar.gz", "lz4": ".tar.lz4", "zlib": ".tar.zlib", "zstd": ".tar.zst"}
 _SNIFF = 512 + 8
 _MAP_FROM = 1 << 20  # files (or windows of them) this large are mapped, smaller ones read
@@ -227,14 +229,14 @@ class _MappedImage:
     """A regular file tarfile reads through once, hashed on the way (unless `hash` is False).
 
     A large file is mapped a window at a time and read as memoryviews of the mapping: its bytes
-    go from the page cache to SHA-256 and to the compressor without a copy (tarfile only takes
+    go from the page cache to the hash and to the compressor without a copy (tarfile only takes
     len() of what read() returns and writes it on). A window is unmapped once nothing holds a
     view of it any more, so a large image never sits in this process's memory whole.
     """
 
     def __init__(self, path: str, size: int, hash: bool = True, reclaim: _Reclaim | None = None,
                  reading: Callable[[str, int], None] | None = None):
-        self.sha = hashlib.sha256() if hash else None
+        self.hasher = sums_format.new_hasher() if hash else None
         self._reading = reading
         self._file = open(path, "rb")
         self._name = os.path.basename(path)
@@ -258,8 +260,8 @@ class _MappedImage:
             chunk = self._window[start:start + n]
             self._pos += len(chunk)
             n -= len(chunk)
-            if self.sha is not None:
-                self.sha.update(chunk)
+            if self.hasher is not None:
+                self.hasher.update(chunk)
             parts.append(chunk)
         # One view, unless the read straddles two windows (tarfile reads aligned blocks: never).
         return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -284,7 +286,7 @@ class _MappedImage:
 
 def _add_hashed(tar: tarfile.TarFile, path: str, arcname: str, hashed: Hashed | None,
                 reclaim: _Reclaim | None) -> Callable[[], str] | None:
-    """Add one entry; returns what gives the SHA-256 of a regular file's bytes (None for anything
+    """Add one entry; returns what gives the digest of a regular file's bytes (None for anything
     else): its own hash, or the one `hashed` took elsewhere, asked for only when it is needed."""
     info = tar.gettarinfo(path, arcname=arcname)
     if not info.isfile():
@@ -299,7 +301,7 @@ def _add_hashed(tar: tarfile.TarFile, path: str, arcname: str, hashed: Hashed | 
         image.close()
     if elsewhere:
         return lambda: hashed.digest(arcname, info.size)  # type: ignore[union-attr]
-    digest = image.sha.hexdigest()  # type: ignore[union-attr]
+    digest = image.hasher.hexdigest()  # type: ignore[union-attr]
     return lambda: digest
 
 
@@ -312,7 +314,7 @@ def _add_sums(tar: tarfile.TarFile, sums: dict[str, str]) -> None:
 
 def write_archive(src_dir: str, out: BinaryIO, compression: str, hashed: Hashed | None = None,
                   consume: bool = False) -> None:
-    """Stream a flat tar of src_dir's files, compressed, into out; SHA256SUMS last.
+    """Stream a flat tar of src_dir's files, compressed, into out; B3SUMS last.
 
     gzip and zlib are compressed on all cores (deflate.py) while this thread reads and hashes;
     the files `hashed` covers are not hashed here: their digests come from it. With consume, the
@@ -324,9 +326,9 @@ def write_archive(src_dir: str, out: BinaryIO, compression: str, hashed: Hashed 
     reclaim = _Reclaim(hashed) if consume else None
     try:
         with tarfile.open(fileobj=_Sink(stream), mode="w", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
-                          pax_headers={_PAX_INTEGRITY: "sha256"}, copybufsize=BLOCK) as tar:
+                          pax_headers={_PAX_INTEGRITY: sums_format.WRITTEN.algorithm}, copybufsize=BLOCK) as tar:
             for name in sorted(os.listdir(src_dir)):
-                if name == SUMS_NAME:
+                if name in SUMS_NAMES:
                     continue
                 digest = _add_hashed(tar, os.path.join(src_dir, name), name, hashed, reclaim)
                 if digest is not None:
@@ -395,74 +397,88 @@ def _check_member(member: tarfile.TarInfo, dest: str, name: str) -> None:
         raise CheckpointError(f"{name}: unsupported member type in archive: {member.name!r}")
 
 
-def _extract_file(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str) -> str:
-    """Write one regular member into dest, hashing it; returns its SHA-256."""
+def _extract_file(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str, new_hasher: Callable) -> str:
+    """Write one regular member into dest, hashing it; returns its digest (hex)."""
     src = tar.extractfile(member)
     assert src is not None
-    sha = hashlib.sha256()
+    hasher = new_hasher()
     path = os.path.join(dest, member.name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, member.mode & 0o755 or 0o600)
     with os.fdopen(fd, "wb") as out:
         while block := src.read(1 << 20):
-            sha.update(block)
+            hasher.update(block)
             out.write(block)
     os.utime(path, (member.mtime, member.mtime))
-    return sha.hexdigest()
+    return hasher.hexdigest()
 
 
-def _parse_sums(text: bytes, label: str) -> dict[str, str]:
-    sums = {}
+def _parse_sums(text: bytes, label: str, sums: sums_format.SumsFormat) -> dict[str, str]:
+    recorded = {}
     for line in text.decode(errors="replace").splitlines():
         digest, sep, fname = line.partition("  ")
         if not sep or len(digest) != 64:
-            raise CorruptArchive(f"corrupt archive: {SUMS_NAME} of {label} is damaged ({line[:60]!r})")
-        sums[fname] = digest
-    return sums
+            raise CorruptArchive(f"corrupt archive: {sums.member} of {label} is damaged ({line[:60]!r})")
+        recorded[fname] = digest
+    return recorded
 
 
-def _verify_sums(found: dict[str, str], recorded: dict[str, str] | None, label: str, required: bool) -> None:
+def _verify_sums(found: dict[str, str], recorded: dict[str, str] | None, label: str, required: bool,
+                 sums: sums_format.SumsFormat) -> None:
     if recorded is None:
         if required:
-            raise CorruptArchive(f"corrupt archive: {label} ends before its {SUMS_NAME} (truncated or damaged)")
-        log.info("%s has no %s (made elsewhere): only its format's own checks apply", label, SUMS_NAME)
+            raise CorruptArchive(f"corrupt archive: {label} ends before its {sums.member} (truncated or damaged)")
+        log.info("%s has no %s (made elsewhere): only its format's own checks apply", label, sums.member)
         return
     for fname, digest in recorded.items():
         if fname not in found:
-            raise CorruptArchive(f"corrupt archive: {fname} is listed in {SUMS_NAME} but missing from {label}")
+            raise CorruptArchive(f"corrupt archive: {fname} is listed in {sums.member} but missing from {label}")
         if found[fname] != digest:
-            raise CorruptArchive(f"corrupt archive: {fname} does not match its SHA-256 recorded in {label}")
+            raise CorruptArchive(f"corrupt archive: {fname} does not match its {sums.algorithm.upper()}"
+                                 f" recorded in {label}")
     extra = sorted(set(found) - set(recorded))
     if extra:
-        raise CorruptArchive(f"corrupt archive: {extra[0]} in {label} is not listed in its {SUMS_NAME}")
+        raise CorruptArchive(f"corrupt archive: {extra[0]} in {label} is not listed in its {sums.member}")
+
+
+def _announced_sums(tar: tarfile.TarFile, label: str) -> tuple[sums_format.SumsFormat, bool]:
+    """The sums the archive's pax header announces, and whether it announces any (then they must be there)."""
+    algorithm = tar.pax_headers.get(_PAX_INTEGRITY)
+    sums = sums_format.read_format(algorithm)
+    if sums is None:
+        raise CorruptArchive(f"{label}: its files are hashed with {algorithm!r}, which this version"
+                             " cannot check (made by a newer cedana?)")
+    return sums, algorithm is not None
 
 
 def extract_archive(src: BinaryIO, dest: str, name: str = "") -> list[str]:
     """Unpack an archive stream into the (empty) dest dir, refusing anything that escapes it.
 
-    Every integrity check (the format's, then SHA256SUMS) passes before this returns; on any
+    Every integrity check (the format's, then the sums file) passes before this returns; on any
     failure the caller must discard dest.
     """
     label = name or "archive"
     names: list[str] = []
     found: dict[str, str] = {}
     recorded: dict[str, str] | None = None
+    sums, required = sums_format.SHA256, False
     with open_tar_stream(src, name, drain=True) as tar:
         for member in tar:
+            if not names and recorded is None:  # the global header is read with the first member
+                sums, required = _announced_sums(tar, label)
             _check_member(member, dest, label)
-            if member.name == SUMS_NAME and member.isfile():
-                recorded = _parse_sums(tar.extractfile(member).read(), label)  # type: ignore[union-attr]
+            if member.name == sums.member and member.isfile():
+                recorded = _parse_sums(tar.extractfile(member).read(), label, sums)  # type: ignore[union-attr]
                 continue
             names.append(member.name)
             if member.isfile():
-                found[member.name] = _extract_file(tar, member, dest)
+                found[member.name] = _extract_file(tar, member, dest, sums.new)
                 continue
             try:
                 tar.extract(member, dest, filter="data")
             except tarfile.FilterError as exc:
                 raise CheckpointError(f"{label}: unsafe archive member ({exc})") from None
-        required = tar.pax_headers.get(_PAX_INTEGRITY) == "sha256"
-    _verify_sums(found, recorded, label, required)
+    _verify_sums(found, recorded, label, required, sums)
     if "inventory.img" not in names:
         raise CheckpointError(f"{label}: archive holds no CRIU images (no inventory.img)")
     return names

@@ -28,7 +28,7 @@ from ..errors import AlreadyExists, CheckpointError, NotFound, StoreError, Usage
 from ..streamer import Backend, CorruptChunk, MissingChunk, NoSuchObject, Store, open_backend, read_to
 from ..streamer.gc import DEFAULT_GRACE
 from ..types import ChunkRef, FileContent, TransferStats
-from .archive import SUMS_NAME, format_from_name, open_tar_stream, sniff_format
+from .archive import SUMS_NAMES, format_from_name, open_tar_stream, sniff_format
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +321,7 @@ class Checkpoints:
         try:
             fmt = sniff_format(source.head()) or format_from_name(ref)
             with source.open() as stream, open_tar_stream(stream, ref) as tar:
-                files = tuple(_member_report(member) for member in tar if member.name != SUMS_NAME)
+                files = tuple(_member_report(member) for member in tar if member.name not in SUMS_NAMES)
             size = source.size()
         finally:
             source.close()

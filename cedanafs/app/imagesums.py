@@ -1,6 +1,6 @@
-"""The SHA-256 of CRIU's pages images, taken while CRIU writes them, for an archive's SHA256SUMS.
+"""The BLAKE3 of CRIU's pages images, taken while CRIU writes them, for an archive's B3SUMS.
 
-A dump archive carries the SHA-256 of each of its files (archive.py). Most of its bytes are in
+A dump archive carries the BLAKE3 of each of its files (archive.py). Most of its bytes are in
 `pages-<n>.img`, and CRIU, which holds the process frozen while it writes them, uses one core:
 `PagesHasher` reads each pages image as it grows, on a thread of its own at SCHED_IDLE (it runs
 only on a core nobody else wants, so CRIU never waits for it), and hashes it. A pages image is
@@ -16,7 +16,6 @@ wrote, and a file whose size differs (it changed after CRIU returned) fails the 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import mmap
 import os
@@ -26,6 +25,7 @@ import time
 from ..errors import CheckpointError
 from ..priority import set_background, set_priority_of
 from ..spool import PAGES, pages_images
+from .sums import new_hasher
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class PagesHasher:
         self._finished = False
         self._nice = 0
         self._progress = ("", 0)  # the file being hashed, and how far: one tuple, replaced whole
-        self._thread = threading.Thread(target=self._run, name="pages-sha256", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="pages-hash", daemon=True)
 
     def __enter__(self) -> "PagesHasher":
         self._thread.start()
@@ -92,7 +92,7 @@ class PagesHasher:
         return PAGES.match(name) is not None and self._error is None and not self._stop.is_set()
 
     def digest(self, name: str, size: int) -> str:
-        """The SHA-256 (hex) of `name`, once its `size` bytes are hashed (waits for the thread)."""
+        """The BLAKE3 (hex) of `name`, once its `size` bytes are hashed (waits for the thread)."""
         self._set_nice(0)
         with self._changed:
             while name not in self._done and not self._finished:
@@ -156,7 +156,7 @@ class PagesHasher:
 
         What the file holds so far is mapped a window at a time (cheaper here than copying it out
         with read()); never past its current end, so CRIU's appending never meets a mapping."""
-        sha = hashlib.sha256()
+        hasher = new_hasher()
         hashed = 0  # a multiple of the page size until the file is final: where the next window starts
         final = False
         with open(os.path.join(self._dir, name), "rb", buffering=0) as f:
@@ -168,7 +168,7 @@ class PagesHasher:
                 if end > hashed:
                     length = min(end - hashed, _WINDOW)
                     with mmap.mmap(f.fileno(), length, _MAP_FLAGS, mmap.PROT_READ, offset=hashed) as window:
-                        sha.update(window)
+                        hasher.update(window)
                     hashed += length
                     self._progress = (name, hashed)  # after the unmapping: archive.py may free them now
                 elif final:
@@ -177,4 +177,4 @@ class PagesHasher:
                     final = True  # look once more: what was written before it became final
                 else:
                     time.sleep(_POLL)
-        return None if self._stop.is_set() else (hashed, sha.hexdigest())
+        return None if self._stop.is_set() else (hashed, hasher.hexdigest())
