@@ -190,3 +190,39 @@ def test_an_older_archive_with_sha256_sums_is_still_verified(images, tmp_path):
 def test_an_archive_hashed_with_an_unknown_algorithm_is_refused(images, tmp_path):
     with pytest.raises(CheckpointError, match="hashed with 'sha3-512', which this version cannot check"):
         archive.extract_archive(io.BytesIO(_older_archive(images, "sha3-512")), str(tmp_path), "new")
+
+
+@pytest.mark.parametrize("damage", [None, 0.5])
+def test_unpacking_a_gzip_archive_leaves_no_thread_behind(images, tmp_path, damage):
+    """gzip is inflated on a thread of its own: it stops with the unpacking, whole or refused."""
+    import threading
+
+    before = set(threading.enumerate())
+    buf = io.BytesIO()
+    archive.write_archive(str(images), buf, "gzip")
+    data = buf.getvalue() if damage is None else _flip(buf.getvalue(), int(len(buf.getvalue()) * damage))
+    dest = tmp_path / "out"
+    dest.mkdir()
+    if damage is None:
+        archive.extract_archive(io.BytesIO(data), str(dest), "x")
+    else:
+        with pytest.raises(CheckpointError, match="^corrupt archive: "):
+            archive.extract_archive(io.BytesIO(data), str(dest), "x")
+    assert [t for t in threading.enumerate() if t not in before and t.is_alive()] == []
+
+
+def test_reading_only_the_start_of_a_gzip_archive_stops_its_inflater(tmp_path):
+    """A reader that stops early (inspecting the members, say) does not leave the inflating
+    thread waiting for room to put what it read ahead."""
+    import threading
+
+    src = tmp_path / "big"
+    src.mkdir()
+    (src / "inventory.img").write_bytes(b"inv")
+    (src / "pages-1.img").write_bytes(os.urandom(48 << 20))
+    buf = io.BytesIO()
+    archive.write_archive(str(src), buf, "gzip")
+    before = set(threading.enumerate())
+    with archive.open_tar_stream(io.BytesIO(buf.getvalue()), "x") as tar:
+        assert next(iter(tar)).name == "inventory.img"
+    assert [t for t in threading.enumerate() if t not in before and t.is_alive()] == []

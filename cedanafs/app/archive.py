@@ -25,7 +25,7 @@ import zlib
 from contextlib import contextmanager
 from typing import BinaryIO, Callable, Iterator, Protocol
 
-from isal import igzip, isal_zlib
+from isal import igzip_threaded, isal_zlib
 
 from ..errors import CheckpointError, UsageError
 from ..fsio import punch_hole
@@ -44,6 +44,7 @@ SUMS_NAMES = sums_format.MEMBERS  # the sums files of any version's archives
 _PAX_INTEGRITY = "CEDANA.integrity"  # pax global header key: the algorithm of the sums the archive ends with
 SUFFIXES = {"tar": ".tar", "gzip": ".tar.gz", "lz4": ".tar.lz4", "zlib": ".tar.zlib", "zstd": ".tar.zst"}
 _SNIFF = 512 + 8
+_STREAM_BLOCK = 1 << 20  # what a streaming read of an archive asks of its decompressor at a time
 _MAP_FROM = 1 << 20  # files (or windows of them) this large are mapped, smaller ones read
 _MAP_WINDOW = 8 * BLOCK  # how much of a file is mapped at a time
 _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # a window's pages at once, not a fault each
@@ -115,6 +116,9 @@ class _Prefixed(io.RawIOBase):
             b[:n] = self._head[:n]
             self._head = self._head[n:]
             return n
+        readinto = getattr(self._rest, "readinto", None)
+        if readinto is not None:
+            return readinto(b)
         data = self._rest.read(len(b))
         b[: len(data)] = data
         return len(data)
@@ -139,8 +143,8 @@ def _compressor(out: BinaryIO, compression: str) -> BinaryIO:
 def _decompressor(src: BinaryIO, fmt: str) -> BinaryIO:
     if fmt == "tar":
         return src
-    if fmt == "gzip":
-        return igzip.IGzipFile(fileobj=src, mode="rb")
+    if fmt == "gzip":  # inflated on a thread of its own, beside the tar reading, hashing and writing
+        return igzip_threaded.open(src, "rb", threads=1, block_size=_STREAM_BLOCK)
     if fmt == "lz4":
         import lz4.frame
 
@@ -374,7 +378,9 @@ def open_tar_stream(src: BinaryIO, name: str = "", drain: bool = False) -> Itera
         raise CheckpointError(f"{label}: not a checkpoint archive (unknown format)")
     stream = _decompressor(_Prefixed(head, src), fmt)  # type: ignore[arg-type]
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
+        # Read in large blocks: at tarfile's default of 10 KiB the calls down through the
+        # decompressor add a tenth to the unpacking of a GiB.
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=_STREAM_BLOCK) as tar:
             yield tar
         if drain:
             _drain(stream)
@@ -384,6 +390,11 @@ def open_tar_stream(src: BinaryIO, name: str = "", drain: bool = False) -> Itera
         if type(exc).__name__ in ("ZstdError", "LZ4FrameError"):
             raise CorruptArchive(f"corrupt archive: {label}: truncated or corrupt data ({exc})") from None
         raise
+    finally:
+        try:
+            stream.close()  # a threaded inflater's thread stops (src itself stays open)
+        except (OSError, ValueError, EOFError, RuntimeError, zlib.error, isal_zlib.error):
+            pass
 
 
 def _check_member(member: tarfile.TarInfo, dest: str, name: str) -> None:

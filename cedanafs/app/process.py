@@ -471,6 +471,9 @@ class ImagesDir:
 
     def _unpack(self, fill: Callable[[str], None]) -> "ImagesDir":
         """Fill a private temp dir with the images; on any failure, remove it and re-raise."""
+        from ..fsio import keep_freed_blocks
+
+        keep_freed_blocks()
         self.temp = tempfile.mkdtemp(prefix="cedana-restore-images-")
         try:
             fill(self.temp)
