@@ -1,8 +1,7 @@
 """Thread priority: a thread of ours at SCHED_IDLE runs only on a CPU nobody else wants.
 
-The ingest that follows CRIU's writes, the compression after a commit and the hashing of a dump
-archive's pages images while CRIU writes them run this way, so CRIU (which holds a process
-frozen) and the user's jobs always go first.
+The ingest that follows CRIU's writes and the compression after a commit run this way, so CRIU
+(which holds a process frozen) and the user's jobs always go first.
 
 Layer 0, with no imports beyond the standard library, so a dump command loads it cheaply.
 """
@@ -29,14 +28,3 @@ def set_background(on: bool) -> None:
         _thread_state.background = on
     except (OSError, AttributeError) as exc:
         log.debug("cannot change this thread's scheduling: %s", exc)
-
-
-def set_priority_of(native_id: int, nice: int) -> None:
-    """Another thread of ours (its threading.get_native_id()) at normal scheduling with this nice
-    value, now: a thread at SCHED_IDLE on a busy machine may not run for long enough to do it
-    itself. Nice 10 takes what the other threads leave and a little more; 0 is normal."""
-    try:
-        os.sched_setscheduler(native_id, os.SCHED_OTHER, os.sched_param(0))
-        os.setpriority(os.PRIO_PROCESS, native_id, nice)
-    except (OSError, AttributeError) as exc:
-        log.debug("cannot change thread %d's scheduling: %s", native_id, exc)

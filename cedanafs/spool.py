@@ -1,8 +1,8 @@
 """The markers of a spool directory, shared by its writer (app/capture.py) and the ingest that
 follows it (streamer/ingest.py): `.complete` (every file is final), `.abandoned` (the writer
 failed), `.writer` (the writer's pid: if that process dies outright, the ingest stops too); and
-CRIU's pages images in it, which the readers that follow CRIU (the ingest, app/imagesums.py)
-take in the order CRIU writes them.
+CRIU's pages images in it, which a reader that follows CRIU (the ingest, with spool.follow)
+takes in the order CRIU writes them.
 
 Layer 0, with no imports beyond the standard library, so a dump command loads it cheaply.
 """

@@ -23,7 +23,7 @@ import tarfile
 import weakref
 import zlib
 from contextlib import contextmanager
-from typing import BinaryIO, Callable, Iterator, Protocol
+from typing import BinaryIO, Callable, Iterator
 
 from isal import igzip_threaded, isal_zlib
 
@@ -174,28 +174,14 @@ class _Sink:
         return self._pos
 
 
-class Hashed(Protocol):
-    """Digests of some files taken elsewhere (imagesums.PagesHasher: while CRIU wrote them)."""
-
-    def covers(self, name: str) -> bool: ...
-
-    def digest(self, name: str, size: int) -> str: ...
-
-    def hashed_upto(self, name: str) -> int: ...
-
-    def reading(self, name: str, upto: int) -> None:
-        """The archive is about to read `name` up to `upto`."""
-
-
 class _Reclaim:
     """Frees the pages of the files being archived behind the archive, when they go once archived
     (a spool): each mapped window's range is punched out of its file once no view of it is left
-    (its blocks are compressed and written) and, for a file hashed elsewhere, its bytes are hashed.
-    Freeing them as it goes costs what removing the files at the end would, but not at the end."""
+    (its blocks are compressed and written). Freeing them as it goes costs what removing the files
+    at the end would, but not at the end."""
 
-    def __init__(self, hashed: Hashed | None):
-        self._hashed = hashed
-        self._pending: list[tuple[int, str, int, int, weakref.ref]] = []
+    def __init__(self) -> None:
+        self._pending: list[tuple[int, int, int, weakref.ref]] = []
         self._fds: list[int] = []
         self._broken = False
 
@@ -209,17 +195,16 @@ class _Reclaim:
         self._fds.append(fd)
         return fd
 
-    def mapped(self, fd: int, name: str, start: int, mapping: mmap.mmap) -> None:
+    def mapped(self, fd: int, start: int, mapping: mmap.mmap) -> None:
         if fd >= 0:
-            self._pending.append((fd, name, start, start + len(mapping), weakref.ref(mapping)))
+            self._pending.append((fd, start, start + len(mapping), weakref.ref(mapping)))
         self.run()
 
     def run(self) -> None:
         keep = []
-        for fd, name, start, end, mapping in self._pending:
-            if self._broken or mapping() is not None or (
-                    self._hashed is not None and self._hashed.covers(name) and self._hashed.hashed_upto(name) < end):
-                keep.append((fd, name, start, end, mapping))
+        for fd, start, end, mapping in self._pending:
+            if self._broken or mapping() is not None:
+                keep.append((fd, start, end, mapping))
             elif not punch_hole(fd, start, end - start):
                 self._broken = True  # not on this filesystem: the files go whole at the end
         self._pending = [] if self._broken else keep
@@ -230,7 +215,7 @@ class _Reclaim:
 
 
 class _MappedImage:
-    """A regular file tarfile reads through once, hashed on the way (unless `hash` is False).
+    """A regular file tarfile reads through once, hashed on the way.
 
     A large file is mapped a window at a time and read as memoryviews of the mapping: its bytes
     go from the page cache to the hash and to the compressor without a copy (tarfile only takes
@@ -238,12 +223,9 @@ class _MappedImage:
     view of it any more, so a large image never sits in this process's memory whole.
     """
 
-    def __init__(self, path: str, size: int, hash: bool = True, reclaim: _Reclaim | None = None,
-                 reading: Callable[[str, int], None] | None = None):
-        self.hasher = sums_format.new_hasher() if hash else None
-        self._reading = reading
+    def __init__(self, path: str, size: int, reclaim: _Reclaim | None = None):
+        self.hasher = sums_format.new_hasher()
         self._file = open(path, "rb")
-        self._name = os.path.basename(path)
         self._reclaim = reclaim
         self._reclaim_fd = reclaim.opened(path) if reclaim is not None and size >= _MAP_FROM else -1
         self._size = size
@@ -264,8 +246,7 @@ class _MappedImage:
             chunk = self._window[start:start + n]
             self._pos += len(chunk)
             n -= len(chunk)
-            if self.hasher is not None:
-                self.hasher.update(chunk)
+            self.hasher.update(chunk)
             parts.append(chunk)
         # One view, unless the read straddles two windows (tarfile reads aligned blocks: never).
         return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -276,37 +257,28 @@ class _MappedImage:
         if length < _MAP_FROM:
             self._window = memoryview(os.pread(self._file.fileno(), length, pos))
             return
-        if self._reading is not None:
-            self._reading(self._name, pos + length)
         mapping = mmap.mmap(self._file.fileno(), length, _MAP_FLAGS, mmap.PROT_READ, offset=pos)
         self._window = memoryview(mapping)
         if self._reclaim is not None:
-            self._reclaim.mapped(self._reclaim_fd, self._name, pos, mapping)
+            self._reclaim.mapped(self._reclaim_fd, pos, mapping)
 
     def close(self) -> None:
         self._window = memoryview(b"")  # the mapping goes with the last view of it
         self._file.close()
 
 
-def _add_hashed(tar: tarfile.TarFile, path: str, arcname: str, hashed: Hashed | None,
-                reclaim: _Reclaim | None) -> Callable[[], str] | None:
-    """Add one entry; returns what gives the digest of a regular file's bytes (None for anything
-    else): its own hash, or the one `hashed` took elsewhere, asked for only when it is needed."""
+def _add_hashed(tar: tarfile.TarFile, path: str, arcname: str, reclaim: _Reclaim | None) -> str | None:
+    """Add one entry; returns the digest of a regular file's bytes (None for anything else)."""
     info = tar.gettarinfo(path, arcname=arcname)
     if not info.isfile():
         tar.add(path, arcname=arcname, recursive=True)
         return None
-    elsewhere = hashed is not None and hashed.covers(arcname)
-    image = _MappedImage(path, info.size, hash=not elsewhere, reclaim=reclaim,
-                         reading=hashed.reading if elsewhere else None)  # type: ignore[union-attr]
+    image = _MappedImage(path, info.size, reclaim=reclaim)
     try:
         tar.addfile(info, image)  # type: ignore[arg-type]
     finally:
         image.close()
-    if elsewhere:
-        return lambda: hashed.digest(arcname, info.size)  # type: ignore[union-attr]
-    digest = image.hasher.hexdigest()  # type: ignore[union-attr]
-    return lambda: digest
+    return image.hasher.hexdigest()
 
 
 def _add_sums(tar: tarfile.TarFile, sums: dict[str, str]) -> None:
@@ -316,28 +288,28 @@ def _add_sums(tar: tarfile.TarFile, sums: dict[str, str]) -> None:
     tar.addfile(info, io.BytesIO(text))
 
 
-def write_archive(src_dir: str, out: BinaryIO, compression: str, hashed: Hashed | None = None,
-                  consume: bool = False) -> None:
+def write_archive(src_dir: str, out: BinaryIO, compression: str, consume: bool = False) -> None:
     """Stream a flat tar of src_dir's files, compressed, into out; B3SUMS last.
 
-    gzip and zlib are compressed on all cores (deflate.py) while this thread reads and hashes;
-    the files `hashed` covers are not hashed here: their digests come from it. With consume, the
+    gzip and zlib are compressed on all cores (deflate.py) while this thread reads and hashes
+    (BLAKE3: ~0.2 CPU-s per GiB, less than hashing while CRIU wrote the files cost the frozen
+    process, measured). With consume, the
     files' blocks are freed as they are archived (they read as zeros after): for a source that
     is removed once archived, whether or not that succeeds.
     """
     stream = _compressor(out, compression)
-    sums: dict[str, Callable[[], str]] = {}
-    reclaim = _Reclaim(hashed) if consume else None
+    sums: dict[str, str] = {}
+    reclaim = _Reclaim() if consume else None
     try:
         with tarfile.open(fileobj=_Sink(stream), mode="w", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
                           pax_headers={_PAX_INTEGRITY: sums_format.WRITTEN.algorithm}, copybufsize=BLOCK) as tar:
             for name in sorted(os.listdir(src_dir)):
                 if name in SUMS_NAMES:
                     continue
-                digest = _add_hashed(tar, os.path.join(src_dir, name), name, hashed, reclaim)
+                digest = _add_hashed(tar, os.path.join(src_dir, name), name, reclaim)
                 if digest is not None:
                     sums[name] = digest
-            _add_sums(tar, {name: digest() for name, digest in sums.items()})
+            _add_sums(tar, sums)
     except BaseException:
         if stream is not out:
             getattr(stream, "abort", stream.close)()  # a deflate writer's threads stop; nothing more is written

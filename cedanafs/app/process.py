@@ -20,10 +20,10 @@ import shutil
 import signal
 import tempfile
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 from .. import criu
 from ..criu import lazy as criu_lazy
@@ -35,11 +35,9 @@ from . import remote
 
 # What only some dumps and restores use is imported where they use it, not by every `cedana dump
 # process` or `restore process` before it starts: the mount's and the spool's capture, the
-# archive formats, the pages hashing (hashlib), O_DIRECT writes (ctypes), the streamed and
-# terminal restores.
+# archive formats, O_DIRECT writes (ctypes), the streamed and terminal restores.
 if TYPE_CHECKING:
     from .capture import Report
-    from .imagesums import PagesHasher
 
 log = logging.getLogger(__name__)
 
@@ -217,11 +215,10 @@ def _make_private(images_dir: str, owner: tuple[int, int]) -> None:
 
 
 def _publish(staging: str, final: str, compression: str, owner: tuple[int, int] = (0, 0),
-             hashed: PagesHasher | None = None, remove: bool = True) -> None:
+             remove: bool = True) -> None:
     """Give the finished dump its final name without ever replacing an existing one.
 
-    An archive is made 0600 and the process owner's before it has any content; `hashed` has
-    the digests of the pages images, taken while CRIU wrote them. With remove, the staging dir
+    An archive is made 0600 and the process owner's before it has any content. With remove, the staging dir
     goes once archived (its blocks freed as they are archived); without, the caller removes it
     (a spool dir: in the background)."""
     if compression == "none":
@@ -238,7 +235,7 @@ def _publish(staging: str, final: str, compression: str, owner: tuple[int, int] 
             from . import archive
 
             with DirectWriter(fd) as out:  # around the page cache: cheaper here than through it
-                archive.write_archive(staging, out, compression, hashed, consume=remove)  # type: ignore[arg-type]
+                archive.write_archive(staging, out, compression, consume=remove)  # type: ignore[arg-type]
             os.fsync(fd)  # the data is on disk already (O_DIRECT): the tail and the metadata
         finally:
             os.close(fd)
@@ -285,11 +282,9 @@ def dump_process(settings: Settings, req: DumpRequest, report: Report | None = N
     if compression == "none" or not _dump_archive_via_spool(settings, req, binary, proc, final, compression, owner):
         staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=parent)
         try:
-            with _hashing(staging, compression) as hashed:
-                criu_dump(binary, settings, req, proc, staging)
-                _criu_done(hashed)
-                _make_private(staging, owner)
-                _publish(staging, final, compression, owner, hashed)
+            criu_dump(binary, settings, req, proc, staging)
+            _make_private(staging, owner)
+            _publish(staging, final, compression, owner)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -321,36 +316,16 @@ def _dump_archive_via_spool(settings: Settings, req: DumpRequest, binary: str, p
             f.write(f"{os.getpid()}\n")
         images = os.path.join(spool, "images")
         os.mkdir(images, 0o700)
-        with _hashing(images, compression) as hashed:
-            try:
-                criu_dump(binary, settings, req, proc, images)
-            except CriuError:
-                if not capture.nearly_full(spool):
-                    raise
-                log.warning("the spool %s ran out of space; dumping beside %s instead", settings.spool.dir, final)
-                return False
-            _criu_done(hashed)
-            _make_private(images, owner)
-            _publish(images, final, compression, owner, hashed, remove=False)  # the spool goes in the background
+        try:
+            criu_dump(binary, settings, req, proc, images)
+        except CriuError:
+            if not capture.nearly_full(spool):
+                raise
+            log.warning("the spool %s ran out of space; dumping beside %s instead", settings.spool.dir, final)
+            return False
+        _make_private(images, owner)
+        _publish(images, final, compression, owner, remove=False)  # the spool goes in the background
     return True
-
-
-@contextmanager
-def _hashing(images_dir: str, compression: str) -> Iterator[PagesHasher | None]:
-    """For an archive: its pages images hashed while CRIU writes them, on the core CRIU leaves
-    idle (imagesums.py); the thread stops on the way out."""
-    if compression == "none":
-        yield None
-        return
-    from .imagesums import PagesHasher
-
-    with PagesHasher(images_dir) as hasher:
-        yield hasher
-
-
-def _criu_done(hashed: PagesHasher | None) -> None:
-    if hashed is not None:
-        hashed.criu_done()
 
 
 def _check_mount_target(target: str, compression: str | None) -> None:
