@@ -292,10 +292,9 @@ def write_archive(src_dir: str, out: BinaryIO, compression: str, consume: bool =
     """Stream a flat tar of src_dir's files, compressed, into out; B3SUMS last.
 
     gzip and zlib are compressed on all cores (deflate.py) while this thread reads and hashes
-    (BLAKE3: ~0.2 CPU-s per GiB, less than hashing while CRIU wrote the files cost the frozen
-    process, measured). With consume, the
-    files' blocks are freed as they are archived (they read as zeros after): for a source that
-    is removed once archived, whether or not that succeeds.
+    (BLAKE3: ~0.2 CPU-s per GiB; hashing beside CRIU instead lengthened the freeze, measured).
+    With consume, the files' blocks are freed as they are archived (they read as zeros after):
+    for a source that is removed once archived, whether or not that succeeds.
     """
     stream = _compressor(out, compression)
     sums: dict[str, str] = {}
