@@ -1,6 +1,6 @@
-"""Linux file calls the os module lacks (syncfs, sync_file_range, fallocate's hole punching),
-glibc's malloc tuning (mallopt), through libc, a file whose write-back starts as it is written, and a file written around the
-page cache (O_DIRECT).
+"""Linux file calls the os module lacks (syncfs, sync_file_range, fallocate's hole punching,
+glibc's mallopt), through libc, a file whose write-back starts as it is written, and a file
+written around the page cache (O_DIRECT).
 
 Layer 0, with no imports beyond the standard library, so a dump command loads it cheaply.
 """

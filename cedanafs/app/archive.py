@@ -224,7 +224,7 @@ class _MappedImage:
     """
 
     def __init__(self, path: str, size: int, reclaim: _Reclaim | None = None):
-        self.hasher = sums_format.new_hasher()
+        self.hasher = sums_format.WRITTEN.new()
         self._file = open(path, "rb")
         self._reclaim = reclaim
         self._reclaim_fd = reclaim.opened(path) if reclaim is not None and size >= _MAP_FROM else -1
@@ -445,8 +445,8 @@ def extract_archive(src: BinaryIO, dest: str, name: str = "") -> list[str]:
     recorded: dict[str, str] | None = None
     sums, required = sums_format.SHA256, False
     with open_tar_stream(src, name, drain=True) as tar:
-        for member in tar:
-            if not names and recorded is None:  # the global header is read with the first member
+        for index, member in enumerate(tar):
+            if index == 0:  # the global header is read with the first member
                 sums, required = _announced_sums(tar, label)
             _check_member(member, dest, label)
             if member.name == sums.member and member.isfile():

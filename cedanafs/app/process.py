@@ -218,9 +218,9 @@ def _publish(staging: str, final: str, compression: str, owner: tuple[int, int] 
              remove: bool = True) -> None:
     """Give the finished dump its final name without ever replacing an existing one.
 
-    An archive is made 0600 and the process owner's before it has any content. With remove, the staging dir
-    goes once archived (its blocks freed as they are archived); without, the caller removes it
-    (a spool dir: in the background)."""
+    An archive is made 0600 and the process owner's before it has any content. With remove, the
+    staging dir goes once archived (its blocks freed as they are archived); without, the caller
+    removes it (a spool dir: in the background)."""
     if compression == "none":
         if os.path.exists(final):
             raise AlreadyExists(f"{final} already exists")
