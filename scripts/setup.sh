@@ -7,7 +7,14 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 VENV="${VENV:-$HERE/.venv}"
-PYTHON="${PYTHON:-python3}"
+# Debian's own python3 by default, not whichever python3 comes first on PATH: Debian builds it with
+# PGO and LTO, and pure Python runs ~2x as fast in it as in a plain source build (a pyenv one),
+# which the mount server's per-request code and every command's start-up feel (measured: the
+# mount server's CPU per GiB ingested 1.51 -> 1.02 s).
+if [ -z "${PYTHON:-}" ]; then
+  PYTHON=python3
+  [ -x /usr/bin/python3 ] && PYTHON=/usr/bin/python3
+fi
 CRIU_VERSION="${CRIU_VERSION:-4.2.1}"
 CRIU_DEB_VERSION="${CRIU_DEB_VERSION:-4.2.1-1}"
 CRIU_BUILD_DIR="${CRIU_BUILD_DIR:-/var/cache/cedanafs/criu-build-$CRIU_VERSION}"
@@ -19,7 +26,7 @@ DEB_PACKAGES=(
   fuse3 libfuse3-dev pkg-config iptables rsync busybox-static runc containerd procps iproute2 psmisc
   build-essential libbsd-dev libcap-dev libgnutls28-dev libnet1-dev libnftables-dev libnl-3-dev
   libprotobuf-c-dev libprotobuf-dev protobuf-c-compiler protobuf-compiler uuid-dev python3-protobuf
-  git ca-certificates podman tmux b3sum
+  git ca-certificates podman tmux b3sum python3 python3-venv python3-dev
 )
 
 log() { printf '[setup] %s\n' "$*"; }
@@ -159,13 +166,20 @@ ensure_zdtm() {
 
 ensure_venv() {
   local stamp="$VENV/.cedanafs-setup"
-  local want
-  want="$(cat "$HERE/pyproject.toml" "$STAMP_DIR/criu-src/Makefile.versions" 2>/dev/null | sha256sum | cut -d' ' -f1)"
+  local want python
+  python="$(command -v "$PYTHON")"
+  python="$(readlink -f "$python")"
+  want="$( (cat "$HERE/pyproject.toml" "$STAMP_DIR/criu-src/Makefile.versions" 2>/dev/null; echo "$python") |
+    sha256sum | cut -d' ' -f1)"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/cedana" ]; then
     log "virtualenv up to date: $VENV"
     return
   fi
   log "creating virtualenv $VENV (pip log: $VENV/pip.log)"
+  if [ -x "$VENV/bin/python" ] && [ "$(readlink -f "$VENV/bin/python")" != "$python" ]; then
+    log "the virtualenv was made with $(readlink -f "$VENV/bin/python"); making it again with $python"
+    rm -rf "$VENV"
+  fi
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   local pip=("$VENV/bin/pip" install -q --disable-pip-version-check)
   {
