@@ -232,6 +232,10 @@ class Run:
         self.settle(method, art, suffix, cpu_before)
         self.note_memory(method, art.peak_rss)
         self.artifacts.append(art)
+        try:
+            method.after_dump(self.env, art, second)
+        except OSError as err:
+            self.rec.error([f"restore/{method.key}"], f"after the dump: {err}")
         return art
 
     def settle(self, method: Method, art: Artifact, suffix: str, cpu_before: float | None) -> None:
