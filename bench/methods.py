@@ -277,7 +277,8 @@ def python_lz4_untar(archive: Path, dest: Path) -> None:
     import lz4.frame
     import tarfile
     with lz4.frame.open(archive, "rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
-        tar.extractall(dest, filter="fully_trusted")
+        # Extraction filters came in Python 3.11.4 (Debian 12 has 3.11.2).
+        tar.extractall(dest, **({"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}))
 
 
 class CedanaWay(Method):

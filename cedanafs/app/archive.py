@@ -332,6 +332,32 @@ def _drain(stream: BinaryIO) -> None:
         pass
 
 
+# Extraction filters came in Python 3.11.4; Debian 12's python3 is 3.11.2.
+_FILTER_ERRORS: tuple = (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
+
+
+def extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str) -> None:
+    """Extract a member the caller has checked (no absolute path, no `..`, no link out of dest, no
+    device), under tarfile's "data" filter rules: owners are not restored, and a file loses its
+    set-id, sticky and group/other write bits and stays readable and writable by its owner. Where
+    Python has no filters, those rules are applied here. A member the filter refuses raises
+    CheckpointError."""
+    if _FILTER_ERRORS:
+        try:
+            tar.extract(member, dest, filter="data")
+        except _FILTER_ERRORS as exc:
+            raise CheckpointError(f"unsafe archive member ({exc})") from None
+        return
+    tar.extract(member, dest, set_attrs=False)
+    if member.isfile() or member.islnk():
+        mode = member.mode & 0o755
+        if not mode & 0o100:
+            mode &= ~0o111
+        path = os.path.join(dest, member.name)
+        os.chmod(path, mode | 0o600)
+        os.utime(path, (member.mtime, member.mtime))
+
+
 @contextmanager
 def open_tar_stream(src: BinaryIO, name: str = "", drain: bool = False) -> Iterator[tarfile.TarFile]:
     """A streaming TarFile over an archive of any supported format (sniffed, else by name).
@@ -457,9 +483,9 @@ def extract_archive(src: BinaryIO, dest: str, name: str = "") -> list[str]:
                 found[member.name] = _extract_file(tar, member, dest, sums.new)
                 continue
             try:
-                tar.extract(member, dest, filter="data")
-            except tarfile.FilterError as exc:
-                raise CheckpointError(f"{label}: unsafe archive member ({exc})") from None
+                extract_member(tar, member, dest)
+            except CheckpointError as exc:
+                raise CheckpointError(f"{label}: {exc}") from None
     _verify_sums(found, recorded, label, required, sums)
     if "inventory.img" not in names:
         raise CheckpointError(f"{label}: archive holds no CRIU images (no inventory.img)")

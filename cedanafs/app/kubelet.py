@@ -27,7 +27,7 @@ from typing import Any, BinaryIO, Iterator
 
 from ..catalog import Manifest
 from ..errors import AlreadyExists, CedanaError, CheckpointError, NotFound, UsageError
-from .archive import open_tar_stream, sniff_format, write_archive
+from .archive import extract_member, open_tar_stream, sniff_format, write_archive
 from .checkpoints import Checkpoints, Progress
 
 log = logging.getLogger(__name__)
@@ -96,9 +96,9 @@ def unpack(archive: str | os.PathLike, dest: str | os.PathLike) -> str:
         for member in tar:
             _check_member(member, name)
             try:
-                tar.extract(member, dest, filter="data")
-            except tarfile.FilterError as exc:
-                raise CheckpointError(f"{name}: unsafe archive member ({exc})") from None
+                extract_member(tar, member, dest)
+            except CheckpointError as exc:
+                raise CheckpointError(f"{name}: {exc}") from None
     if not (Path(dest) / IMAGES_DIR / "inventory.img").is_file() or not (Path(dest) / "spec.dump").is_file():
         raise CheckpointError(f"{name}: not a container checkpoint archive (no checkpoint/inventory.img or spec.dump)")
     return compression
