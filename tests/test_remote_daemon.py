@@ -96,7 +96,8 @@ def test_job_moves_to_a_second_machine_lazily_and_back_eagerly(machines_s3, proc
     assert job_b["status"] == "remote" and job_b["checkpoint"] == ckpt["id"] and job_b["host"] == "host-a"
     assert "w" not in {j["job"] for j in b.json("job", "list")}  # other hosts' jobs only with --all
     assert [r["id"] for r in b.checkpoints("w")] == [ckpt["id"]]
-    assert ckpt["id"] in os.listdir(b.mount_dir / "jobs" / "w")
+    # The mount's own view follows the store within its refresh interval (app.mount.REFRESH_INTERVAL).
+    wait_for(lambda: ckpt["id"] in listing(b.mount_dir / "jobs" / "w"), what="the second mount to show the checkpoint")
     b.cedana("checkpoint", "verify", f"w/{ckpt['id']}", check=True)  # every chunk is there, hashes right
 
     # Lazy restore on the second machine: same process, same memory.
@@ -134,3 +135,11 @@ def test_restore_on_a_second_machine_over_gcs(lazy, machines_gcs, procs):
     new_pid, checksum = restored_checksum(b, "g", state)
     procs.watch(new_pid)
     assert checksum == info["checksum"]
+
+
+def listing(path: Path) -> list[str]:
+    """The names in a directory; none while it does not exist (yet)."""
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
