@@ -224,6 +224,13 @@ class Floor(Method):
         shutil.rmtree(parked, ignore_errors=True)
         shutil.copytree(art.path, parked)
         shutil.rmtree(art.path)
+        for name in os.listdir(parked):  # nor kept in the page cache: on the disk only
+            fd = os.open(parked / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
 
     def before_restore(self, env, rep, mode):
         images = env.floor_dir / f"rep{rep}"
