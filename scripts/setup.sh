@@ -167,7 +167,7 @@ ensure_zdtm() {
 ensure_venv() {
   local stamp="$VENV/.cedanafs-setup"
   local want python
-  python="$(command -v "$PYTHON")"
+  python="$(command -v "$PYTHON")" || { echo "setup: no $PYTHON to make the virtualenv with (set PYTHON=...)" >&2; exit 1; }
   python="$(readlink -f "$python")"
   want="$( (cat "$HERE/pyproject.toml" "$STAMP_DIR/criu-src/Makefile.versions" 2>/dev/null; echo "$python") |
     sha256sum | cut -d' ' -f1)"
