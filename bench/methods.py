@@ -204,7 +204,7 @@ class Floor(Method):
     has_second = True
 
     def dump(self, env, pid, rep, checksum, second=False):
-        images = env.floor_dir / f"rep{rep}{'-2' if second else ''}"
+        images = self.images(env, rep, second)
         criu_dump(env, pid, images)
         return Artifact(images, checksum, pid, tree_bytes(images))
 
@@ -233,11 +233,15 @@ class Floor(Method):
                 os.close(fd)
 
     def before_restore(self, env, rep, mode):
-        images = env.floor_dir / f"rep{rep}"
+        images = self.images(env, rep)
         parked = self.parked(env, images)
         if parked.is_dir() and not images.exists():
             shutil.copytree(parked, images)
             shutil.rmtree(parked)
+
+    @staticmethod
+    def images(env: Env, rep: int, second: bool = False) -> Path:
+        return env.floor_dir / f"rep{rep}{'-2' if second else ''}"
 
     @staticmethod
     def parked(env: Env, images: Path) -> Path:

@@ -101,7 +101,7 @@ def test_sums_recorded_and_checked_by_b3sum(fmt, images, tmp_path):
     dest.mkdir()
     with archive.open_tar_stream(io.BytesIO(buf.getvalue()), "x") as tar:
         for member in tar:
-            archive.extract_member(tar, member, str(dest))
+            archive.extract_member(tar, member, str(dest), "x")
     assert (dest / archive.SUMS_NAME).exists()
     assert archive.SUMS_NAME == "B3SUMS"
     check = subprocess.run(["b3sum", "-c", archive.SUMS_NAME], cwd=dest, capture_output=True, text=True)
@@ -242,7 +242,7 @@ def test_extracted_members_get_no_owner_set_id_or_shared_write(tmp_path):
     buf.seek(0)
     with tarfile.open(fileobj=buf, mode="r") as tar:
         for member in tar:
-            archive.extract_member(tar, member, str(tmp_path))
+            archive.extract_member(tar, member, str(tmp_path), "x")
     run, plain = os.stat(tmp_path / "d" / "run"), os.stat(tmp_path / "d" / "plain")
     assert oct(run.st_mode & 0o7777) == oct(0o755)  # no set-id or sticky bit, no group/other write
     assert oct(plain.st_mode & 0o7777) == oct(0o644)  # not executable by its owner: by nobody; owner rw

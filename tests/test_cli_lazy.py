@@ -98,7 +98,8 @@ def test_a_command_loads_only_its_family(args, families):
 
 
 def test_dump_and_restore_leave_what_only_some_paths_need():
-    """A dump or restore of an images dir loads neither the archive formats, O_DIRECT writes, the mount's capture, the images readers nor the other restores."""
+    """A dump or restore of an images dir loads neither the archive formats, O_DIRECT writes,
+    the mount's capture, the images readers nor the other restores."""
     code = ("import sys, cedanafs.cli, cedanafs.cli.process, cedanafs.app.process, cedanafs.app.procinfo,"
             " cedanafs.daemon.client; print(' '.join(sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=str(ROOT))

@@ -336,17 +336,17 @@ def _drain(stream: BinaryIO) -> None:
 _FILTER_ERRORS: tuple = (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
 
 
-def extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str) -> None:
+def extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str, label: str) -> None:
     """Extract a member the caller has checked (no absolute path, no `..`, no link out of dest, no
     device), under tarfile's "data" filter rules: owners are not restored, and a file loses its
     set-id, sticky and group/other write bits and stays readable and writable by its owner. Where
     Python has no filters, those rules are applied here. A member the filter refuses raises
-    CheckpointError."""
+    CheckpointError, naming the archive (`label`)."""
     if _FILTER_ERRORS:
         try:
             tar.extract(member, dest, filter="data")
         except _FILTER_ERRORS as exc:
-            raise CheckpointError(f"unsafe archive member ({exc})") from None
+            raise CheckpointError(f"{label}: unsafe archive member ({exc})") from None
         return
     tar.extract(member, dest, set_attrs=False)
     if member.isfile() or member.islnk():
@@ -482,10 +482,7 @@ def extract_archive(src: BinaryIO, dest: str, name: str = "") -> list[str]:
             if member.isfile():
                 found[member.name] = _extract_file(tar, member, dest, sums.new)
                 continue
-            try:
-                extract_member(tar, member, dest)
-            except CheckpointError as exc:
-                raise CheckpointError(f"{label}: {exc}") from None
+            extract_member(tar, member, dest, label)
     _verify_sums(found, recorded, label, required, sums)
     if "inventory.img" not in names:
         raise CheckpointError(f"{label}: archive holds no CRIU images (no inventory.img)")

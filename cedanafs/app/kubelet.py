@@ -95,10 +95,7 @@ def unpack(archive: str | os.PathLike, dest: str | os.PathLike) -> str:
     with open(name, "rb") as src, open_tar_stream(src, name) as tar:
         for member in tar:
             _check_member(member, name)
-            try:
-                extract_member(tar, member, dest)
-            except CheckpointError as exc:
-                raise CheckpointError(f"{name}: {exc}") from None
+            extract_member(tar, member, dest, name)
     if not (Path(dest) / IMAGES_DIR / "inventory.img").is_file() or not (Path(dest) / "spec.dump").is_file():
         raise CheckpointError(f"{name}: not a container checkpoint archive (no checkpoint/inventory.img or spec.dump)")
     return compression
